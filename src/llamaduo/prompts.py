@@ -1,0 +1,30 @@
+"""Prompt templates live in prompts/ as Markdown with $placeholders; this renders them."""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from functools import lru_cache
+from pathlib import Path
+
+
+@lru_cache(maxsize=None)
+def load(name: str, prompt_dir: str = "prompts") -> str:
+    path = Path(prompt_dir) / f"{name}.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt template {path} not found")
+    return path.read_text(encoding="utf-8")
+
+
+def template_sha(name: str, prompt_dir: str = "prompts") -> str:
+    return hashlib.sha256(load(name, prompt_dir).encode()).hexdigest()[:12]
+
+
+def render(name: str, *, fallback: str | None = None, prompt_dir: str = "prompts", **values) -> str:
+    """Fill a template; `fallback` is used when there is no template of that name (e.g. no task-specific one)."""
+    if fallback is not None and not (Path(prompt_dir) / f"{name}.md").is_file():
+        name = fallback
+    try:
+        return string.Template(load(name, prompt_dir)).substitute(**values)
+    except KeyError as exc:
+        raise ValueError(f"prompt {name}: no value for placeholder ${exc.args[0]}") from None

@@ -1,0 +1,35 @@
+"""Report: one summary of the cycle, the pass/fail line against epsilon, and the tables `dvc plots` draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llamaduo.metrics import answer_scores
+
+
+def _load(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, p) -> dict:
+    ev, tr = _load(eval), _load(train)
+    score = ev[p.threshold_metric]["mean"]
+    return {
+        "split": _load(prepare),
+        "synthetic_curated": _load(curate)["rows_out"],
+        "train_rows": tr["rows"],
+        "train_loss": tr["train_loss"],
+        "infer_tokens_per_s": _load(infer)["tokens_per_s"],
+        "precision": ev["precision"],
+        "similarity": ev["similarity"],
+        "failed_judgments": ev["failed_judgments"],
+        "gate": {"metric": p.threshold_metric, "threshold": p.threshold, "score": score,
+                 "passed": score is not None and score >= p.threshold},
+    }
+
+
+def score_points(judgments: list[dict]) -> list[dict]:
+    """One point per answer: its mean precision and similarity (the paper's Figure 3 axes)."""
+    prec, sim = answer_scores(judgments, "precision"), answer_scores(judgments, "similarity")
+    return [{"prompt_id": k[0], "sample": k[1], "precision": prec[k], "similarity": sim[k]} for k in sorted(prec)]

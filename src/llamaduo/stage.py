@@ -1,0 +1,33 @@
+"""What every stage script shares: parse its output paths, load params once, turn known errors into one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from llamaduo.base_model import ModelError
+from llamaduo.config import ParamsError, load_params
+from llamaduo.coverage import CoverageError
+from llamaduo.providers.base import ProviderError
+
+# errors that describe bad input or a failed service: one line, no traceback
+USER_ERRORS = (ParamsError, CoverageError, ModelError, ProviderError, ValueError, FileNotFoundError)
+
+
+def run(main: Callable, *paths: str, params_file: str = "params.yaml") -> None:
+    """Call `main(params, **paths)` with each path taken from `--<name>` on the command line (as dvc.yaml declares it)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", default=params_file)
+    for name in paths:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
+    args = vars(parser.parse_args())
+    try:
+        params = load_params(args.pop("params"))
+        main(params, **args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,12 @@
+"""base_model: `model.base` (GGUF, folder or Hub id) -> models/base in Hugging Face format."""
+
+from llamaduo.base_model import materialize
+from llamaduo.stage import run
+
+
+def main(params, out):
+    print(materialize(base=params.model.base, gguf_package=params.model.gguf_package, out=out))
+
+
+if __name__ == "__main__":
+    run(main, "out")

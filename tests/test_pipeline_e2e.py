@@ -1,0 +1,96 @@
+"""One real cycle: `dvc repro` on a tiny configuration in a fresh git repo, every stage for real
+(GGUF conversion, vLLM service on loopback for synthesis and judging, QLoRA training, vLLM inference)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamaduo import tables
+from conftest import copy_project
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data": {"max_rows_per_task": 30, "train_ratio": 0.9},
+    "synth": {"volume": 4, "pairs_per_request": 2, "max_requests": 3, "max_tokens": 400},
+    "train": {"max_steps": 2, "batch_size": 2, "max_length": 256},
+    "infer": {"k": 2, "max_new_tokens": 32},
+    "judge": {"m": 2, "max_tokens": 150},
+}
+
+
+def dvc(proj: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    res = subprocess.run(["dvc", *args], cwd=proj, env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, f"dvc {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return res
+
+
+def ran(res) -> list[str]:
+    return [line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")]
+
+
+def set_params(proj: Path, changes: dict) -> None:
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    for section, values in changes.items():
+        params.setdefault(section, {}).update(values)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def cycle(tmp_path_factory):
+    proj = copy_project(tmp_path_factory.mktemp("project"))
+    set_params(proj, TINY)
+    subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
+    first = dvc(proj, "repro")
+    return proj, first
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_every_stage_ran_and_wrote_real_numbers(cycle):
+    proj, first = cycle
+    assert ran(first) == ["prepare", "base_model", "synthesize", "curate", "train", "infer", "judge", "report"]
+    ev = read_json(proj / "metrics/eval.json")
+    assert ev["answers"] == 3 * 2 and ev["judgments"] == 3 * 2 * 2
+    assert ev["usage"]["calls"] == 6 and ev["usage"]["cached"] == 0 and ev["usage"]["output_tokens"] > 0
+    assert ev["failed_judgments"] + 2 * ev["precision"]["scored_answers"] >= 0
+    judged = tables.read(proj / "data/eval/judgments.parquet", "judgments")
+    assert all((j["ok"] and 0 <= j["precision"] <= 100) or (not j["ok"] and j["error"]) for j in judged)
+    syn = read_json(proj / "metrics/synthesize.json")
+    assert syn["requests"] >= 1 and syn["usage"]["calls"] == syn["requests"]
+    tr = read_json(proj / "metrics/train.json")
+    assert tr["steps"] == 2 and tr["quantized"] is True
+    assert (proj / "models/adapter/adapter_model.safetensors").is_file()
+    responses = tables.read(proj / "data/eval/responses.parquet", "responses")
+    assert len(responses) == 6 and all(r["engine"] == "vllm" for r in responses)
+    summary = read_json(proj / "metrics/summary.json")
+    assert summary["gate"]["metric"] == "precision" and isinstance(summary["gate"]["passed"], bool)
+
+
+def test_no_test_row_in_training_data(cycle):
+    proj, _ = cycle
+    test = tables.read(proj / "data/prepared/test.parquet", "split")
+    train = tables.read(proj / "data/prepared/train.parquet", "split")
+    curated = tables.read(proj / "data/synthetic/curated.parquet", "synthetic")
+    test_texts = {r["instruction"] for r in test} | {r["response"] for r in test}
+    assert not test_texts & ({r["instruction"] for r in train + curated} | {r["response"] for r in train + curated})
+
+
+def test_second_repro_runs_nothing_and_a_judge_param_reruns_only_judge_and_report(cycle):
+    proj, _ = cycle
+    assert ran(dvc(proj, "repro")) == []
+    set_params(proj, {"judge": {"zetas": [50, 60, 70]}})
+    again = dvc(proj, "repro")
+    assert ran(again) == ["judge", "report"]
+    ev = read_json(proj / "metrics/eval.json")
+    # same requests as before: every judgment comes from the call cache, the server is not even started
+    assert ev["usage"]["calls"] == 0 and ev["usage"]["cached"] == 6
+    assert "coverage_60" in ev["precision"]
