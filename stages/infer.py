@@ -6,11 +6,12 @@ from llamaduo.inference import generate
 from llamaduo.stage import run
 
 
-def main(params, test, base, adapter, out, metrics_out):
-    rows, stats = generate(test=tables.read(test, "split"), base_dir=base, adapter_dir=adapter, p=params.infer)
+def main(params, test, base, adapter, merged, out, metrics_out):
+    rows, stats = generate(test=tables.read(test, "split"), base_dir=base, adapter_dir=adapter, merged_dir=merged,
+                           p=params.infer)
     tables.write(out, "responses", rows)
     write_json(metrics_out, stats)
 
 
 if __name__ == "__main__":  # vLLM's engine starts worker processes that re-import this file
-    run(main, "test", "base", "adapter", "out", "metrics_out")
+    run(main, "test", "base", "adapter", "merged", "out", "metrics_out")

@@ -1,17 +1,48 @@
-"""judge: each answer graded M times by the service LLM against the reference -> judgments and scores."""
+"""judge: each local answer graded M times by every judge of the panel against the reference, and compared
+with the service's answer in both orders -> judgments, pairwise verdicts, scores (metrics/eval.json), worst answers."""
+
+import argparse
+import sys
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
-from llamaduo.judging import evaluate
+from llamaduo.judging import LOCAL, evaluate
+from llamaduo.metrics import eval_report, select, worst_answers
 from llamaduo.stage import run
 
+# paths a stage may go without: no baseline -> no pairwise comparison and no P-Match
+OPTIONAL = ("baseline_responses", "baseline_judgments", "pairwise_out", "worst_out")
 
-def main(params, responses, test, out, metrics_out):
-    judgments, summary = evaluate(responses=tables.read(responses, "responses"), test=tables.read(test, "split"),
-                                  params=params)
+
+def optional_paths() -> dict:
+    """Take the optional paths off the command line (`stage.run` declares only required ones)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for name in OPTIONAL:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+    known, rest = parser.parse_known_args()
+    sys.argv[1:] = rest
+    return vars(known)
+
+
+def main(params, responses, test, out, metrics_out, *, baseline_responses=None, baseline_judgments=None,
+         pairwise_out=None, worst_out=None):
+    answers, split = tables.read(responses, "responses"), tables.read(test, "split")
+    service_answers = tables.read(baseline_responses, "baseline_responses") if baseline_responses else []
+    service_judgments = tables.read(baseline_judgments, "judgments") if baseline_judgments else []
+    judgments, pairwise, usages = evaluate(responses=answers, test=split, params=params,
+                                           service_answers=service_answers if pairwise_out else None)
+    report = eval_report(judgments=judgments, pairwise=pairwise, baseline_judgments=service_judgments, usages=usages,
+                         test=split, judge_params=params.judge)
     tables.write(out, "judgments", judgments)
-    write_json(metrics_out, summary)
+    if pairwise_out:
+        tables.write(pairwise_out, "pairwise", pairwise)
+    if worst_out:
+        primary = select(judgments, judge=params.judge.provider, answerer=LOCAL)
+        write_json(worst_out, worst_answers(primary, n=params.judge.worst, test_by_id={r["id"]: r for r in split},
+                                            answers=answers))
+    write_json(metrics_out, report)
 
 
 if __name__ == "__main__":
-    run(main, "responses", "test", "out", "metrics_out")
+    extra = optional_paths()
+    run(lambda params, **paths: main(params, **paths, **extra), "responses", "test", "out", "metrics_out")

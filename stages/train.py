@@ -1,16 +1,24 @@
-"""train: coverage train + curated synthetic pairs -> a LoRA/QLoRA adapter on the base model."""
+"""train: coverage train + curated synthetic pairs -> a LoRA/QLoRA adapter (or `train.submodels` of them) on the base model.
+
+Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml stages/train.py ...` (see README);
+every process trains, only the main one writes.
+"""
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
 from llamaduo.stage import run
-from llamaduo.training import train
+from llamaduo.training import holdout, train
 
 
 def main(params, train_rows, curated, base, out, metrics_out, loss_out):
-    rows = tables.read(train_rows, "split") + tables.read(curated, "synthetic")
-    stats = train(rows=rows, base_dir=base, out_dir=out, p=params.train)
-    write_json(loss_out, stats.pop("loss_curve"))
-    write_json(metrics_out, stats)
+    from accelerate import PartialState
+
+    # the validation slice comes from coverage train only: real rows, the same ones every cycle
+    fit, val = holdout(tables.read(train_rows, "split"), params.train)
+    stats = train(rows=fit + tables.read(curated, "synthetic"), val_rows=val, base_dir=base, out_dir=out, p=params.train)
+    if PartialState().is_main_process:
+        write_json(loss_out, stats.pop("loss_curve"))
+        write_json(metrics_out, stats)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,17 @@ def base_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+# pipeline outputs: a fresh project makes its own (a stale copy would be tracked by git in the test repo)
+OUTPUTS = ("models/base", "models/adapter", "models/merged", "data/prepared/", "data/synthetic/", "data/eval/", "metrics/")
+
+
 def copy_project(dest: Path) -> Path:
-    """The project's tracked files (no venv, no outputs) in a fresh folder."""
+    """The project's source files (no venv, no outputs) in a fresh folder."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
     for f in files:
+        if f.startswith(OUTPUTS) and not f.endswith(".gitignore"):
+            continue
         src = ROOT / f
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)

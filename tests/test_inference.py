@@ -1,10 +1,8 @@
 import pytest
 
 from llamaduo.config import InferParams, TrainParams
-from llamaduo.inference import generate, pick_engine
+from llamaduo.inference import generate, pick_engine, run_stats
 from llamaduo.training import train
-
-pytestmark = pytest.mark.slow
 
 TEST = [{"id": f"p{i}", "task": "summarize", "instruction": f"Summarize: the sky {i} is blue.", "response": "Blue sky."}
         for i in range(3)]
@@ -17,14 +15,25 @@ def adapter(tmp_path_factory, base_model_dir):
     return out
 
 
+@pytest.mark.slow
 def test_transformers_engine_gives_k_answers_per_prompt(base_model_dir, adapter):
     rows, stats = generate(test=TEST, base_dir=str(base_model_dir), adapter_dir=str(adapter),
                            p=InferParams(engine="transformers", k=2, max_new_tokens=8, temperature=0.9))
     assert [(r["prompt_id"], r["sample"]) for r in rows] == [(f"p{i}", k) for i in range(3) for k in range(2)]
     assert all(0 < r["tokens"] <= 8 and r["finish_reason"] in {"stop", "length"} and r["engine"] == "transformers" for r in rows)
     assert stats["answers"] == 6 and stats["tokens"] == sum(r["tokens"] for r in rows)
+    assert all(r["latency_s"] > 0 for r in rows) and stats["latency_measured"] == 6
 
 
 def test_engine_choice():
     assert pick_engine("transformers") == "transformers"
     assert pick_engine("auto") in {"vllm", "transformers"}
+
+
+def test_run_stats_by_hand():
+    rows = [{"tokens": 10, "finish_reason": "stop", "latency_s": 1.0}, {"tokens": 30, "finish_reason": "length", "latency_s": 3.0},
+            {"tokens": 20, "finish_reason": "stop", "latency_s": None}]
+    s = run_stats(rows, engine="vllm", prompts=2, wall_s=10.0, load_s=6.0, generate_s=4.0)
+    assert s["tokens"] == 60 and s["tokens_per_s"] == 15.0 and s["wall_tokens_per_s"] == 6.0
+    assert s["latency_median_s"] == 2.0 and s["latency_max_s"] == 3.0 and s["latency_measured"] == 2
+    assert s["length_cutoffs"] == 1 and s["answers"] == 3

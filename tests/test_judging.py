@@ -1,59 +1,134 @@
+import json
+
 import pytest
 
-from llamaduo.judging import build_requests, judgment_rows, parse_score
-from llamaduo.metrics import summarize
-from llamaduo.providers.base import ChatResult, Choice
+from llamaduo.cache import CallCache
+from llamaduo.config import ProviderParams
+from llamaduo.judging import (JudgeRecord, Outcome, ask, build_requests, combine, judgment_rows, pairwise_rows,
+                              parse_judgment, parse_score, parse_verdict, side, single_request)
+from llamaduo.providers import get_provider
 from conftest import ROOT
+from fakes.judge_server import JudgeFake
+
+PROMPTS = str(ROOT / "prompts")
 
 
 @pytest.mark.parametrize("text,finish,err", [
     ('{"reason": "ok", "similarity": 40, "precision": 90}', "stop", None),
     ('{"reason": "ok", "similarity": 40, "precision": 90', "length", "truncated at max_tokens"),
     ("not json", "stop", "not JSON"),
+    ("", "stop", "empty reply"),
     ('{"similarity": 140, "precision": 90}', "stop", "`similarity` 140 outside 0-100"),
+    ('{"similarity": -1, "precision": 90}', "stop", "`similarity` -1 outside 0-100"),
     ('{"similarity": "high", "precision": 90}', "stop", "`similarity` missing or not a number"),
     ('{"similarity": true, "precision": 90}', "stop", "`similarity` missing or not a number"),
+    ('{"precision": 90}', "stop", "`similarity` missing or not a number"),
     ('[1]', "stop", "not a JSON object"),
+    ("", "refusal", "refused"),
+    ("", "content_filter", "blocked by the provider's content filter"),
 ])
 def test_parse_score(text, finish, err):
     scores, got = parse_score(text, finish)
     if err is None:
         assert got is None and scores == {"similarity": 40.0, "precision": 90.0}
+        assert parse_judgment(text, finish) == ({"similarity": 40.0, "precision": 90.0, "reason": "ok"}, None)
     else:
         assert scores is None and got.startswith(err)
 
 
-def J(pid, sample, prec, sim, ok=True, error=None):
-    return {"prompt_id": pid, "task": "t", "sample": sample, "ok": ok, "precision": prec, "similarity": sim, "error": error}
+def test_a_refusal_is_a_failure_with_its_message_even_with_text():
+    scores, err = parse_score('{"similarity": 1, "precision": 1}', "stop", refusal="I can't grade this.")
+    assert scores is None and err == "refused (I can't grade this.)"
 
 
-def test_metrics_match_hand_computation():
-    js = [
-        J("a", 0, 80, 40), J("a", 0, 60, 60),      # V = 70 / 50
-        J("a", 1, 30, 90), J("a", 1, None, None, ok=False, error="not JSON (x)"),  # V = 30 / 90 (failure excluded)
-        J("b", 0, 50, 10), J("b", 0, 50, 20),      # V = 50 / 15
-        J("b", 1, None, None, ok=False, error="not JSON (y)"),  # no valid judgment: left out, not zero
-    ]
-    s = summarize(js, [50, 70])
-    assert s["answers"] == 4 and s["judgments"] == 7 and s["failed_judgments"] == 2
-    assert s["failure_reasons"] == {"not JSON": 2}
-    assert s["precision"] == {"scored_answers": 3, "mean": 50.0, "coverage_50": round(2 / 3, 4), "coverage_70": round(1 / 3, 4)}
-    assert s["similarity"]["mean"] == round((50 + 90 + 15) / 3, 3)
-    assert s["similarity"]["coverage_50"] == round(2 / 3, 4) and s["similarity"]["coverage_70"] == round(1 / 3, 4)
+@pytest.mark.parametrize("text,want", [
+    ('{"reason": "r", "winner": "A"}', "A"), ('{"reason": "r", "winner": "b"}', "B"),
+    ('{"reason": "r", "winner": "Tie"}', "tie"), ('{"reason": "r", "winner": "C"}', None),
+    ('{"reason": "r"}', None), ("A", None),
+])
+def test_parse_verdict(text, want):
+    v, err = parse_verdict(text, "stop")
+    assert (v["winner"] if v else None) == want and (err is None) == (want is not None)
 
 
-def test_all_failed_gives_none_not_zero():
-    s = summarize([J("a", 0, None, None, ok=False, error="not JSON")], [50])
-    assert s["precision"]["mean"] is None and s["precision"]["coverage_50"] is None
+def test_swap_rule():
+    # the verdict, read back to a model name for each order
+    assert side("local_first", "A") == "local" and side("service_first", "A") == "service"
+    assert side("local_first", "B") == "service" and side("service_first", "B") == "local"
+    assert combine("local", "local") == ("win", False)
+    assert combine("service", "service") == ("loss", False)
+    assert combine("local", "service") == ("tie", True)    # preferred position A both times: a flip, a tie
+    assert combine("service", "local") == ("tie", True)
+    assert combine("local", "tie") == ("tie", False)       # a win needs both orders
+    assert combine("tie", "tie") == ("tie", False)
+
+
+RECORD = JudgeRecord(judge="j", primary=True, judge_model="gpt-x", judge_version="openai:gpt-x", temperature=0.5,
+                     max_tokens=50)
 
 
 def test_requests_and_rows_carry_the_judge_record():
     responses = [{"prompt_id": "a", "task": "t", "sample": 0, "answer": "The answer."}]
     test = {"a": {"id": "a", "instruction": "Do it.", "response": "Reference."}}
-    (req,) = build_requests(responses, test, m=3, temperature=0.5, max_tokens=50, prompt_dir=str(ROOT / "prompts"))
+    (req,) = build_requests(responses, test, m=3, temperature=0.5, max_tokens=50, prompt_dir=PROMPTS)
     text = req.messages[0][1]
     assert req.n == 3 and "Do it." in text and "Reference." in text and "The answer." in text
-    res = ChatResult([Choice('{"reason": "r", "similarity": 10, "precision": 20}', "stop"), Choice("bad", "stop")])
-    rows = judgment_rows(responses, [res], judge="local", judge_model="models/base", prompt_dir=str(ROOT / "prompts"))
+    outcomes = [[Outcome({"precision": 20.0, "similarity": 10.0, "reason": "r"}, None, 1), Outcome(None, "not JSON (x)", 2)]]
+    rows = judgment_rows(responses, outcomes, record=RECORD, m=3, prompt_dir=PROMPTS)
     assert [r["ok"] for r in rows] == [True, False] and [r["repeat"] for r in rows] == [0, 1]
-    assert rows[0]["precision"] == 20 and rows[1]["precision"] is None and len(rows[0]["prompt_sha"]) == 12
+    assert rows[0]["precision"] == 20 and rows[0]["reason"] == "r" and rows[1]["precision"] is None
+    assert rows[1]["attempts"] == 2 and rows[1]["error"] == "not JSON (x)"
+    r = rows[0]
+    assert (r["answerer"], r["judge"], r["judge_model"], r["judge_version"], r["temperature"], r["max_tokens"], r["m"]) == \
+        ("local", "j", "gpt-x", "openai:gpt-x", 0.5, 50, 3)
+    assert len(r["prompt_sha"]) == 12
+
+
+def test_pairwise_rows_read_both_orders_and_keep_failures():
+    pairs = [({"prompt_id": "a", "task": "t", "sample": 0}, {"service": "svc", "sample": 0}),
+             ({"prompt_id": "b", "task": "t", "sample": 1}, {"service": "svc", "sample": 0})]
+    v = lambda w: Outcome({"winner": w, "reason": f"because {w}"}, None, 1)
+    outcomes = [[v("A")], [v("A")],              # a: local first wins, service first wins -> flip -> tie
+                [v("B")], [Outcome(None, "refused (no)", 2)]]
+    rows = pairwise_rows(pairs, outcomes, record=RECORD, prompt_dir=PROMPTS)
+    assert rows[0]["ok"] and rows[0]["outcome"] == "tie" and rows[0]["flipped"]
+    assert rows[0]["local_first"] == "local" and rows[0]["service_first"] == "service"
+    assert rows[0]["reason_local_first"] == "because A"
+    assert not rows[1]["ok"] and rows[1]["outcome"] is None and rows[1]["error"] == "service first: refused (no)"
+    assert rows[1]["attempts"] == 3
+
+
+def _grader(answer_text_of):
+    """A fake judge: the reply is chosen by the answer under judgment (the text after 'Model answer:')."""
+    def answer(body, k):
+        prompt = body["messages"][-1]["content"]
+        return answer_text_of(prompt.split("Model answer:")[1], "could not be used" in prompt, k)
+    return answer
+
+
+def test_unusable_judgments_are_reasked_then_recorded(tmp_path):
+    def reply(answer, is_retry, k):
+        if "GOOD" in answer:
+            return json.dumps({"reason": "fine", "similarity": 60, "precision": 80})
+        if "FLAKY" in answer:  # broken the first time, fine when re-asked
+            return json.dumps({"reason": "ok now", "similarity": 10, "precision": 20}) if is_retry else "{oops"
+        return json.dumps({"reason": "r", "similarity": 150, "precision": 50})  # always out of range
+    with JudgeFake(answer=_grader(reply)) as fake:
+        provider = get_provider("fake", ProviderParams(kind="openai_compatible", model="m", base_url=fake.base_url,
+                                                       max_retries=0))
+        reqs = [single_request("I", "R", a, m=2, temperature=0.5, max_tokens=60, prompt_dir=PROMPTS)
+                for a in ("GOOD", "FLAKY", "BAD")]
+        cache = CallCache(tmp_path / "c.sqlite")
+        out, usage = ask(provider, reqs, parse_judgment, retries=2, cache=cache, desc="t", prompt_dir=PROMPTS)
+        assert [(o.error is None, o.attempts) for o in out[0]] == [(True, 1), (True, 1)]
+        assert [(o.value["precision"], o.attempts) for o in out[1]] == [(20.0, 2), (20.0, 2)]
+        assert all(o.value is None and o.error == "`similarity` 150 outside 0-100" and o.attempts == 3 for o in out[2])
+        # 3 first calls; FLAKY and BAD re-asked once (n=2 each), BAD once more: 6 calls
+        assert len(fake.requests) == 6 and usage.calls == 6
+        assert [r["n"] for r in fake.requests[3:]] == [2, 2, 2]
+        assert "`similarity` 150 outside 0-100" in fake.requests[-1]["messages"][0]["content"]
+        # a rerun is answered from the cache, re-asks included
+        out2, usage2 = ask(provider, reqs, parse_judgment, retries=2, cache=cache, desc="t", prompt_dir=PROMPTS)
+        assert usage2.calls == 0 and len(fake.requests) == 6
+        assert [[o.error for o in s] for s in out2] == [[o.error for o in s] for s in out]
+        cache.close()

@@ -57,15 +57,18 @@ def read_json(path: Path):
 
 def test_every_stage_ran_and_wrote_real_numbers(cycle):
     proj, first = cycle
-    assert ran(first) == ["prepare", "base_model", "synthesize", "curate", "train", "infer", "judge", "report"]
+    order = ran(first)
+    assert set(order) == {"prepare", "base_model", "synthesize", "curate", "train", "merge", "infer", "baseline", "judge", "report"}
+    assert order.index("infer") < order.index("judge") < order.index("report") and order.index("baseline") < order.index("judge")
     ev = read_json(proj / "metrics/eval.json")
     assert ev["answers"] == 3 * 2 and ev["judgments"] == 3 * 2 * 2
-    assert ev["usage"]["calls"] == 6 and ev["usage"]["cached"] == 0 and ev["usage"]["output_tokens"] > 0
-    assert ev["failed_judgments"] + 2 * ev["precision"]["scored_answers"] >= 0
-    judged = tables.read(proj / "data/eval/judgments.parquet", "judgments")
+    assert ev["usage"]["calls"] >= 1 and ev["usage"]["cached"] == 0 and ev["usage"]["output_tokens"] > 0
+    judged = [j for j in tables.read(proj / "data/eval/judgments.parquet", "judgments") if j["answerer"] == "local"]
+    assert len(judged) == 12 and ev["failed_judgments"] == sum(not j["ok"] for j in judged)
+    assert ev["precision"]["scored_answers"] == len({(j["prompt_id"], j["sample"]) for j in judged if j["ok"]})
     assert all((j["ok"] and 0 <= j["precision"] <= 100) or (not j["ok"] and j["error"]) for j in judged)
     syn = read_json(proj / "metrics/synthesize.json")
-    assert syn["requests"] >= 1 and syn["usage"]["calls"] == syn["requests"]
+    assert syn["requests"] >= 1 and syn["usage"]["calls"] == syn["requests_sent"]
     tr = read_json(proj / "metrics/train.json")
     assert tr["steps"] == 2 and tr["quantized"] is True
     assert (proj / "models/adapter/adapter_model.safetensors").is_file()
@@ -89,8 +92,8 @@ def test_second_repro_runs_nothing_and_a_judge_param_reruns_only_judge_and_repor
     assert ran(dvc(proj, "repro")) == []
     set_params(proj, {"judge": {"zetas": [50, 60, 70]}})
     again = dvc(proj, "repro")
-    assert ran(again) == ["judge", "report"]
+    assert sorted(ran(again)) == ["baseline", "judge", "report"]  # the baseline is judged with the same params
     ev = read_json(proj / "metrics/eval.json")
     # same requests as before: every judgment comes from the call cache, the server is not even started
-    assert ev["usage"]["calls"] == 0 and ev["usage"]["cached"] == 6
+    assert ev["usage"]["calls"] == 0 and ev["usage"]["cached"] >= 6
     assert "coverage_60" in ev["precision"]

@@ -1,4 +1,4 @@
-"""The `llamaduo` command: check params, run the pipeline."""
+"""The `llamaduo` command: check params, run one cycle, run the loop, move the champion, serve it."""
 
 from __future__ import annotations
 
@@ -10,35 +10,96 @@ import sys
 from llamaduo.config import ParamsError, load_params
 
 
+def _params(args):
+    return load_params(args.params)
+
+
 def _check(args) -> int:
-    try:
-        load_params(args.params)
-    except ParamsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _params(args)
     print(f"{args.params}: valid")
     return 0
 
 
 def _run(args) -> int:
-    if _check(args):
-        return 2
-    env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
-    return subprocess.call(["dvc", "repro", *args.targets], env=env)
+    _params(args)
+    return subprocess.call(["dvc", "repro", *args.targets])
+
+
+def _loop(args) -> int:
+    from llamaduo import loop
+
+    state = loop.run(args.params)
+    print(state["stopped_by"])
+    return 0
+
+
+def _registry_target(args):
+    from llamaduo import registry, tracking
+
+    p = _params(args)
+    tracking.connect(p.mlflow)
+    return p, registry.model_name(p.mlflow.model_prefix, p.data.tasks)
+
+
+def _promote(args) -> int:
+    from llamaduo import registry
+
+    p, name = _registry_target(args)
+    registry.promote(name, args.version, alias=p.mlflow.champion_alias, reason=f"by hand: {args.reason}")
+    print(f"{name} v{args.version} is now {p.mlflow.champion_alias!r}")
+    return 0
+
+
+def _rollback(args) -> int:
+    from llamaduo import registry
+
+    p, name = _registry_target(args)
+    target = registry.rollback(name, alias=p.mlflow.champion_alias, reason=args.reason)
+    print(f"{name}: {p.mlflow.champion_alias!r} -> {'v' + target if target else 'no version'}")
+    return 0
+
+
+def _serve(args) -> int:
+    from llamaduo.serving import serve
+
+    p, name = _registry_target(args)
+    return serve(name=name, ref=args.ref or p.mlflow.champion_alias, host=args.host, port=args.port,
+                 gpu_memory_utilization=p.providers[p.judge.provider].server.gpu_memory_utilization, extra=args.extra)
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="llamaduo", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate params.yaml and exit")
-    check.add_argument("--params", default="params.yaml")
-    check.set_defaults(func=_check)
+    sub.add_parser("check", help="validate params.yaml and exit").set_defaults(func=_check)
     run = sub.add_parser("run", help="validate params.yaml, then `dvc repro` one cycle")
-    run.add_argument("--params", default="params.yaml")
     run.add_argument("targets", nargs="*", help="stages to reproduce (default: all)")
     run.set_defaults(func=_run)
+    sub.add_parser("loop", help="cycles of `dvc repro` with a growing synthetic volume until the gate passes; "
+                                "resumes where it stopped").set_defaults(func=_loop)
+    promote = sub.add_parser("promote", help="move the champion alias to a registry version by hand")
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True)
+    promote.set_defaults(func=_promote)
+    rollback = sub.add_parser("rollback", help="move the champion alias back to the previous champion")
+    rollback.add_argument("--reason", required=True)
+    rollback.set_defaults(func=_rollback)
+    serve = sub.add_parser("serve", help="serve the champion (or --ref VERSION|ALIAS) with vLLM's OpenAI-compatible server")
+    serve.add_argument("--ref", default=None)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("extra", nargs="*", help="more `vllm serve` arguments (after --)")
+    serve.set_defaults(func=_serve)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ParamsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # LoopError, ProviderError: where it stopped and how to go on
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

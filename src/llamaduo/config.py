@@ -50,22 +50,52 @@ class LocalServer(_Section):
     extra_args: list[str] = Field([], description="More `vllm serve` arguments, passed as they are.")
 
 
+class PriceParams(_Section):
+    input_per_mtok: float = Field(0.0, ge=0, description="Price in USD per 1M input tokens (0 = free or unknown; cost is then reported as 0).")
+    output_per_mtok: float = Field(0.0, ge=0, description="Price in USD per 1M output tokens.")
+    batch_factor: float = Field(0.5, gt=0, le=1, description="Multiplier on both prices for calls answered through the Batch API (the three vendors charge half).")
+
+
+# what each kind can do; the validator below checks params against it, once
+_HOSTED_KINDS = ("openai", "anthropic", "gemini")  # have a Batch API and a default key variable
+
+
 class ProviderParams(_Section):
-    kind: Literal["local", "openai_compatible"] = Field(
-        ..., description="`local` starts a vLLM server on loopback for `model`; `openai_compatible` talks to `base_url`."
+    kind: Literal["local", "openai_compatible", "openai", "anthropic", "gemini"] = Field(
+        ..., description="`local` starts a vLLM server on loopback for `model`; `openai_compatible` talks to `base_url`; "
+                         "`openai`, `anthropic` and `gemini` use the vendor's SDK (Chat Completions, Messages, google-genai)."
     )
     model: str = Field(..., description="Model name (or, for `local`, a path or Hub id to serve).")
-    base_url: str | None = Field(None, description="API base URL (`openai_compatible` only).")
-    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key; the key itself never goes in params.")
+    base_url: str | None = Field(None, description="API base URL: required for `openai_compatible`; for the hosted kinds null = the SDK's default.")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key; the key itself never goes in params. "
+                                                        "null = OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY (then GOOGLE_API_KEY) by kind; none for local servers.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    rpm: int | None = Field(None, ge=1, description="Requests-per-minute limit the engine paces itself to (null = no limit).")
+    tpm: int | None = Field(None, ge=1, description="Tokens-per-minute limit (input estimated at 4 characters a token, plus max_tokens x n for the output; null = no limit).")
     timeout_s: float = Field(300, gt=0, description="Per-request timeout.")
-    max_retries: int = Field(3, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections.")
+    max_retries: int = Field(3, ge=0, description="Retries on 429, 408, 409, 5xx, timeouts and dropped connections (never on other 4xx).")
+    retry_base_s: float = Field(1.0, gt=0, description="First backoff delay; doubles on each retry, with full jitter (a Retry-After header wins).")
+    retry_max_s: float = Field(60.0, gt=0, description="Longest single backoff delay.")
+    native_n: bool | None = Field(None, description="Ask for n samples in one call (input paid once). null = the kind's default: "
+                                                    "yes for openai, openai_compatible, local and gemini (candidate_count), no for anthropic (M calls).")
+    price: PriceParams = Field(default_factory=PriceParams, description="Token prices, for the cost in each stage's `usage`.")
+    batch: bool = Field(False, description="Send cache misses through the vendor's Batch API (cheaper, hours not seconds; hosted kinds only). "
+                                           "Job ids are kept in the cache DB: a killed run resumes polling instead of paying again.")
+    batch_poll_s: float = Field(30, gt=0, description="Seconds between status polls of a batch job.")
+    batch_wait_s: float = Field(86400, gt=0, description="Give up waiting after this long (the jobs stay recorded; rerunning the stage resumes them).")
+    batch_max_requests: int = Field(1000, ge=1, description="Requests per submitted batch job (larger sets are split into several jobs).")
     server: LocalServer = Field(default_factory=LocalServer, description="`local` only: how to start the server.")
 
     @model_validator(mode="after")
     def _check_kind(self):
         if self.kind == "openai_compatible" and not self.base_url:
             raise ValueError("`base_url` is required when `kind` is `openai_compatible`")
+        if self.batch and self.kind not in _HOSTED_KINDS:
+            raise ValueError(f"`batch` needs a kind with a Batch API ({', '.join(_HOSTED_KINDS)}), not `{self.kind}`")
+        if self.native_n and self.kind == "anthropic":
+            raise ValueError("`native_n` cannot be true for `anthropic` (the Messages API has no `n`; M samples are M calls)")
+        if self.retry_base_s > self.retry_max_s:
+            raise ValueError(f"`retry_base_s` ({self.retry_base_s}) is larger than `retry_max_s` ({self.retry_max_s})")
         return self
 
 
@@ -82,6 +112,9 @@ class SynthParams(_Section):
     provider: str = Field("local", description="Name of the entry in `providers` that synthesizes.")
     volume: int = Field(0, ge=0, description="Target number of curated synthetic pairs (0 = none, cycle 0).")
     pairs_per_request: int = Field(4, ge=1, le=50, description="Pairs asked for in one request.")
+    previous_volumes: list[int] = Field(
+        [], description="`volume` of cycles 0, 1, ... before this one (the loop driver appends the old value when it raises it): "
+        "rows of requests an earlier target already needed keep that earlier cycle.")
     max_requests: int = Field(200, ge=0, description="Budget: stop after this many requests even if `volume` is not reached.")
     temperature: float = Field(0.8, ge=0, le=2)
     max_tokens: int = Field(1024, ge=16)
@@ -89,31 +122,87 @@ class SynthParams(_Section):
     topics: list[str] = Field(
         ["science", "history", "technology", "health", "business", "arts", "sports", "nature", "politics", "travel"],
         min_length=1,
-        description="A topic per request, cycled, for diversity.",
+        description="A topic per request, drawn with the seed pair, for diversity.",
     )
+
+    @model_validator(mode="after")
+    def _check_history(self):
+        if len(self.previous_volumes) > self.cycle:
+            raise ValueError(f"`previous_volumes` lists {len(self.previous_volumes)} earlier cycles, but `cycle` is {self.cycle}")
+        if any(v < 0 for v in self.previous_volumes) or sorted(self.previous_volumes) != self.previous_volumes or (
+                self.previous_volumes and self.previous_volumes[-1] > self.volume):
+            raise ValueError("`previous_volumes` must be non-negative, non-decreasing and at most `volume`")
+        return self
 
 
 class CurateParams(_Section):
-    min_instruction_chars: int = Field(10, ge=0, description="Drop pairs whose instruction is shorter.")
-    min_response_chars: int = Field(1, ge=0, description="Drop pairs whose response is shorter.")
-    decontaminate: bool = Field(True, description="Drop pairs whose normalized instruction or response equals a test row's.")
+    # lengths are in word tokens (src/llamaduo/tokens.py: runs of letters/digits; punctuation separates)
+    min_instruction_tokens: int = Field(3, ge=0, description="Drop pairs whose instruction has fewer word tokens.")
+    min_response_tokens: int = Field(1, ge=0, description="Drop pairs whose response has fewer word tokens.")
+    max_instruction_tokens: int = Field(4096, ge=1, description="Drop pairs whose instruction has more word tokens.")
+    max_response_tokens: int = Field(2048, ge=1, description="Drop pairs whose response has more word tokens.")
+    copy_ratio: float | None = Field(0.8, gt=0, le=1, description="Drop pairs whose response repeats at least this share of the instruction's tokens (LCS); null = off.")
+    refusal_patterns: list[str] = Field(
+        [r"as an ai\b", r"\bi'?m sorry\b", r"\bi am sorry\b", r"\bi apologi[sz]e\b", r"\bi (?:can ?not|can't|cannot) (?:help|assist|provide|comply|do that)",
+         r"\bi(?:'m| am) (?:unable|not able) to\b"],
+        description="Regexes (case-insensitive) marking a refusal or apology; searched in the first `refusal_window_chars` of the response.",
+    )
+    refusal_window_chars: int = Field(200, ge=1, description="How much of the response start the refusal patterns look at.")
+    leftover_markup: bool = Field(True, description="Drop pairs holding leftover JSON of the synthesis schema, or a field wrapped in a markdown fence.")
+    fence_ok_tasks: list[str] = Field(["coding"], description="Tasks where a fenced field is the answer, not a leftover.")
+    min_stopword_ratio: float | None = Field(0.05, ge=0, le=1, description="Wrong language: drop rows whose share of English function words is below this; null = off.")
+    language_min_tokens: int = Field(20, ge=1, description="The language rule only judges rows with at least this many tokens.")
+    near_dedup: bool = Field(True, description="Drop near duplicates (MinHash LSH candidates confirmed by ROUGE-L) of train rows and earlier kept rows.")
+    shingle_size: int = Field(3, ge=1, description="Words per shingle for MinHash.")
+    num_perm: int = Field(128, ge=8, description="MinHash permutations.")
+    minhash_seed: int = Field(0, ge=0, description="Seed of the MinHash permutations.")
+    lsh_threshold: float = Field(0.5, gt=0, lt=1, description="Jaccard level the LSH bands aim at: pairs likely above it become ROUGE-L candidates.")
+    rouge_l_threshold: float = Field(0.7, gt=0, le=1, description="ROUGE-L F1 (instruction + response) at or above which a candidate is a duplicate.")
+    decontaminate: bool = Field(True, description="Drop pairs too close to a test row (exact, shared n-gram, or MinHash similarity) and list them.")
+    decontam_ngram: int = Field(13, ge=3, description="n of the shared-n-gram test against test prompts and responses.")
+    decontam_minhash_threshold: float | None = Field(0.5, gt=0, lt=1, description="MinHash Jaccard with a test field at or above which a field is contamination; null = off.")
 
 
 class TrainParams(_Section):
     quantize: bool = Field(True, description="QLoRA: load the base in 4-bit NF4 (bitsandbytes); false = plain LoRA.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank (paper: 8 up to 16k rows).")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (paper: 2 x rank).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_r: int | None = Field(None, ge=1, description="LoRA rank; null = by data volume as the paper's Table 5: 8 below 32k rows, 16 from 32k, 32 from 64k.")
+    lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha; null = 2 x rank (the paper's Table 5).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path (paper: 0.05).")
     target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters.")
     learning_rate: float = Field(2e-4, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
-    max_length: int = Field(1024, ge=32, description="Max tokens per example; longer ones are truncated (and counted).")
-    max_steps: int = Field(20, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule (paper: cosine).")
+    max_length: int = Field(1024, ge=32, description="Max tokens per example (paper: 1024); longer ones are truncated (and counted).")
+    max_steps: int = Field(20, ge=1, description="Optimizer steps (per sub-model).")
+    batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    packing: bool = Field(False, description="Pack several examples into one max_length row (trl's best-fit packing). Exact only with "
+                                             "flash attention; with CPU/SDPA attention packed examples can see each other.")
+    bf16: bool | None = Field(None, description="bfloat16 compute; null = where the hardware has it (a CUDA GPU with bf16), else float32.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (~20% slower on CPU; worth it on a small GPU).")
-    seed: int = Field(42)
+    val_ratio: float = Field(0.05, ge=0, lt=1, description="Share of coverage train rows (seeded) held out for the validation loss; 0 = none.")
+    submodels: int = Field(1, ge=1, description="Train this many adapters that differ only in data order (seed + i); >1 needs `merge.method`.")
+    save_steps: int = Field(5, ge=1, description="Checkpoint every this many steps, so a killed run resumes instead of restarting.")
+    checkpoint_dir: str = Field(".llamaduo/checkpoints", description="Where checkpoints live (outside DVC), one folder per hash of the stage's inputs and params.")
+    seed: int = Field(42, description="Seed of the LoRA init, dropout and the held-out slice; sub-model i shuffles the data with seed + i.")
     threads: int | None = Field(None, ge=1, description="torch threads; null = torch's default.")
+
+
+class MergeParams(_Section):
+    method: Literal["weighted_average", "parameter_selection"] | None = Field(
+        None, description="How to merge the `train.submodels` sub-models (task vectors over the base); null = off (infer uses models/adapter).")
+    resample: int = Field(0, ge=0, description="parameter_selection only: times an element whose picked sub-model left it unchanged is redrawn (paper's n).")
+    weights: list[float] | None = Field(None, description="weighted_average only: one weight per sub-model; null = 1/k each.")
+    seed: int = Field(0, description="Seed of the element draws (each tensor draws from seed + its name, so the result does not depend on order).")
+    shard_mb: int = Field(2000, ge=1, description="Largest safetensors shard written for the merged model (bounds the write buffer).")
+    work_dir: str = Field(".llamaduo/merge", description="Scratch folder (outside DVC) for each sub-model's adapter merged into full weights.")
+
+    @model_validator(mode="after")
+    def _check_method(self):
+        if self.resample and self.method != "parameter_selection":
+            raise ValueError(f"`resample` only applies to `parameter_selection`, not `{self.method}`")
+        if self.weights is not None and self.method != "weighted_average":
+            raise ValueError(f"`weights` only applies to `weighted_average`, not `{self.method}`")
+        return self
 
 
 class InferParams(_Section):
@@ -128,17 +217,93 @@ class InferParams(_Section):
     threads: int | None = Field(None, ge=1)
 
 
+class BaselineParams(_Section):
+    """The service baseline (the paper's Table 1): the service LLMs answer the test prompts, judged like the local model."""
+
+    services: list[str] | None = Field(None, description="Provider names that answer the test prompts; null = the primary judge's provider; "
+                                                          "[] = no baseline (then no pairwise comparison and no P-Match).")
+    samples: int = Field(1, ge=1, description="Answers per test prompt and service (one call with n=samples).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the service answers (as `infer.temperature`).")
+    max_tokens: int = Field(256, ge=1, description="Longest service answer, in tokens (as `infer.max_new_tokens`).")
+
+
 class JudgeParams(_Section):
-    provider: str = Field("local", description="Name of the entry in `providers` that judges.")
+    provider: str = Field("local", description="The primary judge (a key of `providers`): its scores fill eval.json's top-level entries "
+                                                "and the gate. With `judges` set it defaults to, and must equal, `judges[0]`.")
+    judges: list[str] = Field([], description="The judge panel (keys of `providers`), primary first; [] = just `provider`. "
+                                               "Metrics are reported per judge, across judges, and with the judges' agreement.")
     m: int = Field(3, ge=1, description="M: judgments per answer (one call with n=M).")
     temperature: float = Field(0.7, ge=0, le=2, description="Must be > 0 for M repeats to differ.")
     max_tokens: int = Field(200, ge=16)
     zetas: list[int] = Field([50, 70], min_length=1, description="Coverage thresholds: share of answers scoring >= zeta.")
+    retries: int = Field(1, ge=0, description="Re-asks (each one call) for judgments that could not be parsed, naming the cause; "
+                                              "still unusable after that, they are recorded as failures and left out of every mean.")
+    pairwise: bool = Field(True, description="Also compare each local answer with the first baseline service's answer, in both orders "
+                                             "(a verdict that flips with the order is a tie).")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for each mean's 95% interval in eval.json.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+    worst: int = Field(10, ge=0, description="How many of the worst-scored answers (primary judge, gate metric order: precision) "
+                                             "go into metrics/worst.json with the judge's reasons.")
+    baseline: BaselineParams = Field(default_factory=BaselineParams)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary(cls, data):
+        # `judges` set and `provider` not: the first of the panel is the primary judge
+        if isinstance(data, dict) and data.get("judges") and "provider" not in data:
+            data = dict(data, provider=data["judges"][0])
+        return data
+
+    @model_validator(mode="after")
+    def _check_panel(self):
+        if self.judges and self.judges[0] != self.provider:
+            raise ValueError(f"`provider` ({self.provider!r}) must be the first of `judges` ({self.judges}); set one of the two")
+        if len(set(self.judges)) != len(self.judges):
+            raise ValueError("`judges` lists a judge twice")
+        return self
+
+    @property
+    def panel(self) -> list[str]:
+        """Every judge, primary first."""
+        return list(self.judges) or [self.provider]
+
+    @property
+    def services(self) -> list[str]:
+        """The baseline's service LLMs."""
+        return [self.provider] if self.baseline.services is None else list(self.baseline.services)
 
 
-class ReportParams(_Section):
-    threshold_metric: Literal["precision", "similarity"] = Field("precision", description="Metric the pass/fail line reads.")
-    threshold: float = Field(70, ge=0, le=100, description="Epsilon: mean score the local model must reach.")
+class GateParams(_Section):
+    metric: Literal["precision", "similarity"] = Field("precision", description="Judge metric the promotion gate reads.")
+    threshold: float | None = Field(70, ge=0, le=100, description="Epsilon: mean score V the local model must reach; null = no absolute bar.")
+    no_regression: bool = Field(True, description="Also refuse a model whose score is below the current champion's 95% interval.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% interval of the mean.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+
+
+class LoopParams(_Section):
+    start_volume: int = Field(1000, ge=1, description="Synthetic volume of cycle 1 (cycle 0 trains on coverage train only).")
+    growth_factor: float = Field(2.0, ge=1, description="Each later cycle multiplies the volume by this (the paper doubles: 1k ... 256k).")
+    max_volume: int = Field(256000, ge=1, description="Never ask for more than this.")
+    max_cycles: int = Field(9, ge=1, description="Stop after this many cycles (cycle 0 included).")
+    max_cost_usd: float | None = Field(None, ge=0, description="Stop before a cycle once the service calls so far cost this much; null = no budget.")
+
+
+class CostParams(_Section):
+    service_provider: str | None = Field(None, description="Entry of `providers` the feature used before the migration (its `price` is the service's); null = `judge`'s first provider.")
+    requests_per_month: int = Field(100_000, ge=1, description="Requests the feature serves a month.")
+    gpu_price_per_hour: float = Field(1.0, ge=0, description="USD an hour for the GPU that serves the local model.")
+    local_tokens_per_s: float = Field(1000, gt=0, description="Output tokens a second that GPU serves (measure with vLLM on your hardware).")
+    min_gpu_hours_per_month: float = Field(0, ge=0, le=744, description="Billed hours a month at least (730 for an always-on instance; 0 = pay per use).")
+    training_gpu_hours: float = Field(0, ge=0, description="GPU hours the migration's training took; added to the service calls the loop paid.")
+    horizon_months: int = Field(24, ge=1, description="Months the cumulative-cost curve covers.")
+
+
+class MlflowParams(_Section):
+    tracking_uri: str = Field("sqlite:///.llamaduo/mlflow.db", description="Tracking backend; the MLFLOW_TRACKING_URI environment variable wins.")
+    experiment: str = Field("llamaduo", description="Experiment holding one parent run per loop.")
+    model_prefix: str = Field("llamaduo-", description="Registered model name = prefix + the tasks joined by '+'.")
+    champion_alias: str = Field("champion", description="Registry alias the promotion gate moves.")
 
 
 class Params(_Section):
@@ -149,18 +314,29 @@ class Params(_Section):
     synth: SynthParams = Field(default_factory=SynthParams)
     curate: CurateParams = Field(default_factory=CurateParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    merge: MergeParams = Field(default_factory=MergeParams)
     infer: InferParams = Field(default_factory=InferParams)
     judge: JudgeParams = Field(default_factory=JudgeParams)
-    report: ReportParams = Field(default_factory=ReportParams)
+    gate: GateParams = Field(default_factory=GateParams)
+    loop: LoopParams = Field(default_factory=LoopParams)
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    cost: CostParams = Field(default_factory=CostParams)
 
     @model_validator(mode="after")
     def _cross_checks(self):
         # rules across sections live here, once
-        for key, name in (("synth.provider", self.synth.provider), ("judge.provider", self.judge.provider)):
+        named = [("synth.provider", self.synth.provider), ("judge.provider", self.judge.provider)]
+        named += [("judge.judges", n) for n in self.judge.judges] + [("judge.baseline.services", n) for n in self.judge.services]
+        for key, name in named:
             if name not in self.providers:
                 raise ValueError(f"`{key}` is {name!r}, which is not a key of `providers` (have: {sorted(self.providers)})")
         if len(set(self.data.tasks)) != len(self.data.tasks):
             raise ValueError("`data.tasks` lists a task twice")
+        # caught here, at `llamaduo check`, instead of after training
+        if self.train.submodels > 1 and self.merge.method is None:
+            raise ValueError(f"`train.submodels` is {self.train.submodels} but `merge.method` is null: set a merge method or one submodel")
+        if self.train.submodels == 1 and self.merge.method is not None:
+            raise ValueError(f"`merge.method` is {self.merge.method!r} but `train.submodels` is 1: merging needs at least 2")
         return self
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llamaduo.metrics import answer_scores
+from llamaduo.metrics import answer_scores, bootstrap_ci, select
 
 
 def _load(path: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, p) -> dict:
+def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, judgments: list[dict], p) -> dict:
+    """`p` is the gate section: the pass line is the mean of `p.metric` against `p.threshold`."""
     ev, tr = _load(eval), _load(train)
-    score = ev[p.threshold_metric]["mean"]
+    score = ev[p.metric]["mean"]
+    judgments = _primary(judgments)  # the gate's interval is the primary judge's, like `score`
+    ci = bootstrap_ci(list(answer_scores(judgments, p.metric).values()), resamples=p.bootstrap, seed=p.seed)
     return {
         "split": _load(prepare),
         "synthetic_curated": _load(curate)["rows_out"],
@@ -24,12 +27,18 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, p) 
         "precision": ev["precision"],
         "similarity": ev["similarity"],
         "failed_judgments": ev["failed_judgments"],
-        "gate": {"metric": p.threshold_metric, "threshold": p.threshold, "score": score,
-                 "passed": score is not None and score >= p.threshold},
+        "gate": {"metric": p.metric, "threshold": p.threshold, "score": score, "ci95": ci,
+                 "passed": score is not None and (p.threshold is None or score >= p.threshold)},
     }
 
 
 def score_points(judgments: list[dict]) -> list[dict]:
-    """One point per answer: its mean precision and similarity (the paper's Figure 3 axes)."""
+    """One point per answer: its mean precision and similarity (the paper's Figure 3 axes), by the primary judge."""
+    judgments = _primary(judgments)
     prec, sim = answer_scores(judgments, "precision"), answer_scores(judgments, "similarity")
     return [{"prompt_id": k[0], "sample": k[1], "precision": prec[k], "similarity": sim[k]} for k in sorted(prec)]
+
+
+def _primary(judgments: list[dict]) -> list[dict]:
+    """The primary judge's rows (judgments.parquet holds every judge of the panel)."""
+    return select(judgments, primary=True)

@@ -47,21 +47,72 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("tokens", pa.int32(), nullable=False),
             pa.field("finish_reason", pa.string()),
             pa.field("engine", pa.string(), nullable=False),
+            # seconds from the request entering the engine to its last token (shared by the K samples of a
+            # prompt; transformers: the batch's generate call); null when the engine does not report it
+            pa.field("latency_s", pa.float64()),
         ]
     ),
-    # data/eval/judgments.parquet: M judgments per answer; failures are rows with ok=false and a reason
+    # data/eval/baseline_responses.parquet: the service LLMs' answers to the test prompts (the baseline)
+    "baseline_responses": pa.schema(
+        [
+            pa.field("service", pa.string(), nullable=False),        # provider name in params
+            pa.field("service_model", pa.string(), nullable=False),
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("task", pa.string(), nullable=False),
+            pa.field("sample", pa.int32(), nullable=False),
+            pa.field("answer", pa.string(), nullable=False),
+            pa.field("tokens", pa.int32()),                          # the call's output tokens / n (providers bill per call)
+            pa.field("finish_reason", pa.string()),
+        ]
+    ),
+    # data/eval/judgments.parquet and baseline_judgments.parquet: M judgments per answer and judge; a judgment
+    # that stayed unusable after the retries is a row with ok=false and its reason, never a score
     "judgments": pa.schema(
         [
+            pa.field("answerer", pa.string(), nullable=False),       # "local", or the service's provider name
             pa.field("prompt_id", pa.string(), nullable=False),
             pa.field("task", pa.string(), nullable=False),
             pa.field("sample", pa.int32(), nullable=False),
             pa.field("repeat", pa.int32(), nullable=False),
-            pa.field("judge", pa.string(), nullable=False),
+            pa.field("judge", pa.string(), nullable=False),          # provider name in params
+            pa.field("primary", pa.bool_(), nullable=False),         # the primary judge (eval.json's top level, the gate)
             pa.field("judge_model", pa.string(), nullable=False),
+            pa.field("judge_version", pa.string(), nullable=False),  # provider identity: kind, endpoint, model, weights hash
             pa.field("prompt_sha", pa.string(), nullable=False),
+            pa.field("temperature", pa.float64(), nullable=False),
+            pa.field("max_tokens", pa.int32(), nullable=False),
+            pa.field("m", pa.int32(), nullable=False),
+            pa.field("attempts", pa.int32(), nullable=False),        # 1 + re-asks this judgment took
             pa.field("ok", pa.bool_(), nullable=False),
             pa.field("precision", pa.float64()),
             pa.field("similarity", pa.float64()),
+            pa.field("reason", pa.string()),                         # the judge's own one-sentence reason
+            pa.field("error", pa.string()),                          # why it is unusable (ok=false)
+        ]
+    ),
+    # data/eval/pairwise.parquet: each local answer against the service's answer, judged in both orders
+    "pairwise": pa.schema(
+        [
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("task", pa.string(), nullable=False),
+            pa.field("sample", pa.int32(), nullable=False),
+            pa.field("service", pa.string(), nullable=False),
+            pa.field("service_sample", pa.int32(), nullable=False),
+            pa.field("judge", pa.string(), nullable=False),
+            pa.field("primary", pa.bool_(), nullable=False),
+            pa.field("judge_model", pa.string(), nullable=False),
+            pa.field("judge_version", pa.string(), nullable=False),
+            pa.field("prompt_sha", pa.string(), nullable=False),
+            pa.field("temperature", pa.float64(), nullable=False),
+            pa.field("max_tokens", pa.int32(), nullable=False),
+            pa.field("attempts", pa.int32(), nullable=False),        # calls over both orders, re-asks included
+            pa.field("local_first", pa.string()),                    # verdict with the local answer shown as A: local/service/tie
+            pa.field("service_first", pa.string()),                  # verdict with the orders swapped
+            pa.field("outcome", pa.string()),                        # for the local model: win / tie / loss (null when failed)
+            pa.field("flipped", pa.bool_()),                         # the preferred model changed with the order
+            pa.field("ok", pa.bool_(), nullable=False),
+            pa.field("reason_local_first", pa.string()),
+            pa.field("reason_service_first", pa.string()),
             pa.field("error", pa.string()),
         ]
     ),

@@ -1,15 +1,50 @@
-"""Fine-tuning: trl's SFT trainer with a peft LoRA adapter, on a 4-bit NF4 base when quantizing (QLoRA)."""
+"""Fine-tuning: trl's SFT trainer with a peft LoRA adapter, on a 4-bit NF4 base when quantizing (QLoRA).
+
+`train` fits `train.submodels` adapters that differ only in data order (the input of merging, see
+`llamaduo.merging`). Each one checkpoints into `train.checkpoint_dir/train-<hash of inputs and params>/`,
+so a killed run resumes at its last checkpoint (and skips finished sub-models) instead of restarting.
+
+The output folder is a plain peft adapter (sub-model 0, what inference loads) plus `submodels.json`
+listing every sub-model's folder relative to it: "." for sub-model 0, `submodels/<i>` for the others.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import os
 import random
 import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+SUBMODELS_FILE = "submodels.json"
+
+# the paper's Table 5: LoRA rank by training volume (alpha = 2 x rank); the loop doubles volume 1k ... 256k,
+# so rows fall clearly on one side of each bound (16k + coverage < 32k, 32k + coverage < 64k)
+RANK_BY_ROWS = ((64_000, 32), (32_000, 16), (0, 8))
+
+# fields that change how a run goes but not what it computes: kept out of the checkpoint key
+_NOT_IN_KEY = {"threads", "save_steps", "checkpoint_dir"}
+
+
+def lora_shape(p, n_rows: int) -> tuple[int, int]:
+    """(rank, alpha): the params' values, or by volume where they are null."""
+    r = p.lora_r or next(rank for bound, rank in RANK_BY_ROWS if n_rows >= bound)
+    return r, p.lora_alpha or 2 * r
+
+
+def holdout(rows: list[dict], p) -> tuple[list[dict], list[dict]]:
+    """(fit, validation): a seeded `val_ratio` slice of `rows` (at least one row when the ratio is > 0)."""
+    if not p.val_ratio or len(rows) < 2:
+        return list(rows), []
+    order = list(range(len(rows)))
+    random.Random(p.seed).shuffle(order)
+    n_val = max(1, round(len(rows) * p.val_ratio))
+    val = set(order[:n_val])
+    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
 def to_examples(rows: list[dict]) -> list[dict]:
@@ -25,91 +60,236 @@ def count_truncated(tokenizer, examples: list[dict], max_length: int) -> tuple[i
     """(examples longer than max_length, total tokens) after the chat template."""
     over = total = 0
     for ex in examples:
-        n = len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True))
+        # return_dict=False: transformers 5 returns a BatchEncoding (whose len() is its key count) by default
+        n = len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=False))
         total += min(n, max_length)
         over += n > max_length
     return over, total
 
 
-def _bf16_supported() -> bool:
+def use_bf16(p) -> bool:
     import torch
 
+    if p.bf16 is not None:
+        return p.bf16
+    # CPUs mostly emulate bf16 matmuls (slower than fp32); only a CUDA GPU that has it gains
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def load_base(base_dir: str, *, quantize: bool):
+def load_base(base_dir: str, *, quantize: bool, bf16: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    compute = torch.bfloat16 if _bf16_supported() else torch.float32
+    compute = torch.bfloat16 if bf16 else torch.float32
     kwargs = {"dtype": compute}
     if quantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
         )
+        if torch.cuda.is_available():
+            from accelerate import PartialState
+
+            # a 4-bit model cannot be moved after loading: under `accelerate launch` each process loads onto its own GPU
+            kwargs["device_map"] = {"": PartialState().local_process_index}
     return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
 
 
-def train(*, rows: list[dict], base_dir: str, out_dir: str, p) -> dict:
-    """Train one adapter on `rows` with TrainParams `p`; write it to `out_dir`; return metrics."""
+def checkpoint_key(rows: list[dict], val_rows: list[dict], base_dir: str, p) -> str:
+    """Hash of what the run computes from: rows, held-out rows, base weights and the params that matter."""
+    from llamaduo.providers.local import weights_fingerprint
+
+    h = hashlib.sha256()
+    h.update(json.dumps([rows, val_rows], sort_keys=True, default=str).encode())
+    h.update(weights_fingerprint(base_dir).encode())
+    h.update(json.dumps(p.model_dump(exclude=_NOT_IN_KEY), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _sft_config(p, output_dir: Path, **overrides):
+    import torch
+    from trl import SFTConfig
+
+    kwargs = dict(
+        output_dir=str(output_dir), max_length=p.max_length, per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum,
+        learning_rate=p.learning_rate, lr_scheduler_type=p.lr_scheduler, max_steps=p.max_steps,
+        gradient_checkpointing=p.gradient_checkpointing, packing=p.packing, logging_steps=1, report_to="none",
+        seed=p.seed, use_cpu=not torch.cuda.is_available(), bf16=use_bf16(p), dataset_num_proc=None,
+        include_num_input_tokens_seen="non_padding", eval_strategy="no", save_strategy="no",
+        # LoRA leaves most parameters frozen: DDP's unused-parameter search would only cost time
+        ddp_find_unused_parameters=False,
+    )
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
+
+
+def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data_seed, ckpt: Path, final: Path,
+               callbacks=()) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
+    from transformers import TrainerState
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    # same seed for every sub-model: identical LoRA init and dropout, so they differ only in data order
+    torch.manual_seed(p.seed)
+    examples = list(examples)
+    # the trainer's sampler also shuffles by data_seed; the pre-shuffle keeps orders distinct whatever the sampler does
+    random.Random(data_seed).shuffle(examples)
+    model = load_base(base_dir, quantize=p.quantize, bf16=use_bf16(p))
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora_dropout, target_modules=p.target_modules, task_type="CAUSAL_LM")
+    cfg = _sft_config(p, ckpt, data_seed=data_seed, save_strategy="steps", save_steps=p.save_steps, save_total_limit=1)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(examples),
+                         eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
+                         processing_class=tokenizer, peft_config=lora, callbacks=list(callbacks))
+    last = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+    start_step = start_tokens = 0
+    if last:
+        state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+        start_step, start_tokens = state.global_step, state.num_input_tokens_seen
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    wall = time.perf_counter() - start
+    log = trainer.state.log_history
+    losses = [h["loss"] for h in log if "loss" in h]
+    if not losses or not all(math.isfinite(x) for x in losses):
+        raise FloatingPointError(f"training loss is not finite: {losses}")
+    val_loss = trainer.evaluate()["eval_loss"] if val_examples else None
+    tokens = trainer.state.num_input_tokens_seen
+    steps = trainer.state.global_step
+    metrics = {
+        "data_seed": data_seed,
+        "steps": steps,
+        "resumed_from_step": start_step,
+        "train_loss": float(result.training_loss),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "val_loss": val_loss,
+        "tokens_seen": int(tokens),
+        "examples_seen": steps * p.batch_size * p.grad_accum * trainer.accelerator.num_processes,
+        "wall_s": round(wall, 2),
+        # this process's share only, so a resumed run reports its real speed
+        "tokens_per_s": round((tokens - start_tokens) / wall, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in log if "loss" in h],
+    }
+    if trainer.accelerator.is_main_process:
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics))
+        tmp.replace(final)  # a finished sub-model is skipped on resume only once it is complete
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[dict] | None = None, callbacks=()) -> dict:
+    """Train `p.submodels` adapters on `rows` (validation loss on `val_rows`); write them to `out_dir`; return metrics.
+
+    `callbacks`: extra transformers TrainerCallbacks (progress, early stop ...), given to every sub-model's trainer.
+    """
+    import torch
+    from accelerate import PartialState
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
     if not rows:
         raise ValueError("no training rows (train split and curated synthetic data are both empty)")
     if p.threads:
         torch.set_num_threads(p.threads)
-    torch.manual_seed(p.seed)
-    rows = list(rows)
-    random.Random(p.seed).shuffle(rows)
-    examples = to_examples(rows)
+    val_rows = list(val_rows or [])
+    examples, val_examples = to_examples(rows), to_examples(val_rows)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     truncated, tokens = count_truncated(tokenizer, examples, p.max_length)
+    r, alpha = lora_shape(p, len(rows))
+    root = Path(p.checkpoint_dir) / f"train-{checkpoint_key(rows, val_rows, base_dir, p)}"
+    state = PartialState()
 
-    model = load_base(base_dir, quantize=p.quantize)
-    lora = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                      target_modules=p.target_modules, task_type="CAUSAL_LM")
-    work = Path(tempfile.mkdtemp(prefix="llamaduo-train-"))
-    cfg = SFTConfig(
-        output_dir=str(work), max_length=p.max_length, per_device_train_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum, learning_rate=p.learning_rate, lr_scheduler_type=p.lr_scheduler,
-        max_steps=p.max_steps, gradient_checkpointing=p.gradient_checkpointing, logging_steps=1, save_strategy="no", report_to="none", seed=p.seed,
-        use_cpu=not torch.cuda.is_available(), bf16=_bf16_supported(), dataset_num_proc=None,
-    )
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, peft_config=lora)
-    start = time.perf_counter()
-    result = trainer.train()
-    wall = time.perf_counter() - start
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    if not losses or not all(math.isfinite(x) for x in losses):
-        raise FloatingPointError(f"training loss is not finite: {losses}")
-    tmp_out = Path(tempfile.mkdtemp(dir=Path(out_dir).parent, prefix=".adapter-"))
-    trainer.model.save_pretrained(tmp_out)
-    tokenizer.save_pretrained(tmp_out)
-    if Path(out_dir).exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp_out, out_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    steps = trainer.state.global_step
-    seen = min(len(examples), steps * p.batch_size * p.grad_accum)
-    return {
-        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+    subs = []
+    for i in range(p.submodels):
+        final = root / f"sub-{i}" / "final"
+        if (final / "metrics.json").is_file():
+            subs.append(json.loads((final / "metrics.json").read_text()))
+            continue
+        subs.append(_train_one(examples=examples, val_examples=val_examples, base_dir=base_dir, tokenizer=tokenizer,
+                               p=p, r=r, alpha=alpha, data_seed=p.seed + i, ckpt=root / f"sub-{i}", final=final,
+                               callbacks=callbacks))
+
+    if state.is_main_process:
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".adapter-"))
+        paths = []
+        for i in range(p.submodels):
+            dest = tmp if i == 0 else tmp / "submodels" / str(i)
+            shutil.copytree(root / f"sub-{i}" / "final", dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics.json"))
+            paths.append("." if i == 0 else f"submodels/{i}")
+        (tmp / SUBMODELS_FILE).write_text(json.dumps({"submodels": paths, "data_seeds": [s["data_seed"] for s in subs]}, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+        shutil.rmtree(root, ignore_errors=True)  # the adapters are out: the checkpoints have served
+    state.wait_for_everyone()
+
+    head = subs[0]
+    metrics = {
+        "loss_curve": head["loss_curve"],  # sub-model 0's; the others' final losses are under `submodels`
         "rows": len(rows),
+        "val_rows": len(val_rows),
         "truncated_rows": truncated,
-        "steps": steps,
-        "train_loss": float(result.training_loss),
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-        "wall_s": round(wall, 2),
-        "examples_per_s": round(steps * p.batch_size * p.grad_accum / wall, 3),
         "tokens_in_data": tokens,
-        "examples_seen": seen,
+        **{k: v for k, v in head.items() if k not in ("loss_curve", "data_seed")},
         "quantized": p.quantize,
-        "lora_r": p.lora_r,
-        "lora_alpha": p.lora_alpha,
+        "packing": p.packing,
+        "bf16": use_bf16(p),
+        "lora_r": r,
+        "lora_alpha": alpha,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if p.submodels > 1:
+        metrics["submodels"] = [{k: v for k, v in s.items() if k != "loss_curve"} for s in subs]
+        metrics["total_wall_s"] = round(sum(s["wall_s"] for s in subs), 2)
+    return metrics
+
+
+def read_submodels(adapter_dir: str | Path) -> list[Path]:
+    """The sub-model adapter folders `train` wrote (just `adapter_dir` for a run without a manifest)."""
+    adapter_dir = Path(adapter_dir)
+    manifest = adapter_dir / SUBMODELS_FILE
+    if not manifest.is_file():
+        return [adapter_dir]
+    return [adapter_dir / rel for rel in json.loads(manifest.read_text())["submodels"]]
+
+
+def merge_adapter(base_dir: str, adapter_dir: str | Path, out_dir: str | Path) -> None:
+    """Base + one LoRA adapter folded into plain float32 weights (as inference runs them), saved as safetensors."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(out_dir)
+
+
+def validation_loss(model_dir: str | Path, val_rows: list[dict], p) -> float:
+    """Mean loss on the assistant turns of `val_rows` for a full model folder, computed as training computes it."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    if not val_rows:
+        raise ValueError("no validation rows: `train.val_ratio` is 0")
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    ds = Dataset.from_list(to_examples(val_rows))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16 if use_bf16(p) else torch.float32)
+    with tempfile.TemporaryDirectory(prefix="llamaduo-eval-") as work:
+        # SFTTrainer insists on a train set; evaluate() only reads the eval set
+        trainer = SFTTrainer(model=model, args=_sft_config(p, Path(work)), train_dataset=ds, eval_dataset=ds,
+                             processing_class=AutoTokenizer.from_pretrained(str(model_dir)))
+        return float(trainer.evaluate()["eval_loss"])

@@ -1,71 +1,66 @@
-"""A loopback server that speaks the OpenAI Chat Completions wire format, with scripted faults.
-
-It counts every request it receives, so tests can prove that nothing is paid for twice.
-"""
+"""A loopback server that speaks the OpenAI wire format: Chat Completions, files and batches."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fakes.server import FakeServer
 
 
-class FakeOpenAI:
-    def __init__(self, answer=None, faults: list | None = None):
-        # answer(request_json, index) -> content string; faults: per-request list of ("status", code, headers) or
-        # ("sleep", seconds) consumed in order before normal answers
-        self.answer = answer or (lambda req, i: json.dumps({"pairs": []}))
-        self.faults = list(faults or [])
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
+class FakeOpenAI(FakeServer):
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"{self.root}/v1"
 
-    def __enter__(self):
-        self.thread.start()
-        return self
+    def error_body(self, code: int) -> dict:
+        return {"error": {"message": f"injected {code}", "type": "x", "code": str(code)}}
 
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+    def respond(self, body: dict, index: int, mode: str | None) -> dict:
+        n = body.get("n", 1)
+        choices = []
+        for k in range(n):
+            msg = {"role": "assistant", "content": self.answer(body, k), "refusal": None}
+            finish = "stop"
+            if mode == "refusal":
+                msg.update(content=None, refusal="I can't help with that.")
+            elif mode == "empty":
+                msg["content"] = ""
+            elif mode == "truncated":
+                msg["content"] = msg["content"][: len(msg["content"]) // 2]
+                finish = "length"
+            choices.append({"index": k, "finish_reason": finish, "message": msg})
+        return {"id": f"c{index}", "object": "chat.completion", "created": 0, "model": body["model"], "choices": choices,
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}}
 
-    def _handler(self):
-        fake = self
+    def route(self, method, path, body):
+        self.hits[f"{method} {path.split('/')[2] if path.count('/') > 1 else path}"] += 1
+        if method == "POST" and path == "/v1/chat/completions":
+            return self.generate(None, body)
+        if method == "POST" and path == "/v1/files":
+            # multipart upload: the JSONL lines are the part's content
+            lines = [json.loads(s) for s in body.decode().splitlines() if s.startswith('{"custom_id"')]
+            with self.lock:
+                fid = f"file-{len(self.batches) + 1}-{len(lines)}"
+                self._uploads = getattr(self, "_uploads", {}) | {fid: lines}
+            return 200, {"id": fid, "object": "file", "bytes": len(body), "created_at": 0,
+                         "filename": "batch.jsonl", "purpose": "batch", "status": "processed"}, {}
+        if method == "POST" and path == "/v1/batches":
+            items = [(line["custom_id"], line["body"]) for line in self._uploads[body["input_file_id"]]]
+            job_id = self.new_batch("batch_", items)
+            return 200, self._batch(job_id, "validating", body["input_file_id"]), {}
+        if method == "GET" and path.startswith("/v1/batches/"):
+            job_id = path.rsplit("/", 1)[1]
+            done = self.poll_batch(job_id)
+            return 200, self._batch(job_id, "completed" if done else "in_progress", "f", f"out-{job_id}" if done else None), {}
+        if method == "GET" and path.startswith("/v1/files/out-") and path.endswith("/content"):
+            job_id = path.split("/")[3][len("out-"):]
+            lines = [json.dumps({"id": f"r{i}", "custom_id": cid, "error": None,
+                                 "response": {"status_code": 200, "request_id": f"q{i}", "body": resp}})
+                     for i, (cid, resp) in enumerate(self.batch_answers(job_id))]
+            return 200, "\n".join(lines).encode(), {"Content-Type": "application/octet-stream"}
+        return 404, self.error_body(404), {}
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body, headers=None):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    fake.requests.append(req)
-                    index = len(fake.requests) - 1
-                    fault = fake.faults.pop(0) if fake.faults else None
-                if fault and fault[0] == "status":
-                    return self._send(fault[1], {"error": {"message": f"injected {fault[1]}", "type": "x"}}, fault[2] if len(fault) > 2 else None)
-                if fault and fault[0] == "sleep":
-                    time.sleep(fault[1])
-                n = req.get("n", 1)
-                choices = [{"index": k, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": fake.answer(req, k)}} for k in range(n)]
-                self._send(200, {"id": f"c{index}", "object": "chat.completion", "created": 0, "model": req["model"],
-                                 "choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n,
-                                                               "total_tokens": 10 + 5 * n}})
-
-        return Handler
+    def _batch(self, job_id, status, input_file_id, output_file_id=None):
+        return {"id": job_id, "object": "batch", "endpoint": "/v1/chat/completions", "input_file_id": input_file_id,
+                "completion_window": "24h", "status": status, "created_at": 0, "output_file_id": output_file_id,
+                "error_file_id": None, "errors": None}

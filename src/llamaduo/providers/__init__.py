@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from llamaduo.providers.base import ChatRequest, ChatResult, Choice, Provider, ProviderError
+from llamaduo.providers.anthropic_messages import AnthropicProvider
+from llamaduo.providers.base import BatchStatus, ChatRequest, ChatResult, Choice, Provider, ProviderError
+from llamaduo.providers.gemini import GeminiProvider
 from llamaduo.providers.local import LocalVLLMProvider
+from llamaduo.providers.openai_chat import OpenAIProvider
 from llamaduo.providers.openai_compatible import OpenAICompatibleProvider
 
 REGISTRY: dict[str, type[Provider]] = {
     "local": LocalVLLMProvider,
     "openai_compatible": OpenAICompatibleProvider,
+    "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
 }
 
 
@@ -21,4 +27,4 @@ def get_provider(name: str, params) -> Provider:
     return cls(name, params)
 
 
-__all__ = ["ChatRequest", "ChatResult", "Choice", "Provider", "ProviderError", "REGISTRY", "get_provider"]
+__all__ = ["BatchStatus", "ChatRequest", "ChatResult", "Choice", "Provider", "ProviderError", "REGISTRY", "get_provider"]

@@ -1,14 +1,57 @@
-"""The provider interface: every call the pipeline makes to a service LLM goes through one of these."""
+"""The provider interface: every call the pipeline makes to a service LLM goes through one of these.
+
+A provider only translates: our ChatRequest into the vendor's request, the vendor's answer into a ChatResult,
+and the vendor's failures into a ProviderError that says whether a retry can help. Retries, pacing, the
+cache and the Batch API driver live in the shared call engine (llamaduo.calls), so every provider behaves alike.
+"""
 
 from __future__ import annotations
 
 import abc
+import email.utils
 import json
+import os
+import time
 from dataclasses import asdict, dataclass, field
+
+# statuses where the same request can succeed later (the vendors' own SDKs retry exactly these)
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 
 class ProviderError(RuntimeError):
-    """A provider call failed for good; the message names provider, model and cause."""
+    """A provider call failed. `retryable`: a later identical request may succeed (429, 5xx, timeout, dropped
+    connection); `fatal`: no request to this provider can succeed (bad key, no access, unknown model)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None, fatal: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.fatal = fatal
+
+
+def retry_after_seconds(headers) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms`, `Retry-After` as seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+    except (AttributeError, ValueError, TypeError):
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
 
 
 @dataclass(frozen=True)
@@ -26,11 +69,17 @@ class ChatRequest:
         """Canonical JSON of everything that determines the answer (for the call cache)."""
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
 
+    def estimated_tokens(self) -> int:
+        """Upper-bound-ish token count for tokens-per-minute pacing (about 4 characters a token)."""
+        chars = sum(len(c) for _, c in self.messages)
+        return chars // 4 + 1 + self.max_tokens * self.n
+
 
 @dataclass
 class Choice:
     text: str
-    finish_reason: str | None
+    finish_reason: str | None  # "stop", "length" (truncated at max_tokens), "refusal", "content_filter", ...
+    refusal: str | None = None  # the model's refusal message, when it declined (text is then "")
 
 
 @dataclass
@@ -39,7 +88,7 @@ class ChatResult:
     input_tokens: int = 0
     output_tokens: int = 0
     cached: bool = False
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # not stored: per-run facts (e.g. {"batch": True})
 
     def to_json(self) -> str:
         return json.dumps({"choices": [asdict(c) for c in self.choices], "input_tokens": self.input_tokens,
@@ -51,8 +100,20 @@ class ChatResult:
         return cls([Choice(**c) for c in d["choices"]], d["input_tokens"], d["output_tokens"], cached=True)
 
 
+@dataclass
+class BatchStatus:
+    done: bool             # finished (successfully or not): results, if any, can be collected
+    state: str             # the vendor's own word for it, for messages
+    error: str | None = None  # why the whole job failed (expired, cancelled, rejected input)
+
+
 class Provider(abc.ABC):
     """A service LLM. Use as a context manager: `__enter__` acquires what it needs (a server, a client)."""
+
+    #: environment variables tried for the API key when `api_key_env` is null (none: no key needed)
+    default_key_env: tuple[str, ...] = ()
+    #: whether one call can return n samples (`native_n: null` in params means this)
+    supports_n: bool = True
 
     def __init__(self, name: str, params):
         self.name = name
@@ -66,6 +127,43 @@ class Provider(abc.ABC):
         """What the call cache keys on besides the request: kind and model (and, for local weights, their content)."""
         return f"{self.params.kind}:{self.params.model}"
 
+    @property
+    def native_n(self) -> bool:
+        return self.supports_n if self.params.native_n is None else self.params.native_n
+
+    # -- the API key: read from the environment only, at the moment a client is built, and never kept in text
+
+    def api_key(self) -> str | None:
+        names = (self.params.api_key_env,) if self.params.api_key_env else self.default_key_env
+        for env in names:
+            key = os.environ.get(env)
+            if key:
+                return key
+        if names:
+            raise ProviderError(f"provider `{self.name}` (model {self.model}): no API key: set the environment variable "
+                                f"{' or '.join(names)}" + (" (named by `api_key_env`)" if self.params.api_key_env else ""),
+                                fatal=True)
+        return None
+
+    def redact(self, text: str) -> str:
+        """`text` with any API key this provider could use blanked (SDK messages can echo request details)."""
+        names = (self.params.api_key_env,) if self.params.api_key_env else self.default_key_env
+        for env in names:
+            key = os.environ.get(env)
+            if key and len(key) >= 4:
+                text = text.replace(key, "***")
+        return text
+
+    def error(self, cause: str, *, status: int | None = None, headers=None, retryable: bool | None = None) -> ProviderError:
+        """A ProviderError naming provider, model and cause; retryable and fatal follow the HTTP status."""
+        if retryable is None:
+            retryable = status is None or status in RETRYABLE_STATUS
+        fatal = status in (401, 403, 404)
+        where = f"provider `{self.name}` (model {self.model})"
+        prefix = f"HTTP {status}: " if status is not None else ""
+        return ProviderError(self.redact(f"{where}: {prefix}{cause}"), status=status, retryable=retryable,
+                             retry_after=retry_after_seconds(headers), fatal=fatal)
+
     def __enter__(self):
         return self
 
@@ -75,6 +173,22 @@ class Provider(abc.ABC):
     async def aclose(self) -> None:
         """Release what belongs to one event loop (HTTP clients); the call engine calls it after each run."""
 
+    async def ensure_ready(self) -> None:
+        """Acquire what calls need (e.g. start a local server); the engine calls it only when the cache misses."""
+
     @abc.abstractmethod
     async def chat(self, request: ChatRequest) -> ChatResult:
-        """Send one request; raise ProviderError when it fails for good."""
+        """Send one request; raise ProviderError (see `error`) when it fails."""
+
+    # -- the Batch API (hosted kinds): submit, poll, collect. The engine persists ids and drives the loop.
+
+    async def batch_submit(self, items: list[tuple[str, ChatRequest]]) -> str:
+        """Submit (custom_id, request) pairs as one job; return the vendor's job id."""
+        raise ProviderError(f"provider `{self.name}`: kind `{self.params.kind}` has no Batch API")
+
+    async def batch_status(self, job_id: str) -> BatchStatus:
+        raise ProviderError(f"provider `{self.name}`: kind `{self.params.kind}` has no Batch API")
+
+    async def batch_results(self, job_id: str) -> dict[str, ChatResult | ProviderError]:
+        """Per custom_id: its answer, or why that one request failed."""
+        raise ProviderError(f"provider `{self.name}`: kind `{self.params.kind}` has no Batch API")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import json
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from llamaduo.providers.base import ChatRequest, ChatResult, Choice, Provider, ProviderError
 
@@ -15,21 +16,18 @@ class OpenAICompatibleProvider(Provider):
         self.base_url = base_url or params.base_url
         self._client: openai.AsyncOpenAI | None = None
 
-    def _api_key(self) -> str:
-        env = self.params.api_key_env
-        if env is None:
-            return "unused"  # local servers accept any key; the SDK insists on one
-        key = os.environ.get(env)
-        if not key:
-            raise ProviderError(f"provider `{self.name}`: the environment variable {env} (named by `api_key_env`) is not set")
-        return key
+    def identity(self) -> str:
+        # another server under the same model name is another model
+        return f"{self.params.kind}:{self.base_url}:{self.params.model}"
+
+    def api_key(self) -> str:
+        return super().api_key() or "unused"  # local servers accept any key; the SDK insists on one
 
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
-            self._client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self._api_key(),
-                max_retries=self.params.max_retries, timeout=self.params.timeout_s,
-            )
+            # max_retries=0: the call engine retries, the same way for every provider
+            self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key(), max_retries=0,
+                                              timeout=self.params.timeout_s)
         return self._client
 
     def served_model(self) -> str:
@@ -40,30 +38,49 @@ class OpenAICompatibleProvider(Provider):
         if client is not None:
             await client.close()
 
-    async def ensure_ready(self) -> None:
-        """Hook for providers that must start something before the first call."""
-
-    async def chat(self, request: ChatRequest) -> ChatResult:
-        await self.ensure_ready()
-        kwargs = {}
+    def body(self, request: ChatRequest) -> dict:
+        """The Chat Completions request body (also one line of an OpenAI batch file)."""
+        body = {
+            "model": self.served_model(),
+            "messages": [{"role": r, "content": c} for r, c in request.messages],
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+            "n": request.n,
+        }
         if request.json_schema is not None:
-            kwargs["response_format"] = {
+            body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": True},
             }
-        try:
-            resp = await self.client().chat.completions.create(
-                model=self.served_model(),
-                messages=[{"role": r, "content": c} for r, c in request.messages],
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                n=request.n,
-                **kwargs,
-            )
-        except openai.APIStatusError as exc:
-            raise ProviderError(f"provider `{self.name}` (model {self.params.model}): HTTP {exc.status_code}: {exc.message}") from None
-        except openai.APIError as exc:
-            raise ProviderError(f"provider `{self.name}` (model {self.params.model}): {type(exc).__name__}: {exc}") from None
-        choices = [Choice(text=c.message.content or "", finish_reason=c.finish_reason) for c in resp.choices]
+        return body
+
+    def parse(self, resp: ChatCompletion) -> ChatResult:
+        choices = []
+        for c in sorted(resp.choices, key=lambda c: c.index):
+            refusal = getattr(c.message, "refusal", None)
+            finish = "refusal" if refusal and not c.message.content else c.finish_reason
+            choices.append(Choice(text=c.message.content or "", finish_reason=finish, refusal=refusal))
         usage = resp.usage
         return ChatResult(choices, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+
+    def translate(self, exc: Exception) -> ProviderError:
+        """The SDK's exception as a ProviderError that says whether a retry can help."""
+        if isinstance(exc, openai.APIStatusError):
+            return self.error(exc.message, status=exc.status_code, headers=exc.response.headers)
+        if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+            return self.error(f"{type(exc).__name__}: {exc}", retryable=True)
+        if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError)):
+            return self.error(f"unreadable response ({type(exc).__name__}: {exc})", retryable=True)
+        return self.error(f"{type(exc).__name__}: {exc}", retryable=False)
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        await self.ensure_ready()
+        try:
+            resp = await self.client().chat.completions.create(**self.body(request))
+        except ProviderError:
+            raise
+        except (openai.OpenAIError, json.JSONDecodeError) as exc:
+            raise self.translate(exc) from None
+        if not resp.choices:
+            raise self.error("the response has no choices", retryable=True)
+        return self.parse(resp)

@@ -1,0 +1,145 @@
+"""Google Gemini through the google-genai SDK: JSON-schema output, `candidate_count` for n, and batch mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from llamaduo.providers.base import BatchStatus, ChatRequest, ChatResult, Choice, Provider, ProviderError
+
+FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "PROHIBITED_CONTENT": "content_filter",
+          "BLOCKLIST": "content_filter", "SPII": "content_filter", "RECITATION": "content_filter"}
+# the SDK warns on every multi-candidate response (meant for `.text` users); we read every candidate
+logging.getLogger("google_genai.types").setLevel(logging.ERROR)
+JOB_FINISHED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
+
+try:  # transport failures, whichever HTTP library the SDK picked (aiohttp when installed, else httpx)
+    import aiohttp
+    _TRANSPORT = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+except ImportError:  # pragma: no cover
+    _TRANSPORT = (asyncio.TimeoutError, ConnectionError)
+try:
+    import httpx
+    _TRANSPORT = _TRANSPORT + (httpx.TransportError,)
+except ImportError:  # pragma: no cover
+    pass
+
+
+class GeminiProvider(Provider):
+    default_key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+    def __init__(self, name: str, params):
+        super().__init__(name, params)
+        self._client: genai.Client | None = None
+
+    def client(self) -> genai.Client:
+        if self._client is None:
+            # attempts=1: the call engine retries (this also stops the SDK's own implicit reconnect retry)
+            opts = types.HttpOptions(base_url=self.params.base_url, timeout=int(self.params.timeout_s * 1000),
+                                     retry_options=types.HttpRetryOptions(attempts=1))
+            self._client = genai.Client(api_key=self.api_key(), http_options=opts)
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aio.aclose()
+
+    def contents_and_config(self, request: ChatRequest) -> tuple[list[dict], dict]:
+        system = "\n\n".join(c for r, c in request.messages if r == "system")
+        contents = [{"role": "model" if r == "assistant" else "user", "parts": [{"text": c}]}
+                    for r, c in request.messages if r != "system"]
+        config = {"temperature": request.temperature, "max_output_tokens": request.max_tokens}
+        if request.n != 1:
+            config["candidate_count"] = request.n
+        if system:
+            config["system_instruction"] = system
+        if request.json_schema is not None:
+            config["response_mime_type"] = "application/json"
+            config["response_json_schema"] = request.json_schema
+        return contents, config
+
+    def parse(self, resp: types.GenerateContentResponse) -> ChatResult:
+        choices = []
+        for cand in sorted(resp.candidates or [], key=lambda c: c.index or 0):
+            parts = cand.content.parts if cand.content and cand.content.parts else []
+            text = "".join(p.text for p in parts if p.text and not p.thought)
+            reason = cand.finish_reason.value if hasattr(cand.finish_reason, "value") else cand.finish_reason
+            choices.append(Choice(text=text, finish_reason=FINISH.get(reason or "", (reason or "").lower() or None)))
+        if not choices and resp.prompt_feedback and resp.prompt_feedback.block_reason:
+            # the prompt itself was blocked: no candidate at all, a refusal
+            why = str(resp.prompt_feedback.block_reason)
+            choices = [Choice(text="", finish_reason="refusal", refusal=f"prompt blocked: {why}")]
+        u = resp.usage_metadata
+        inp = (u.prompt_token_count or 0) if u else 0
+        out = ((u.candidates_token_count or 0) + (u.thoughts_token_count or 0)) if u else 0  # thinking is billed as output
+        return ChatResult(choices, inp, out)
+
+    def translate(self, exc: Exception) -> ProviderError:
+        if isinstance(exc, genai_errors.APIError):
+            headers = getattr(getattr(exc, "response", None), "headers", None)
+            return self.error(exc.message or str(exc), status=exc.code, headers=headers)
+        if isinstance(exc, _TRANSPORT):
+            return self.error(f"{type(exc).__name__}: {exc}", retryable=True)
+        if isinstance(exc, json.JSONDecodeError):
+            return self.error(f"unreadable response ({type(exc).__name__}: {exc})", retryable=True)
+        return self.error(f"{type(exc).__name__}: {exc}", retryable=False)
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        contents, config = self.contents_and_config(request)
+        try:
+            resp = await self.client().aio.models.generate_content(model=self.model, contents=contents, config=config)
+        except ProviderError:
+            raise
+        except (genai_errors.APIError, json.JSONDecodeError, *_TRANSPORT) as exc:
+            raise self.translate(exc) from None
+        result = self.parse(resp)
+        if not result.choices:
+            raise self.error("the response has no candidates", retryable=True)
+        return result
+
+    async def batch_submit(self, items: list[tuple[str, ChatRequest]]) -> str:
+        src = []
+        for cid, req in items:
+            contents, config = self.contents_and_config(req)
+            src.append({"contents": contents, "config": config, "metadata": {"key": cid}})
+        try:
+            job = await self.client().aio.batches.create(model=self.model, src=src)
+        except (genai_errors.APIError, *_TRANSPORT) as exc:
+            raise self.translate(exc) from None
+        return job.name
+
+    async def _job(self, job_id: str) -> types.BatchJob:
+        try:
+            return await self.client().aio.batches.get(name=job_id)
+        except (genai_errors.APIError, *_TRANSPORT) as exc:
+            raise self.translate(exc) from None
+
+    async def batch_status(self, job_id: str) -> BatchStatus:
+        job = await self._job(job_id)
+        state = job.state.value if hasattr(job.state, "value") else str(job.state)
+        error = None
+        if state in JOB_FINISHED - {"JOB_STATE_SUCCEEDED"}:
+            error = f"batch {job_id} {state}" + (f": {job.error.message}" if job.error and job.error.message else "")
+        return BatchStatus(done=state in JOB_FINISHED, state=state, error=error)
+
+    async def batch_results(self, job_id: str) -> dict[str, ChatResult | ProviderError]:
+        job = await self._job(job_id)
+        if job.dest is None or job.dest.inlined_responses is None:
+            return {}
+        out: dict[str, ChatResult | ProviderError] = {}
+        for item in job.dest.inlined_responses:
+            cid = (item.metadata or {}).get("key")
+            if cid is None:
+                continue
+            if item.error is not None or item.response is None:
+                msg = item.error.message if item.error else "no response"
+                out[cid] = self.error(f"batch item failed: {msg}", status=item.error.code if item.error else None)
+            else:
+                out[cid] = self.parse(item.response)
+        return out

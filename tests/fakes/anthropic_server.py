@@ -1,0 +1,65 @@
+"""A loopback server that speaks the Anthropic wire format: Messages (with tools) and Message Batches."""
+
+from __future__ import annotations
+
+import json
+
+from fakes.server import FakeServer
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               429: "rate_limit_error", 529: "overloaded_error"}
+
+
+class FakeAnthropic(FakeServer):
+    @property
+    def base_url(self) -> str:
+        return self.root  # the SDK adds /v1/...
+
+    def error_body(self, code: int) -> dict:
+        return {"type": "error", "error": {"type": ERROR_TYPES.get(code, "api_error"), "message": f"injected {code}"}}
+
+    def respond(self, body: dict, index: int, mode: str | None) -> dict:
+        text = self.answer(body, 0)
+        tool = (body.get("tool_choice") or {}).get("name")
+        stop = "tool_use" if tool else "end_turn"
+        content = [{"type": "text", "text": text}]
+        if mode == "refusal":
+            content, stop = [{"type": "text", "text": "I can't help with that."}], "refusal"
+        elif mode == "empty":
+            content, stop = [], "end_turn"
+        elif mode == "truncated":
+            content, stop = [{"type": "text", "text": text[: len(text) // 2]}], "max_tokens"
+        elif tool:
+            try:
+                content = [{"type": "tool_use", "id": f"toolu_{index}", "name": tool, "input": json.loads(text)}]
+            except json.JSONDecodeError:  # a model that ignores the tool: plain text
+                stop = "end_turn"
+        return {"id": f"msg_{index}", "type": "message", "role": "assistant", "model": body["model"], "content": content,
+                "stop_reason": stop, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5}}
+
+    def route(self, method, path, body):
+        self.hits[f"{method} {path}".split("/msgbatch")[0]] += 1
+        if method == "POST" and path == "/v1/messages":
+            return self.generate(None, body)
+        if method == "POST" and path == "/v1/messages/batches":
+            job_id = self.new_batch("msgbatch_", [(r["custom_id"], r["params"]) for r in body["requests"]])
+            return 200, self._batch(job_id, "in_progress"), {}
+        if method == "GET" and path.startswith("/v1/messages/batches/") and path.endswith("/results"):
+            job_id = path.split("/")[4]
+            lines = [json.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": msg}})
+                     for cid, msg in self.batch_answers(job_id)]
+            return 200, "\n".join(lines).encode(), {"Content-Type": "application/binary"}
+        if method == "GET" and path.startswith("/v1/messages/batches/"):
+            job_id = path.rsplit("/", 1)[1]
+            return 200, self._batch(job_id, "ended" if self.poll_batch(job_id) else "in_progress"), {}
+        return 404, self.error_body(404), {}
+
+    def _batch(self, job_id, status):
+        n = len(self.batches[job_id]["items"])
+        done = status == "ended"
+        return {"id": job_id, "type": "message_batch", "processing_status": status,
+                "request_counts": {"processing": 0 if done else n, "succeeded": n if done else 0, "errored": 0,
+                                   "canceled": 0, "expired": 0},
+                "created_at": "2025-01-01T00:00:00Z", "expires_at": "2025-01-02T00:00:00Z",
+                "ended_at": "2025-01-01T01:00:00Z" if done else None, "cancel_initiated_at": None, "archived_at": None,
+                "results_url": f"{self.root}/v1/messages/batches/{job_id}/results" if done else None}

@@ -1,0 +1,209 @@
+"""What the loopback fakes share: an HTTP server on 127.0.0.1 that counts every request, injects faults,
+adds latency, enforces a requests-per-minute limit, can hold requests (to kill a client mid-call), and
+keeps Batch API jobs. Each vendor's wire format is a subclass (openai_server, anthropic_server, gemini_server).
+
+Faults, consumed one per generation request in arrival order:
+  ("status", code[, headers])  an error response in the vendor's error shape
+  ("sleep", seconds)           answer late (past the client's timeout, if you like)
+  ("drop",)                    close the connection without answering
+  ("broken",)                  200 with a body that is not JSON
+  ("refusal",) ("empty",) ("truncated",)  a well-formed answer that declines / is empty / hit max_tokens
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def default_answer(request: dict, i: int) -> str:
+    return json.dumps({"pairs": []})
+
+
+def prompt_text(request: dict) -> str:
+    """The last user text of a request body in any of the three wire formats."""
+    if "contents" in request:  # Gemini
+        return request["contents"][-1]["parts"][0]["text"]
+    return request["messages"][-1]["content"]  # OpenAI, Anthropic
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+class FakeServer:
+    def __init__(self, answer=None, faults: list | None = None, latency: float = 0.0, rpm: int | None = None,
+                 rpm_burst_s: float = 1.0, hold_after: int | None = None, batch_polls: int = 1):
+        # answer(request_body, sample_index) -> the model's text (request_body in the vendor's wire format)
+        self.answer = answer or default_answer
+        self.faults = list(faults or [])
+        self.latency = latency
+        # the limit as vendors enforce it: a token bucket refilled at rpm/60 a second, holding `rpm_burst_s` of it
+        self.rpm, self.rpm_burst_s = rpm, rpm_burst_s
+        self._bucket, self._bucket_t = (rpm or 0) / 60 * rpm_burst_s, time.monotonic()
+        self.hold_after = hold_after          # generation requests past this index wait for release()
+        self.batch_polls = batch_polls        # status polls a batch job stays in progress
+        self.requests: list[dict] = []        # every generation request body, in arrival order
+        self.prompts: list[str] = []          # their prompt texts
+        self.answered: list[str] = []         # prompts whose 200 answer was written
+        self.hits = collections.Counter()     # per route name, every request
+        self.rate_limited = 0
+        self.held = 0
+        self.batches: dict[str, dict] = {}
+        self.seen_headers: list[dict] = []
+        self.lock = threading.Lock()
+        self._released = threading.Event()
+        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def release(self) -> None:
+        self.hold_after = None
+        self._released.set()
+
+    # -- what a vendor subclass provides
+
+    def route(self, method: str, path: str, body) -> tuple[int, object, dict] | None:
+        raise NotImplementedError
+
+    def prompt_of(self, body: dict) -> str:
+        return prompt_text(body)
+
+    def error_body(self, code: int) -> dict:
+        return {"error": {"message": f"injected {code}", "code": code}}
+
+    def respond(self, body: dict, index: int, mode: str | None) -> dict:
+        raise NotImplementedError
+
+    # -- the generation path every vendor shares
+
+    def generate(self, handler, body: dict):
+        with self.lock:
+            self.requests.append(body)
+            self.prompts.append(self.prompt_of(body))
+            index = len(self.requests) - 1
+            fault = self.faults.pop(0) if self.faults else None
+            limited = False
+            if self.rpm:
+                now = time.monotonic()
+                cap = max(1.0, self.rpm / 60 * self.rpm_burst_s)
+                self._bucket = min(cap, self._bucket + (now - self._bucket_t) * self.rpm / 60)
+                self._bucket_t = now
+                limited = self._bucket < 1
+                if limited:
+                    self.rate_limited += 1
+                else:
+                    self._bucket -= 1
+            hold = self.hold_after is not None and index >= self.hold_after
+            if hold:
+                self.held += 1
+        if limited:
+            return 429, self.error_body(429), {"Retry-After": "1"}
+        if hold:
+            self._released.wait()
+            return None  # the client that sent it is gone
+        if fault and fault[0] == "status":
+            return fault[1], self.error_body(fault[1]), (fault[2] if len(fault) > 2 else {})
+        if fault and fault[0] == "sleep":
+            time.sleep(fault[1])
+        if fault and fault[0] == "drop":
+            return None
+        if fault and fault[0] == "broken":
+            return 200, b'{"id": "x", "choices": [{"index": 0, ', {}
+        if self.latency:
+            time.sleep(self.latency)
+        mode = fault[0] if fault else None
+        return 200, self.respond(body, index, mode), {"_answered": self.prompts[index]}
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real API
+
+            def log_message(self, *args):
+                pass
+
+            def _serve(self, method):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/_fake/stats":  # for a client in another process (the benchmark); not counted
+                    data = json.dumps({"requests": len(fake.requests), "rate_limited": fake.rate_limited}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                with fake.lock:
+                    fake.seen_headers.append(dict(self.headers))
+                ctype = self.headers.get("Content-Type", "")
+                body = json.loads(raw) if raw and "json" in ctype else raw
+                out = fake.route(method, self.path.split("?")[0], body)
+                if out is None:  # drop the connection without a word
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(2)
+                    except OSError:
+                        pass
+                    return
+                code, payload, headers = out
+                answered = headers.pop("_answered", None)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    return
+                if answered is not None:
+                    with fake.lock:
+                        fake.answered.append(answered)
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def do_GET(self):
+                self._serve("GET")
+
+        return Handler
+
+    # -- Batch API jobs (the vendors differ only in shapes)
+
+    def new_batch(self, prefix: str, items: list[tuple[str, dict]]) -> str:
+        with self.lock:
+            job_id = f"{prefix}{len(self.batches) + 1}"
+            self.batches[job_id] = {"items": items, "polls": 0}
+        return job_id
+
+    def poll_batch(self, job_id: str) -> bool:
+        """Count one status poll; True once the job is done."""
+        with self.lock:
+            job = self.batches[job_id]
+            job["polls"] += 1
+            return job["polls"] > self.batch_polls
+
+    def batch_answers(self, job_id: str) -> list[tuple[str, dict]]:
+        """(custom id, vendor response) for every item, computed once."""
+        job = self.batches[job_id]
+        if "answers" not in job:
+            job["answers"] = [(cid, self.respond(body, -1, None)) for cid, body in job["items"]]
+        return job["answers"]

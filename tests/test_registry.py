@@ -1,0 +1,44 @@
+import mlflow
+import pytest
+
+from llamaduo import registry, tracking
+from llamaduo.config import MlflowParams
+
+
+@pytest.fixture
+def name(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.connect(MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    for cycle in range(3):
+        with mlflow.start_run():
+            registry.log_and_register(name="llamaduo-t", adapter_dir=str(adapter), base_dir=str(tmp_path), base_md5="x",
+                                      tags={"cycle": cycle, "ci_low": 50 + cycle})
+    return "llamaduo-t"
+
+
+def test_promote_and_rollback_keep_a_reasoned_history(name):
+    assert registry.champion(name, "champion") is None
+    registry.promote(name, "1", alias="champion", reason="gate")
+    registry.promote(name, "3", alias="champion", reason="by hand: hotfix")
+    champ = registry.champion(name, "champion")
+    assert champ["version"] == "3" and champ["promotion_reason"] == "by hand: hotfix" and champ["cycle"] == "2"
+    assert registry.rollback(name, alias="champion", reason="regression in prod") == "1"
+    assert registry.champion(name, "champion")["version"] == "1"
+    hist = registry.history(name)
+    assert [h["action"] for h in hist] == ["promote", "rollback"] and hist[-1]["reason"] == "regression in prod"
+    assert registry.rollback(name, alias="champion", reason="none left") is None
+    assert registry.champion(name, "champion") is None
+    with pytest.raises(ValueError, match="no 'champion' alias"):
+        registry.rollback(name, alias="champion", reason="x")
+
+
+def test_promote_unknown_version_fails(name):
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        registry.promote(name, "99", alias="champion", reason="x")
+
+
+def test_flatten():
+    assert tracking.flatten({"a": {"b": 1, "c": [2, {"d": 3}]}}) == {"a.b": 1, "a.c.0": 2, "a.c.1.d": 3}
