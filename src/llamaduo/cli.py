@@ -33,6 +33,27 @@ def _loop(args) -> int:
     return 0
 
 
+def _cost(args) -> int:
+    import json
+    from pathlib import Path
+
+    from llamaduo import cost
+
+    p = _params(args)
+    read = lambda f, d: json.loads(Path(f).read_text()) if Path(f).exists() else d  # noqa: E731
+    rep = cost.write(params=p, baseline=read("metrics/baseline.json", {}),
+                     loop_cost_usd=sum(h.get("cost_usd", 0) for h in read("metrics/history.json", [])),
+                     json_out="metrics/cost.json", plot_out="metrics/plots/cost.png")
+    if rep is None:
+        print("error: no service baseline in metrics/baseline.json to measure tokens per request from "
+              "(set `judge.baseline.services` and run `dvc repro`)", file=sys.stderr)
+        return 2
+    print(f"service: ${rep['service_usd_per_request']:.6f}/request, ${rep['service_usd_per_month']:.2f}/month; "
+          f"local: ${rep['local_usd_per_month']:.2f}/month; migration ${rep['migration_cost_usd']:.2f}; "
+          f"break-even month: {rep['break_even_month']} (metrics/cost.json, metrics/plots/cost.png)")
+    return 0
+
+
 def _registry_target(args):
     from llamaduo import registry, tracking
 
@@ -78,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=_run)
     sub.add_parser("loop", help="cycles of `dvc repro` with a growing synthetic volume until the gate passes; "
                                 "resumes where it stopped").set_defaults(func=_loop)
+    sub.add_parser("cost", help="cost report: the service's measured tokens at its price vs serving the local model "
+                                "(metrics/cost.json and a plot)").set_defaults(func=_cost)
     promote = sub.add_parser("promote", help="move the champion alias to a registry version by hand")
     promote.add_argument("version")
     promote.add_argument("--reason", required=True)

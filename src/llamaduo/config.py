@@ -327,6 +327,8 @@ class Params(_Section):
         # rules across sections live here, once
         named = [("synth.provider", self.synth.provider), ("judge.provider", self.judge.provider)]
         named += [("judge.judges", n) for n in self.judge.judges] + [("judge.baseline.services", n) for n in self.judge.services]
+        if self.cost.service_provider is not None:
+            named.append(("cost.service_provider", self.cost.service_provider))
         for key, name in named:
             if name not in self.providers:
                 raise ValueError(f"`{key}` is {name!r}, which is not a key of `providers` (have: {sorted(self.providers)})")

@@ -50,3 +50,29 @@ def plot(rep: dict, out: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def service_tokens_per_request(baseline: dict, service: str) -> tuple[float, float] | None:
+    """Measured (input, output) tokens per answer of `service` in metrics/baseline.json, or None without a baseline."""
+    usage = (baseline.get("usage") or {}).get("answers", {}).get(service)
+    answers = (baseline.get("services") or {}).get(service, {}).get("answers")
+    if not usage or not answers:
+        return None
+    return usage["input_tokens"] / answers, usage["output_tokens"] / answers
+
+
+def write(*, params, baseline: dict, loop_cost_usd: float, json_out: str | Path, plot_out: str | Path) -> dict | None:
+    """metrics/cost.json and its plot, from the measured baseline and the `cost` params; None (and nothing
+    written) when there is no baseline to measure the service's tokens from."""
+    from llamaduo.atomic import write_json
+
+    service = params.cost.service_provider or params.judge.panel[0]
+    tokens = service_tokens_per_request(baseline, service)
+    if tokens is None:
+        return None
+    rep = report(input_tokens_per_request=tokens[0], output_tokens_per_request=tokens[1],
+                 price=params.providers[service].price, loop_cost_usd=loop_cost_usd, p=params.cost) | {"service": service}
+    write_json(json_out, rep)
+    Path(plot_out).parent.mkdir(parents=True, exist_ok=True)
+    plot(rep, plot_out)
+    return rep

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from llamaduo import gate, registry, tracking
+from llamaduo import cost, gate, registry, tracking
 from llamaduo.atomic import write_json
 from llamaduo.config import load_params
 
@@ -58,12 +58,21 @@ def _load_json(path: Path, default):
     return json.loads(path.read_text()) if path.exists() else default
 
 
+def _leaf_usages(u: dict) -> list[dict]:
+    """The call-engine Usage dicts inside a stage's `usage` entry (flat, per provider, or with a `total`)."""
+    if "calls" in u:
+        return [u]
+    if "total" in u:
+        return _leaf_usages(u["total"])
+    return [leaf for v in u.values() if isinstance(v, dict) for leaf in _leaf_usages(v)]
+
+
 def _usage(metrics_dir: Path) -> dict:
     total = {"calls": 0, "cached": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
     for name in ("synthesize", "baseline", "eval"):
-        u = _load_json(metrics_dir / f"{name}.json", {}).get("usage", {})
-        for k in total:
-            total[k] += u.get(k, 0) or 0
+        for u in _leaf_usages(_load_json(metrics_dir / f"{name}.json", {}).get("usage", {})):
+            for k in total:
+                total[k] += u.get(k, 0) or 0
     return total
 
 
@@ -124,6 +133,12 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) ->
                  "tokens": usage["input_tokens"] + usage["output_tokens"]}
         history = [h for h in history if h["cycle"] != cycle] + [entry]
         write_json(HISTORY_FILE, history)
+        rep = cost.write(params=params, baseline=_load_json(Path("metrics/baseline.json"), {}),
+                         loop_cost_usd=sum(h.get("cost_usd", 0) for h in history),
+                         json_out="metrics/cost.json", plot_out="metrics/plots/cost.png")
+        if rep is not None:
+            _say(f"cost: service ${rep['service_usd_per_month']:.2f}/month vs local ${rep['local_usd_per_month']:.2f}/month; "
+                 f"break-even month: {rep['break_even_month']}")
         commit = _commit(cycle, entry)
         _record(params, parent, name, cycle, entry, commit, params_file)
         _say(f"cycle {cycle}: {g['metric']} {g['score']} (95% CI {g.get('ci95')}), {usage['calls']} paid calls, "

@@ -157,7 +157,8 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
     losses = [h["loss"] for h in log if "loss" in h]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"training loss is not finite: {losses}")
-    val_loss = trainer.evaluate()["eval_loss"] if val_examples else None
+    # no eval_loss when trl dropped every validation example (its completion truncated away at max_length)
+    val_loss = trainer.evaluate().get("eval_loss") if val_examples else None
     tokens = trainer.state.num_input_tokens_seen
     steps = trainer.state.global_step
     metrics = {
@@ -292,4 +293,8 @@ def validation_loss(model_dir: str | Path, val_rows: list[dict], p) -> float:
         # SFTTrainer insists on a train set; evaluate() only reads the eval set
         trainer = SFTTrainer(model=model, args=_sft_config(p, Path(work)), train_dataset=ds, eval_dataset=ds,
                              processing_class=AutoTokenizer.from_pretrained(str(model_dir)))
-        return float(trainer.evaluate()["eval_loss"])
+        loss = trainer.evaluate().get("eval_loss")
+    if loss is None:
+        raise ValueError(f"no validation example has a response left within `train.max_length` ({p.max_length}): "
+                         "raise it or `train.val_ratio`")
+    return float(loss)
