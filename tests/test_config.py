@@ -47,3 +47,10 @@ def test_not_yaml_and_missing_file(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
 
+
+
+def test_provider_name_local_is_reserved(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("providers:\n  local:\n    kind: local\n    model: models/base\nsynth:\n  provider: local\njudge:\n  provider: local\n")
+    with pytest.raises(ParamsError, match="reserved for the local model"):
+        load_params(f)

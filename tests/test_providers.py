@@ -190,5 +190,5 @@ def test_every_kind_is_registered_and_buildable():
     from llamaduo.providers import REGISTRY
 
     assert set(REGISTRY) == set(ProviderParams.model_fields["kind"].annotation.__args__)
-    Params.model_validate({"providers": {"local": {"kind": "local", "model": "m"},
+    Params.model_validate({"providers": {"service": {"kind": "local", "model": "m"},
                                          **{k: {"kind": k, "model": "m"} for k in FAKES}}})

@@ -32,7 +32,7 @@ def project(tmp_path: Path, base_url: str) -> Path:
     shutil.copytree(ROOT / "prompts", tmp_path / "prompts")
     (tmp_path / "params.yaml").write_text(f"""
 providers:
-  local: {{kind: local, model: m}}
+  service: {{kind: local, model: m}}
   svc: {{kind: openai, model: gpt-test, base_url: "{base_url}", max_retries: 1, retry_base_s: 0.01,
          price: {{input_per_mtok: 2.5, output_per_mtok: 10}}}}
 synth: {{provider: svc, volume: 2, pairs_per_request: 1, max_requests: 3}}

@@ -100,7 +100,7 @@ class ProviderParams(_Section):
 
 
 def _default_providers() -> dict[str, ProviderParams]:
-    return {"local": ProviderParams(kind="local", model="models/base")}
+    return {"service": ProviderParams(kind="local", model="models/base")}
 
 
 class CacheParams(_Section):
@@ -109,7 +109,7 @@ class CacheParams(_Section):
 
 class SynthParams(_Section):
     cycle: int = Field(0, ge=0, description="Cycle number written into each synthetic row's lineage (the loop driver sets it).")
-    provider: str = Field("local", description="Name of the entry in `providers` that synthesizes.")
+    provider: str = Field("service", description="Name of the entry in `providers` that synthesizes.")
     volume: int = Field(0, ge=0, description="Target number of curated synthetic pairs (0 = none, cycle 0).")
     pairs_per_request: int = Field(4, ge=1, le=50, description="Pairs asked for in one request.")
     previous_volumes: list[int] = Field(
@@ -228,7 +228,7 @@ class BaselineParams(_Section):
 
 
 class JudgeParams(_Section):
-    provider: str = Field("local", description="The primary judge (a key of `providers`): its scores fill eval.json's top-level entries "
+    provider: str = Field("service", description="The primary judge (a key of `providers`): its scores fill eval.json's top-level entries "
                                                 "and the gate. With `judges` set it defaults to, and must equal, `judges[0]`.")
     judges: list[str] = Field([], description="The judge panel (keys of `providers`), primary first; [] = just `provider`. "
                                                "Metrics are reported per judge, across judges, and with the judges' agreement.")
@@ -325,6 +325,8 @@ class Params(_Section):
     @model_validator(mode="after")
     def _cross_checks(self):
         # rules across sections live here, once
+        if "local" in self.providers:  # judgments name the local model's answers `local`; a provider of that name would blur them
+            raise ValueError("`providers.local`: the name `local` is reserved for the local model; name the entry e.g. `service`")
         named = [("synth.provider", self.synth.provider), ("judge.provider", self.judge.provider)]
         named += [("judge.judges", n) for n in self.judge.judges] + [("judge.baseline.services", n) for n in self.judge.services]
         if self.cost.service_provider is not None:
@@ -362,9 +364,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            key = _loc(err) or "(top level)"
-            msg = err["msg"]
+            key = _loc(err)
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check its spelling against src/llamaduo/config.py)"
-            lines.append(f"  `{key}`: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else f"  `{key}`: {msg}")
+                lines.append(f"  `{key}`: unknown key (check its spelling against src/llamaduo/config.py)")
+            elif isinstance(err.get("input"), dict):
+                # a rule across keys: its message names them; the input is a whole section, too long to echo
+                where = f"`{key}`: " if key else ""
+                lines.append(f"  {where}{err['msg'].removeprefix('Value error, ')}")
+            else:
+                lines.append(f"  `{key}`: {err['msg']} (got {err.get('input')!r})")
         raise ParamsError(f"invalid {path}:\n" + "\n".join(lines)) from None

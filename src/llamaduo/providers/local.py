@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.util
 import os
@@ -39,6 +40,14 @@ def weights_fingerprint(model: str) -> str:
     path = Path(model)
     if not path.is_dir():
         return model  # a Hub id: its name is all we have
+    # hashing ~0.5 GB takes seconds and a stage asks several times: remember it while the files are unchanged
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file())
+    return _fingerprint(str(path.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(folder: str, stamp: tuple) -> str:
+    path = Path(folder)
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
         if f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt", ".jinja"} and f.is_file():
