@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -42,3 +44,13 @@ def test_promote_unknown_version_fails(name):
 
 def test_flatten():
     assert tracking.flatten({"a": {"b": 1, "c": [2, {"d": 3}]}}) == {"a.b": 1, "a.c.0": 2, "a.c.1.d": 3}
+
+
+def test_serve_resolves_the_champion_to_its_files(name, tmp_path):
+    from llamaduo.serving import resolve
+
+    registry.promote(name, "2", alias="champion", reason="gate")
+    version, folder, base = resolve(name, "champion")
+    assert version == "2" and (tmp_path / "adapter").name in folder
+    assert (Path(folder) / "adapter_config.json").is_file() and base == str(tmp_path.resolve())
+    assert resolve(name, "3")[0] == "3"

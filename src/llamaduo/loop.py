@@ -141,7 +141,8 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) ->
                  f"break-even month: {rep['break_even_month']}")
         commit = _commit(cycle, entry)
         _record(params, parent, name, cycle, entry, commit, params_file)
-        _say(f"cycle {cycle}: {g['metric']} {g['score']} (95% CI {g.get('ci95')}), {usage['calls']} paid calls, "
+        _say(f"cycle {cycle}: {entry['train_rows']} train rows ({entry['synthetic_curated']} synthetic), "
+             f"{g['metric']} {g['score']} (95% CI {g.get('ci95')}), {usage['calls']} paid calls, "
              f"{entry['tokens']} tokens, ${usage['cost_usd']:.4f}, {entry['wall_s']} s")
         if _gate_and_promote(params, name, cycle):
             return _stop(state, f"gate passed at cycle {cycle}")

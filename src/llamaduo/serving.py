@@ -18,7 +18,7 @@ def resolve(name: str, ref: str) -> tuple[str, str, str | None]:
     client = mlflow.MlflowClient()
     mv = client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
     local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}")
-    conf = mlflow.pyfunc.Model.load(local).flavors["python_function"].get("model_config", {})
+    conf = mlflow.pyfunc.Model.load(local).flavors["python_function"].get("config", {})  # log_model's model_config
     merged = os.path.join(local, "artifacts", "merged")
     if os.path.isdir(merged):
         return str(mv.version), merged, None

@@ -17,9 +17,13 @@ def connect(p) -> None:
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or p.tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # embedded backend: artifacts beside the database, not in ./mlruns of whatever folder we run from
+        if mlflow.get_experiment_by_name(p.experiment) is None:
+            mlflow.create_experiment(p.experiment, artifact_location=(db.parent.resolve() / "mlartifacts").as_uri())
     mlflow.set_experiment(p.experiment)
 
 
