@@ -7,10 +7,9 @@ from llamaduo.stage import run
 
 
 def main(params, prepare, curate, train, infer, eval, judgments, out, scores_out):
-    judged = tables.read(judgments, "judgments")
-    s = summary(prepare=prepare, curate=curate, train=train, infer=infer, eval=eval, judgments=judged, p=params.gate)
+    s = summary(prepare=prepare, curate=curate, train=train, infer=infer, eval=eval, p=params.gate)
     write_json(out, s)
-    write_json(scores_out, score_points(judged))
+    write_json(scores_out, score_points(tables.read(judgments, "judgments")))
     gate = s["gate"]
     print(f"{gate['metric']} {gate['score']} vs threshold {gate['threshold']}: {'PASS' if gate['passed'] else 'below threshold'}")
 

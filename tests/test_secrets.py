@@ -10,7 +10,7 @@ from conftest import ROOT, no_robots_row, run_stage
 from fakes.openai_server import FakeOpenAI
 from llamaduo import tables
 
-SENTINEL = "sk-SENTINEL-2b7e151628aed2a6abf7158809cf4f3c"
+SENTINEL = "llamaduo-test-sentinel-2b7e151628aed2a6abf7158809cf4f3c"  # plainly not a vendor key
 
 
 class EchoingOpenAI(FakeOpenAI):
@@ -77,6 +77,6 @@ def test_no_artifact_or_log_holds_the_api_key(tmp_path, monkeypatch):
                                        "calls.sqlite"}
     for f in files:
         data = f.read_bytes()
-        assert SENTINEL.encode() not in data and SENTINEL[3:].encode() not in data, f
+        assert SENTINEL.encode() not in data and SENTINEL[-32:].encode() not in data, f
     for text in printed:
-        assert SENTINEL not in text and SENTINEL[3:] not in text
+        assert SENTINEL not in text and SENTINEL[-32:] not in text

@@ -277,8 +277,6 @@ class GateParams(_Section):
     metric: Literal["precision", "similarity"] = Field("precision", description="Judge metric the promotion gate reads.")
     threshold: float | None = Field(70, ge=0, le=100, description="Epsilon: mean score V the local model must reach; null = no absolute bar.")
     no_regression: bool = Field(True, description="Also refuse a model whose score is below the current champion's 95% interval.")
-    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% interval of the mean.")
-    seed: int = Field(0, description="Seed of the bootstrap.")
 
 
 class LoopParams(_Section):

@@ -24,6 +24,15 @@ def answer_scores(judgments: list[dict], metric: str) -> dict[tuple, float]:
     return {k: fmean(v) for k, v in by_answer.items()}
 
 
+
+def score_stats(scores: list[float], zetas: list[int]) -> dict:
+    """Count, mean V, median and coverage C at each zeta of per-answer scores (None without scores, never 0)."""
+    entry = {"scored_answers": len(scores), "mean": round(fmean(scores), 3) if scores else None,
+             "median": round(median(scores), 3) if scores else None}
+    for z in zetas:
+        entry[f"coverage_{z}"] = round(sum(s >= z for s in scores) / len(scores), 4) if scores else None
+    return entry
+
 def select(judgments: list[dict], *, judge: str | None = None, answerer: str | None = None,
            primary: bool | None = None) -> list[dict]:
     """The rows of one judge and/or one answerer (rows without an `answerer` column are the local model's)."""
@@ -54,10 +63,7 @@ def summarize(judgments: list[dict], zetas: list[int], *, resamples: int | None 
         out["recovered_by_retry"] = sum(j["ok"] for j in retried)
     for metric in METRICS:
         scores = list(answer_scores(judgments, metric).values())
-        entry = {"scored_answers": len(scores), "mean": round(fmean(scores), 3) if scores else None,
-                 "median": round(median(scores), 3) if scores else None}
-        for z in zetas:
-            entry[f"coverage_{z}"] = round(sum(s >= z for s in scores) / len(scores), 4) if scores else None
+        entry = score_stats(scores, zetas)
         if resamples:
             ci = bootstrap_ci(scores, resamples=resamples, seed=seed)
             entry["ci95_low"], entry["ci95_high"] = ci if ci else (None, None)
@@ -108,10 +114,7 @@ def panel_summary(judgments: list[dict], zetas: list[int]) -> dict:
     out = {}
     for metric in METRICS:
         scores = list(panel_scores(judgments, metric).values())
-        entry = {"scored_answers": len(scores), "mean": round(fmean(scores), 3) if scores else None,
-                 "median": round(median(scores), 3) if scores else None}
-        for z in zetas:
-            entry[f"coverage_{z}"] = round(sum(s >= z for s in scores) / len(scores), 4) if scores else None
+        entry = score_stats(scores, zetas)
         out[metric] = entry
     return out
 

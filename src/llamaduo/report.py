@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llamaduo.metrics import answer_scores, bootstrap_ci, select
+from llamaduo.metrics import answer_scores, select
 
 
 def _load(path: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, judgments: list[dict], p) -> dict:
+def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, p) -> dict:
     """`p` is the gate section: the pass line is the mean of `p.metric` against `p.threshold`."""
     ev, tr = _load(eval), _load(train)
     score = ev[p.metric]["mean"]
-    judgments = _primary(judgments)  # the gate's interval is the primary judge's, like `score`
-    ci = bootstrap_ci(list(answer_scores(judgments, p.metric).values()), resamples=p.bootstrap, seed=p.seed)
+    # the primary judge's interval, as the judge stage computed it (judge.bootstrap, judge.seed)
+    low, high = ev[p.metric].get("ci95_low"), ev[p.metric].get("ci95_high")
+    ci = [low, high] if low is not None else None
     return {
         "split": _load(prepare),
         "synthetic_curated": _load(curate)["rows_out"],
