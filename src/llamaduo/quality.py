@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llamaduo import hashindex
 from llamaduo.dedup import rouge_l
 from llamaduo.tokens import Tokens, tokenize
 
@@ -17,14 +18,14 @@ from llamaduo.tokens import Tokens, tokenize
 STOPWORDS = ("the a an and or but of to in on at for with by from as is are was were be been it this that these "
              "those i you he she we they not no do does did have has had can will would should could what which "
              "who how when where why if then than so there their its my your our his her them me us").split()
-_STOP_HASHES = np.unique(tokenize([" ".join(STOPWORDS)]).hashes)
+_STOP_TABLE = hashindex.build(tokenize([" ".join(STOPWORDS)]).hashes)
 
 # leftovers of the structured-output wrapper inside a field: the model echoed JSON instead of filling it
 JSON_LEFTOVER = r'\{\s*"pairs"\s*:|"instruction"\s*:\s*"|"response"\s*:\s*"'
 
 
-def _rule_lengths(ins: Tokens, res: Tokens, p) -> list[tuple[str, np.ndarray]]:
-    ni, nr = ins.counts, res.counts
+def _rule_lengths(fields: Tokens, p) -> list[tuple[str, np.ndarray]]:
+    ni, nr = fields.counts[0::2], fields.counts[1::2]
     return [
         ("empty", (ni == 0) | (nr == 0)),
         ("instruction_too_short", ni < p.min_instruction_tokens),
@@ -34,15 +35,15 @@ def _rule_lengths(ins: Tokens, res: Tokens, p) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def _rule_copy(ins: Tokens, res: Tokens, p) -> np.ndarray:
+def _rule_copy(fields: Tokens, p) -> np.ndarray:
     """The response repeats (nearly all of) the instruction: LCS >= copy_ratio of the instruction's tokens."""
-    out = np.zeros(len(ins), dtype=bool)
+    ni, nr = fields.counts[0::2], fields.counts[1::2]
+    out = np.zeros(len(ni), dtype=bool)
     if p.copy_ratio is None:
         return out
-    ni, nr = ins.counts, res.counts
     # the LCS cannot exceed the response's length: only rows long enough to hold the copy are checked
     for i in np.flatnonzero((ni > 0) & (nr >= p.copy_ratio * ni)):
-        a, b = ins.row(i).tolist(), res.row(i).tolist()
+        a, b = fields.row(2 * i).tolist(), fields.row(2 * i + 1).tolist()
         lcs = rouge_l(a, b) * (len(a) + len(b)) / 2
         out[i] = lcs >= p.copy_ratio * len(a)
     return out
@@ -72,34 +73,30 @@ def _rule_markup(instructions: pa.Array, responses: pa.Array, tasks: list[str], 
     return out
 
 
-def _rule_language(ins: Tokens, res: Tokens, p) -> np.ndarray:
+def _rule_language(fields: Tokens, p) -> np.ndarray:
     """Too few English function words among instruction + response tokens (long rows only)."""
-    n = len(ins)
-    out = np.zeros(n, dtype=bool)
+    both = fields.pairs()
+    out = np.zeros(len(both), dtype=bool)
     if p.min_stopword_ratio is None:
         return out
-    total = ins.counts + res.counts
-    hits = np.zeros(n, dtype=np.int64)
-    for t in (ins, res):
-        is_stop = np.isin(t.hashes, _STOP_HASHES).astype(np.int64)
-        cum = np.concatenate([[0], np.cumsum(is_stop)])
-        hits += cum[t.offsets[1:]] - cum[t.offsets[:-1]]
+    total = both.counts
+    hits = hashindex.count_per_row(both.hashes, both.offsets, *_STOP_TABLE)
     long_enough = total >= p.language_min_tokens
     out[long_enough] = hits[long_enough] < p.min_stopword_ratio * total[long_enough]
     return out
 
 
-def check(rows: list[dict], ins: Tokens, res: Tokens, p) -> np.ndarray:
-    """The first rule each row fails (object array; None = passes), in the order the rules are listed."""
-    instructions = pa.array([r["instruction"] for r in rows], type=pa.large_string())
-    responses = pa.array([r["response"] for r in rows], type=pa.large_string())
-    rules = _rule_lengths(ins, res, p) + [
-        ("copied_instruction", _rule_copy(ins, res, p)),
+def check(instructions: pa.Array, responses: pa.Array, tasks: list[str], fields: Tokens, p) -> np.ndarray:
+    """The first rule each row fails (object array; None = passes), in the order the rules are listed.
+
+    `fields` are the rows' tokens as `tokenize(instructions, responses)` gives them (instruction, response, ...)."""
+    rules = _rule_lengths(fields, p) + [
+        ("copied_instruction", _rule_copy(fields, p)),
         ("refusal", _rule_refusal(responses, p)),
-        ("leftover_markup", _rule_markup(instructions, responses, [r["task"] for r in rows], p)),
-        ("wrong_language", _rule_language(ins, res, p)),
+        ("leftover_markup", _rule_markup(instructions, responses, tasks, p)),
+        ("wrong_language", _rule_language(fields, p)),
     ]
-    reason = np.full(len(rows), None, dtype=object)
+    reason = np.full(len(tasks), None, dtype=object)
     for name, failed in rules:
         reason[failed & (reason == None)] = name  # noqa: E711 (elementwise on an object array)
     return reason

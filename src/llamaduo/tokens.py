@@ -1,12 +1,14 @@
 """Word tokens of many texts at once, as 64-bit hashes in flat numpy arrays (no Python object per token).
 
-Curation works on 256k rows of ~1,300 characters each (paper scale, Section 4.2): per-token Python code
-(`re.findall`, a vocabulary dict) measured ~35 s each for that here, so tokenizing, n-gram hashing and
-shingling are done on the UTF-8 bytes with numpy instead.
+Curation works on 256k rows of ~1,300 characters each (paper scale, Section 4.2). Per-token Python
+(`re.findall`, a vocabulary dict) measured ~35 s each for that here, vectorized numpy over the UTF-8 bytes
+~14 s (it needs a dozen full passes of 64-bit temporaries), pyarrow's regex split ~12 s; one compiled
+pass per job (numba) takes well under a second each, so tokenizing, n-gram hashing and text hashes
+are numba kernels over the bytes and the token hashes (bench/curate.py).
 
 The tokenizer: a token is a maximal run of ASCII letters, digits, `_` or non-ASCII characters; ASCII is
-case-folded; ASCII punctuation and the Unicode general punctuation block (curly quotes, dashes, ellipsis)
-separate tokens. `normalize()` gives the same tokens joined by one space, for display and tests.
+case-folded; ASCII punctuation and the Unicode general punctuation block (U+2000..U+207F: curly quotes,
+dashes, ellipsis) separate tokens. `normalize()` gives the same tokens joined by one space.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from numba import njit
 
-_P = np.uint64(0x100000001B3)  # odd multiplier of the polynomial hash (invertible mod 2^64)
-_P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
-_CHUNK = 1 << 22  # bytes hashed per numpy pass: bounds the temporaries
+_P = np.uint64(0x100000001B3)  # odd multiplier of the polynomial hashes (tokens' bytes, windows' tokens)
 
-_WORD = np.zeros(256, dtype=bool)
+_WORD = np.zeros(256, dtype=np.bool_)
 for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
     _WORD[_c] = True
 _WORD[0x80:] = True
@@ -28,7 +29,8 @@ _LOWER = np.arange(256, dtype=np.uint8)
 _LOWER[ord("A"):ord("Z") + 1] += 32
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
+@njit(cache=True, inline="always")
+def _mix(x):
     """splitmix64 finalizer: spreads polynomial hashes over all 64 bits (MinHash permutations need that)."""
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
@@ -37,19 +39,101 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-_POW_CACHE: dict[int, np.ndarray] = {}
+@njit(cache=True)
+def _scan(data, i, end, word, lower, out, t, write):
+    """Hash the tokens of data[i:end] into out[t:] (when `write`); returns t plus the number of tokens."""
+    in_tok = False
+    h = np.uint64(0)
+    while i < end:
+        b = data[i]
+        # U+2000..U+207F (E2 80 xx, E2 81 xx) separates, like ASCII punctuation
+        if b == 0xE2 and i + 2 < end and (data[i + 1] == 0x80 or data[i + 1] == 0x81):
+            step, is_word = 3, False
+        else:
+            step, is_word = 1, word[b]
+        if is_word:
+            if not in_tok:
+                in_tok, h = True, np.uint64(0)
+            h = h * _P + np.uint64(lower[b]) + np.uint64(1)
+        elif in_tok:
+            if write:
+                out[t] = _mix(h)
+            t += 1
+            in_tok = False
+        i += step
+    if in_tok:
+        if write:
+            out[t] = _mix(h)
+        t += 1
+    return t
 
 
-def _powers(n: int, base: np.uint64) -> np.ndarray:
-    """base^0 .. base^(n-1) mod 2^64, cached (grown on demand) since every tokenize call needs them."""
-    key = int(base)
-    have = _POW_CACHE.get(key)
-    if have is None or len(have) < n:
-        out = np.full(max(n, 1024), base, dtype=np.uint64)
-        out[0] = 1
-        with np.errstate(over="ignore"):
-            have = _POW_CACHE[key] = np.cumprod(out, dtype=np.uint64)  # wraps mod 2^64, as intended
-    return have
+@njit(cache=True)
+def _tokenize(data_a, off_a, data_b, off_b, columns, word, lower):
+    """(token hashes, token offsets) of texts a[0], b[0], a[1], b[1], ... (or a[0], a[1], ... for one column).
+
+    Two passes, count then hash, so the one big array is allocated once at its exact size."""
+    n = len(off_a) - 1
+    tok_offsets = np.zeros(n * columns + 1, dtype=np.int64)
+    hashes = np.empty(0, dtype=np.uint64)
+    for write in (False, True):
+        if write:
+            hashes = np.empty(tok_offsets[-1], dtype=np.uint64)
+        t = 0
+        for r in range(n):
+            for c in range(columns):
+                if c == 0:
+                    t = _scan(data_a, off_a[r], off_a[r + 1], word, lower, hashes, t, write)
+                else:
+                    t = _scan(data_b, off_b[r], off_b[r + 1], word, lower, hashes, t, write)
+                tok_offsets[r * columns + c + 1] = t
+    return hashes, tok_offsets
+
+
+@njit(cache=True)
+def _windows(hashes, offsets, k, short):
+    """Hashes of every k-token window per text (rolling polynomial hash), and their offsets."""
+    n = len(offsets) - 1
+    out_offsets = np.zeros(n + 1, dtype=np.int64)
+    for r in range(n):
+        c = offsets[r + 1] - offsets[r]
+        w = c - k + 1 if c >= k else (1 if short and c > 0 else 0)
+        out_offsets[r + 1] = out_offsets[r] + w
+    out = np.empty(out_offsets[n], dtype=np.uint64)
+    top = np.uint64(1)  # P^(k-1): the weight of the token leaving the window
+    for _ in range(k - 1):
+        top = top * _P
+    for r in range(n):
+        s, e, o = offsets[r], offsets[r + 1], out_offsets[r]
+        if out_offsets[r + 1] == o:
+            continue
+        h = np.uint64(0)
+        if e - s < k:  # a short text's one window: all its tokens
+            for j in range(s, e):
+                h = h * _P + hashes[j]
+            out[o] = _mix(h)
+            continue
+        for j in range(s, s + k):
+            h = h * _P + hashes[j]
+        out[o] = _mix(h)
+        for j in range(s + k, e):
+            h = (h - hashes[j - k] * top) * _P + hashes[j]
+            o += 1
+            out[o] = _mix(h)
+    return out, out_offsets
+
+
+@njit(cache=True)
+def _text_hashes(hashes, offsets):
+    """One order-sensitive hash per text; 0 for an empty text."""
+    n = len(offsets) - 1
+    out = np.zeros(n, dtype=np.uint64)
+    for r in range(n):
+        h = np.uint64(0)
+        for j in range(offsets[r], offsets[r + 1]):
+            h = h + _mix(hashes[j] ^ _mix(np.uint64(j - offsets[r] + 1)))
+        out[r] = h
+    return out
 
 
 @dataclass
@@ -71,54 +155,29 @@ class Tokens:
 
     def text_hash(self) -> np.ndarray:
         """One order-sensitive hash per text (0 for an empty one): equal token sequences, equal hash."""
-        n = len(self)
-        counts = self.counts
-        pos = np.arange(len(self.hashes), dtype=np.uint64) - np.repeat(self.offsets[:-1], counts).astype(np.uint64)
-        with np.errstate(over="ignore"):
-            per_tok = mix64(self.hashes ^ mix64(pos + np.uint64(1)))
-        out = np.zeros(n, dtype=np.uint64)
-        return _segment_sum(per_tok, self.offsets, out)
+        return _text_hashes(self.hashes, self.offsets)
+
+    def slice(self, start: int, stop: int | None = None) -> "Tokens":
+        """Rows start..stop-1 (the hashes are a view; the offsets are rebased to 0)."""
+        offs = self.offsets[start:(len(self) if stop is None else stop) + 1]
+        return Tokens(self.hashes[offs[0]:offs[-1]], offs - offs[0])
+
+    def pairs(self) -> "Tokens":
+        """Rows 2i and 2i+1 joined into row i (a view: the hashes are shared)."""
+        if len(self) % 2:
+            raise ValueError("pairs: odd number of rows")
+        return Tokens(self.hashes, np.ascontiguousarray(self.offsets[::2]))
 
     def windows(self, k: int, *, short: bool) -> "Tokens":
         """Hashes of every k-token window of each text (word shingles / n-grams).
 
         `short=True` gives a text with fewer than k tokens (but at least one) one window of all its tokens,
         so short texts still get a MinHash; `short=False` gives them none (an n-gram test needs n tokens)."""
-        counts = self.counts
-        m = max(len(self.hashes) - k + 1, 0)
-        h = np.zeros(m, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for j in range(k):
-                h = h * _P + self.hashes[j:j + m]
-        n_full = np.maximum(counts - k + 1, 0)
-        few = np.flatnonzero((counts > 0) & (counts < k)) if short else np.zeros(0, dtype=np.int64)
-        n_win = n_full.copy()
-        n_win[few] = 1
-        offs = np.concatenate([[0], np.cumsum(n_win)]).astype(np.int64)
-        out = np.empty(offs[-1], dtype=np.uint64)
-        # window j of text i starts at token offsets[i] + j and lands at offs[i] + j
-        local = np.arange(n_full.sum()) - np.repeat(np.cumsum(n_full) - n_full, n_full)
-        out[np.repeat(offs[:-1], n_full) + local] = h[np.repeat(self.offsets[:-1], n_full) + local]
-        for i in few:  # rare in real data (rows this short usually fail the length rules)
-            v = np.uint64(0)
-            with np.errstate(over="ignore"):
-                for t in self.row(i):
-                    v = v * _P + t
-            out[offs[i]] = v
-        with np.errstate(over="ignore"):
-            return Tokens(mix64(out), offs)
+        return Tokens(*_windows(self.hashes, self.offsets, k, short))
 
 
-def _segment_sum(values: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> np.ndarray:
-    nonempty = np.flatnonzero(np.diff(offsets) > 0)
-    if len(nonempty):
-        with np.errstate(over="ignore"):
-            out[nonempty] = np.add.reduceat(values, offsets[nonempty])
-    return out
-
-
-def tokenize(texts) -> Tokens:
-    """Token hashes of every text (a list of str or a pyarrow string array)."""
+def utf8_buffers(texts) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes, offsets of each text) of a list of str or a pyarrow string array, zero-copy from Arrow."""
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, type=pa.large_string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -130,39 +189,21 @@ def tokenize(texts) -> Tokens:
     offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset:arr.offset + n + 1]
     base = int(offsets[0])
     data = np.frombuffer(data_buf, dtype=np.uint8)[base:int(offsets[-1])] if data_buf is not None else np.zeros(0, np.uint8)
-    offsets = offsets - base
-    word = _WORD[data]
-    # U+2000..U+207F (E2 80 xx, E2 81 xx): dashes, curly quotes, ellipsis -> separators, not word characters
-    if len(data) >= 3:
-        lead = np.flatnonzero((data[:-2] == 0xE2) & ((data[1:-1] == 0x80) | (data[1:-1] == 0x81)))
-        for d in range(3):
-            word[lead + d] = False
-    row_start = np.zeros(len(data) + 1, dtype=bool)
-    row_start[offsets] = True
-    prev = np.concatenate([[False], word[:-1]]) & ~row_start[:-1]
-    nxt = np.concatenate([word[1:], [False]]) & ~row_start[1:]
-    starts = np.flatnonzero(word & ~prev)
-    ends = np.flatnonzero(word & ~nxt) + 1
-    hashes = np.empty(len(starts), dtype=np.uint64)
-    x_all = _LOWER[data]
-    # polynomial hash of each token's bytes, chunk by chunk: sum over the token of (byte+1) * P^pos, then
-    # shifted to the token's own start by P^-start
-    t0 = 0
-    while t0 < len(starts):
-        lo = starts[t0]
-        t1 = int(np.searchsorted(starts, lo + _CHUNK, side="left"))
-        t1 = max(t1, t0 + 1)
-        hi = ends[t1 - 1]
-        size = hi - lo
-        pw, ipw = _powers(size, _P), _powers(size, _P_INV)
-        x = np.where(word[lo:hi], x_all[lo:hi].astype(np.uint64) + np.uint64(1), np.uint64(0))
-        with np.errstate(over="ignore"):
-            x *= pw[:size]
-            seg = np.add.reduceat(x, starts[t0:t1] - lo)
-            hashes[t0:t1] = mix64(seg * ipw[starts[t0:t1] - lo])
-        t0 = t1
-    tok_offsets = np.searchsorted(starts, offsets, side="left").astype(np.int64)
-    return Tokens(hashes, tok_offsets)
+    return data, offsets - base
+
+
+def tokenize(texts, paired=None) -> Tokens:
+    """Token hashes of every text (a list of str or a pyarrow string array).
+
+    With `paired` (as many texts again), row 2i is texts[i] and row 2i+1 is paired[i]: the instruction and
+    response of pair i sit side by side, so `pairs()` gives each pair's tokens without a copy."""
+    data, offsets = utf8_buffers(texts)
+    if paired is None:
+        return Tokens(*_tokenize(data, offsets, data, offsets, 1, _WORD, _LOWER))
+    data_b, offsets_b = utf8_buffers(paired)
+    if len(offsets_b) != len(offsets):
+        raise ValueError(f"tokenize: {len(offsets) - 1} texts but {len(offsets_b) - 1} paired texts")
+    return Tokens(*_tokenize(data, offsets, data_b, offsets_b, 2, _WORD, _LOWER))
 
 
 def normalize(text: str) -> str:
