@@ -92,6 +92,9 @@ def test_baseline_and_judge_count_failures_and_never_average_them(tmp_path):
 
     rows = tables.read(proj / "judgments.parquet", "judgments")
     assert len(rows) == 12 and all(r["judge_model"] == "fake-judge" and fake.base_url in r["judge_version"] for r in rows)
+    assert {r["served_model"] for r in rows} == {"fake-judge-2026-01-15"} and ev["served_models"] == ["fake-judge-2026-01-15"]
+    assert {r["served_model"] for r in tables.read(proj / "b_resp.parquet", "baseline_responses")} == {"fake-judge-2026-01-15"}
+    assert {r["served_model"] for r in tables.read(proj / "pairwise.parquet", "pairwise")} == {"fake-judge-2026-01-15"}
     assert all(r["temperature"] == 0.5 and r["m"] == 2 and len(r["prompt_sha"]) == 12 for r in rows)
     failed = [r for r in rows if not r["ok"]]
     assert all(r["precision"] is None and r["attempts"] == 2 and r["error"] for r in failed)

@@ -65,8 +65,11 @@ def test_structured_answers_n_samples_and_a_free_rerun(kind, tmp_path):
             assert cfg["candidateCount"] == 2 and cfg["responseJsonSchema"] == SCHEMA and cfg["maxOutputTokens"] == 20
             assert cfg["responseMimeType"] == "application/json" and body["systemInstruction"]["parts"][0]["text"] == "Be brief."
         assert usage.input_tokens > 0 and usage.output_tokens > 0
+        snapshot = {"openai": "m-1-2026-01-15", "anthropic": "m-1-20260115", "gemini": "fake-001"}[kind]
+        assert {r.model for r in results} == {snapshot}  # what the service said answered, not the alias we sent
         again, usage2 = run(make(kind, fake), reqs(3, n=2), tmp_path)
         assert usage2.calls == 0 and usage2.cached == usage.calls and len(fake.requests) == usage.calls
+        assert {r.model for r in again} == {snapshot}  # kept in the call cache
         assert [[c.text for c in r.choices] for r in again] == [[c.text for c in r.choices] for r in results]
 
 

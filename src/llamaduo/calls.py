@@ -119,7 +119,8 @@ class _Run:
         if len(parts) == 1:
             return parts[0]
         return ChatResult([c for r in parts for c in r.choices], sum(r.input_tokens for r in parts),
-                          sum(r.output_tokens for r in parts), cached=all(r.cached for r in parts))
+                          sum(r.output_tokens for r in parts), cached=all(r.cached for r in parts),
+                          model=",".join(sorted({r.model for r in parts if r.model})))
 
     # -- bookkeeping, shared by both paths
 

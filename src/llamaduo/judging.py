@@ -6,8 +6,9 @@ asked in both orders. A reply that cannot be used is re-asked (`judge.retries`),
 unusable it is recorded with its reason and left out of every mean, never scored as zero.
 
 Every judgment row carries the judge's model, its version (the provider identity the call cache keys on:
-kind, endpoint, model, and for local weights their content hash), the prompt template's hash and the
-sampling parameters, so two runs' numbers can be told apart.
+kind, endpoint, model, and for local weights their content hash), the model the service said answered (an
+alias like gpt-4o moves between dated snapshots), the prompt template's hash and the sampling parameters,
+so two runs' numbers can be told apart.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class Outcome:
     value: dict | None
     error: str | None
     attempts: int
+    served_model: str = ""  # what the service said answered the call that gave this slot
 
 
 def _add_usage(total, part) -> None:
@@ -177,7 +179,7 @@ def ask(provider, requests: list[ChatRequest], parse, *, retries: int, cache, de
             value, err = parse(c.text, c.finish_reason, c.refusal)
             if k >= len(res.choices):
                 err = f"the provider returned {len(res.choices)} of {req.n} samples"
-            slots.append(Outcome(value, err, 1))
+            slots.append(Outcome(value, err, 1, res.model))
         out.append(slots)
     for attempt in range(1, retries + 1):
         # one re-ask per request: n = its unusable slots, citing the first one's cause
@@ -194,7 +196,7 @@ def ask(provider, requests: list[ChatRequest], parse, *, retries: int, cache, de
                 value, err = parse(c.text, c.finish_reason, c.refusal)
                 if j >= len(res.choices):
                     err = f"the provider returned {len(res.choices)} of {len(ks)} samples"
-                out[i][k] = Outcome(value, err, attempt + 1)
+                out[i][k] = Outcome(value, err, attempt + 1, res.model)
     return out, usage
 
 
@@ -228,7 +230,8 @@ def judgment_rows(responses: list[dict], outcomes: list[list[Outcome]], *, recor
         for rep, o in enumerate(slots):
             rows.append({
                 "answerer": r.get("service") or LOCAL, "prompt_id": r["prompt_id"], "task": r["task"],
-                "sample": r["sample"], "repeat": rep, **record.as_row(), "prompt_sha": sha, "m": m,
+                "sample": r["sample"], "repeat": rep, **record.as_row(), "served_model": o.served_model or None,
+                "prompt_sha": sha, "m": m,
                 "attempts": o.attempts, "ok": o.error is None,
                 "precision": o.value["precision"] if o.value else None,
                 "similarity": o.value["similarity"] if o.value else None,
@@ -279,7 +282,9 @@ def pairwise_rows(pairs: list[tuple[dict, dict]], outcomes: list[list[Outcome]],
     for i, (loc, svc) in enumerate(pairs):
         a, b = outcomes[2 * i][0], outcomes[2 * i + 1][0]
         row = {"prompt_id": loc["prompt_id"], "task": loc["task"], "sample": loc["sample"], "service": svc["service"],
-               "service_sample": svc["sample"], **record.as_row(), "prompt_sha": sha, "attempts": a.attempts + b.attempts,
+               "service_sample": svc["sample"], **record.as_row(),
+               "served_model": ",".join(sorted({o.served_model for o in (a, b) if o.served_model})) or None,
+               "prompt_sha": sha, "attempts": a.attempts + b.attempts,
                "local_first": side("local_first", a.value["winner"]) if a.value else None,
                "service_first": side("service_first", b.value["winner"]) if b.value else None,
                "reason_local_first": a.value["reason"] if a.value else None,
@@ -397,7 +402,8 @@ def answer_with_services(providers: dict, test: list[dict], params, *, cache) ->
         results, usage = run_calls(provider, requests, cache=cache, desc=f"baseline answers ({name})")
         for r, res in zip(test, results):
             for k, c in enumerate(res.choices):
-                rows.append({"service": name, "service_model": provider.model, "prompt_id": r["id"], "task": r["task"],
+                rows.append({"service": name, "service_model": provider.model, "served_model": res.model or None,
+                             "prompt_id": r["id"], "task": r["task"],
                              "sample": k, "answer": c.text if c.text or not c.refusal else c.refusal,
                              "tokens": res.output_tokens // len(res.choices) if res.output_tokens else None,
                              "finish_reason": c.finish_reason})

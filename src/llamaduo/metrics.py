@@ -248,6 +248,7 @@ def eval_report(*, judgments: list[dict], pairwise: list[dict], baseline_judgmen
         mine = select(local, judge=name)
         entry = summarize(mine, zetas, **boot)
         entry["repeat_sd"] = {m: repeat_spread(mine, m) for m in METRICS}
+        entry["served_models"] = sorted({r["served_model"] for r in mine if r.get("served_model")})
         svc = {s: summarize(select(baseline_judgments, judge=name, answerer=s), zetas) for s in services}
         if svc:
             entry["p_match"] = p_match(entry, svc, zetas)

@@ -57,6 +57,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         [
             pa.field("service", pa.string(), nullable=False),        # provider name in params
             pa.field("service_model", pa.string(), nullable=False),
+            pa.field("served_model", pa.string()),                   # what the service said answered (a dated snapshot)
             pa.field("prompt_id", pa.string(), nullable=False),
             pa.field("task", pa.string(), nullable=False),
             pa.field("sample", pa.int32(), nullable=False),
@@ -78,6 +79,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("primary", pa.bool_(), nullable=False),         # the primary judge (eval.json's top level, the gate)
             pa.field("judge_model", pa.string(), nullable=False),
             pa.field("judge_version", pa.string(), nullable=False),  # provider identity: kind, endpoint, model, weights hash
+            pa.field("served_model", pa.string()),                  # what the service said answered (a dated snapshot)
             pa.field("prompt_sha", pa.string(), nullable=False),
             pa.field("temperature", pa.float64(), nullable=False),
             pa.field("max_tokens", pa.int32(), nullable=False),
@@ -102,6 +104,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("primary", pa.bool_(), nullable=False),
             pa.field("judge_model", pa.string(), nullable=False),
             pa.field("judge_version", pa.string(), nullable=False),
+            pa.field("served_model", pa.string()),
             pa.field("prompt_sha", pa.string(), nullable=False),
             pa.field("temperature", pa.float64(), nullable=False),
             pa.field("max_tokens", pa.int32(), nullable=False),

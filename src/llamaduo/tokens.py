@@ -3,7 +3,7 @@
 Curation works on 256k rows of ~1,300 characters each (paper scale, Section 4.2). Per-token Python
 (`re.findall`, a vocabulary dict) measured ~35 s each for that here, vectorized numpy over the UTF-8 bytes
 ~14 s (it needs a dozen full passes of 64-bit temporaries), pyarrow's regex split ~12 s; one compiled
-pass per job (numba) takes well under a second each, so tokenizing, n-gram hashing and text hashes
+pass (numba) ~2.5 s, and ~0.5 s per 50M n-gram windows, so tokenizing, n-gram hashing and text hashes
 are numba kernels over the bytes and the token hashes (bench/curate.py).
 
 The tokenizer: a token is a maximal run of ASCII letters, digits, `_` or non-ASCII characters; ASCII is

@@ -34,7 +34,7 @@ class FakeAnthropic(FakeServer):
                 content = [{"type": "tool_use", "id": f"toolu_{index}", "name": tool, "input": json.loads(text)}]
             except json.JSONDecodeError:  # a model that ignores the tool: plain text
                 stop = "end_turn"
-        return {"id": f"msg_{index}", "type": "message", "role": "assistant", "model": body["model"], "content": content,
+        return {"id": f"msg_{index}", "type": "message", "role": "assistant", "model": f"{body['model']}-20260115", "content": content,
                 "stop_reason": stop, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5}}
 
     def route(self, method, path, body):

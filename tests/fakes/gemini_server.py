@@ -29,7 +29,7 @@ class FakeGemini(FakeServer):
             elif mode == "truncated":
                 text, finish = text[: len(text) // 2], "MAX_TOKENS"
             cands.append({"index": k, "finishReason": finish, "content": {"role": "model", "parts": [{"text": text}]}})
-        return {"candidates": cands, "usageMetadata": usage, "modelVersion": "fake"}
+        return {"candidates": cands, "usageMetadata": usage, "modelVersion": "fake-001"}
 
     def route(self, method, path, body):
         path = "/" + path.split("/", 2)[2]  # the SDK picks the API version (v1beta, v1); both mean the same here

@@ -29,7 +29,9 @@ class FakeOpenAI(FakeServer):
                 msg["content"] = msg["content"][: len(msg["content"]) // 2]
                 finish = "length"
             choices.append({"index": k, "finish_reason": finish, "message": msg})
-        return {"id": f"c{index}", "object": "chat.completion", "created": 0, "model": body["model"], "choices": choices,
+        # like the real API, an alias is answered by a dated snapshot
+        return {"id": f"c{index}", "object": "chat.completion", "created": 0, "model": f"{body['model']}-2026-01-15",
+                "choices": choices,
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}}
 
     def route(self, method, path, body):

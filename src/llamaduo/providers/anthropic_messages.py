@@ -68,7 +68,8 @@ class AnthropicProvider(Provider):
         u = msg.usage
         # cache writes and reads are billed input too
         inp = u.input_tokens + (u.cache_creation_input_tokens or 0) + (u.cache_read_input_tokens or 0)
-        return ChatResult([Choice(text="" if refusal else text, finish_reason=finish, refusal=refusal)], inp, u.output_tokens)
+        return ChatResult([Choice(text="" if refusal else text, finish_reason=finish, refusal=refusal)], inp, u.output_tokens,
+                          model=msg.model or "")
 
     def translate(self, exc: Exception) -> ProviderError:
         if isinstance(exc, anthropic.APIStatusError):

@@ -89,15 +89,18 @@ class ChatResult:
     output_tokens: int = 0
     cached: bool = False
     extra: dict = field(default_factory=dict)  # not stored: per-run facts (e.g. {"batch": True})
+    # the model the service says answered: often a dated snapshot behind the alias in params ("" if it names none)
+    model: str = ""
 
     def to_json(self) -> str:
         return json.dumps({"choices": [asdict(c) for c in self.choices], "input_tokens": self.input_tokens,
-                           "output_tokens": self.output_tokens})
+                           "output_tokens": self.output_tokens, "model": self.model})
 
     @classmethod
     def from_json(cls, s: str) -> "ChatResult":
         d = json.loads(s)
-        return cls([Choice(**c) for c in d["choices"]], d["input_tokens"], d["output_tokens"], cached=True)
+        return cls([Choice(**c) for c in d["choices"]], d["input_tokens"], d["output_tokens"], cached=True,
+                   model=d.get("model", ""))
 
 
 @dataclass

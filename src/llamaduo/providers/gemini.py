@@ -78,7 +78,7 @@ class GeminiProvider(Provider):
         u = resp.usage_metadata
         inp = (u.prompt_token_count or 0) if u else 0
         out = ((u.candidates_token_count or 0) + (u.thoughts_token_count or 0)) if u else 0  # thinking is billed as output
-        return ChatResult(choices, inp, out)
+        return ChatResult(choices, inp, out, model=resp.model_version or "")
 
     def translate(self, exc: Exception) -> ProviderError:
         if isinstance(exc, genai_errors.APIError):

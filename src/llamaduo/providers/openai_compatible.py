@@ -61,7 +61,8 @@ class OpenAICompatibleProvider(Provider):
             finish = "refusal" if refusal and not c.message.content else c.finish_reason
             choices.append(Choice(text=c.message.content or "", finish_reason=finish, refusal=refusal))
         usage = resp.usage
-        return ChatResult(choices, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+        return ChatResult(choices, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                          model=resp.model or "")
 
     def translate(self, exc: Exception) -> ProviderError:
         """The SDK's exception as a ProviderError that says whether a retry can help."""
