@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from llamaduo import tables  # noqa: E402
+from llamaduo.atomic import write_json  # noqa: E402
 from llamaduo.config import load_params  # noqa: E402
 
 
@@ -209,8 +210,7 @@ def main():
         "speedup_vs_naive_minhash_only": round(base["minhash_lsh_s"] / ours_slice, 1),
         "params": p.model_dump(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "params"}, indent=2))
 
 

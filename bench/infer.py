@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def main() -> None:
     from llamaduo import tables
+    from llamaduo.atomic import write_json
     from llamaduo.config import load_params
     from llamaduo.inference import ENGINES, merged_model, run_stats
 
@@ -51,8 +52,7 @@ def main() -> None:
             out[engine] = stats
             print(engine, json.dumps(stats), flush=True)
     out["vllm_over_transformers"] = round(out["vllm"]["tokens_per_s"] / out["transformers"]["tokens_per_s"], 3)
-    path = ROOT / "bench/results/infer.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(ROOT / "bench/results/infer.json", out)
     print(json.dumps(out, indent=2))
 
 

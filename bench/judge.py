@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fakes.judge_server import JudgeFake  # noqa: E402
+from llamaduo.atomic import write_json  # noqa: E402
 from llamaduo.cache import CallCache  # noqa: E402
 from llamaduo.calls import run_calls  # noqa: E402
 from llamaduo.config import ProviderParams  # noqa: E402
@@ -72,9 +73,7 @@ def main() -> None:
            "calls_ratio": round(one["http_calls"] / sep["http_calls"], 4),
            "billed_input_ratio": round(one["billed_input_tokens"] / sep["billed_input_tokens"], 4),
            "note": "ratios are n=M over M separate calls; input tokens counted by the fake server (whitespace words)"}
-    path = ROOT / "bench/results/judge.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(ROOT / "bench/results/judge.json", out)
     print(json.dumps(out, indent=2))
 
 

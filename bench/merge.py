@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from llamaduo.atomic import write_json  # noqa: E402
 from llamaduo.merging import get_merger, merge_checkpoints  # noqa: E402
 
 METHODS = {"weighted_average": {}, "parameter_selection": {}, "parameter_selection_resample2": {"resample": 2}}
@@ -74,8 +75,7 @@ def main() -> None:
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "note": "wall time includes reading every input tensor and writing the merged shards (page cache warm)",
            "methods": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out)
     print(json.dumps(out, indent=2))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from llamaduo.atomic import write_json  # noqa: E402
 from llamaduo.config import TrainParams  # noqa: E402
 from llamaduo.training import train  # noqa: E402
 
@@ -69,8 +70,7 @@ def main() -> None:
     out = {"model": "SmolLM2-135M-Instruct", "steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
            "threads": os.environ.get("OMP_NUM_THREADS"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
            "variants": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out)
     print(json.dumps(out, indent=2))
 
 

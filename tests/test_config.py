@@ -1,6 +1,6 @@
 import pytest
 
-from llamaduo.config import Params, ParamsError, load_params
+from llamaduo.config import ParamsError, load_params
 from conftest import ROOT
 
 

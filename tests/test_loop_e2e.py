@@ -123,7 +123,7 @@ def test_two_cycles_commit_register_promote_and_survive_a_kill(tmp_path):
     assert cycles == ["0", "1"]
 
     # the registered model loads and answers
-    model = mlflow.pyfunc.load_model(f"models:/llamaduo-summarize@champion")
+    model = mlflow.pyfunc.load_model("models:/llamaduo-summarize@champion")
     import pandas as pd
 
     out = model.predict(pd.DataFrame({"prompt": ["Summarize: the sky is blue."]}), params={"max_new_tokens": 4})

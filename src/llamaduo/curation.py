@@ -37,7 +37,7 @@ def curate(raw: list[dict], *, train: list[dict], test: list[dict], p) -> tuple[
     decontaminated = []
 
     if p.decontaminate and test and n:
-        leaks = find_leaks(fields, shingles.slice(2 * n_train) if shingles else None, test, p, alive=reason == None)  # noqa: E711
+        leaks = find_leaks(fields, shingles.slice(2 * n_train) if shingles is not None else None, test, p, alive=reason == None)  # noqa: E711
         for i in sorted(leaks):
             method, test_id = leaks[i]
             reason[i] = f"test_contamination_{method}"

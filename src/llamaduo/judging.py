@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields, replace
 
 from llamaduo.prompts import render, template_sha
-from llamaduo.providers.base import ChatRequest, ChatResult, Choice
+from llamaduo.providers.base import ChatRequest, Choice
 
 TEMPLATE = "judge/single"
 PAIRWISE_TEMPLATE = "judge/pairwise"

@@ -21,6 +21,18 @@ _PAIR = [
     pa.field("response", pa.string(), nullable=False),
 ]
 
+# who judged and how: the same columns in judgments and pairwise verdicts (judging.JudgeRecord and the call)
+_JUDGE = [
+    pa.field("judge", pa.string(), nullable=False),          # provider name in params
+    pa.field("primary", pa.bool_(), nullable=False),         # the primary judge (eval.json's top level, the gate)
+    pa.field("judge_model", pa.string(), nullable=False),
+    pa.field("judge_version", pa.string(), nullable=False),  # provider identity: kind, endpoint, model, weights hash
+    pa.field("served_model", pa.string()),                  # what the service said answered (a dated snapshot)
+    pa.field("prompt_sha", pa.string(), nullable=False),
+    pa.field("temperature", pa.float64(), nullable=False),
+    pa.field("max_tokens", pa.int32(), nullable=False),
+]
+
 SCHEMAS: dict[str, pa.Schema] = {
     # data/prepared/{train,test}.parquet: coverage rows after the split
     "split": pa.schema(_PAIR + [pa.field("category", pa.string()), pa.field("split", pa.string(), nullable=False)]),
@@ -75,14 +87,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("task", pa.string(), nullable=False),
             pa.field("sample", pa.int32(), nullable=False),
             pa.field("repeat", pa.int32(), nullable=False),
-            pa.field("judge", pa.string(), nullable=False),          # provider name in params
-            pa.field("primary", pa.bool_(), nullable=False),         # the primary judge (eval.json's top level, the gate)
-            pa.field("judge_model", pa.string(), nullable=False),
-            pa.field("judge_version", pa.string(), nullable=False),  # provider identity: kind, endpoint, model, weights hash
-            pa.field("served_model", pa.string()),                  # what the service said answered (a dated snapshot)
-            pa.field("prompt_sha", pa.string(), nullable=False),
-            pa.field("temperature", pa.float64(), nullable=False),
-            pa.field("max_tokens", pa.int32(), nullable=False),
+        ]
+        + _JUDGE
+        + [
             pa.field("m", pa.int32(), nullable=False),
             pa.field("attempts", pa.int32(), nullable=False),        # 1 + re-asks this judgment took
             pa.field("ok", pa.bool_(), nullable=False),
@@ -100,14 +107,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("sample", pa.int32(), nullable=False),
             pa.field("service", pa.string(), nullable=False),
             pa.field("service_sample", pa.int32(), nullable=False),
-            pa.field("judge", pa.string(), nullable=False),
-            pa.field("primary", pa.bool_(), nullable=False),
-            pa.field("judge_model", pa.string(), nullable=False),
-            pa.field("judge_version", pa.string(), nullable=False),
-            pa.field("served_model", pa.string()),
-            pa.field("prompt_sha", pa.string(), nullable=False),
-            pa.field("temperature", pa.float64(), nullable=False),
-            pa.field("max_tokens", pa.int32(), nullable=False),
+        ]
+        + _JUDGE
+        + [
             pa.field("attempts", pa.int32(), nullable=False),        # calls over both orders, re-asks included
             pa.field("local_first", pa.string()),                    # verdict with the local answer shown as A: local/service/tie
             pa.field("service_first", pa.string()),                  # verdict with the orders swapped

@@ -108,12 +108,7 @@ def _windows(hashes, offsets, k, short):
         if out_offsets[r + 1] == o:
             continue
         h = np.uint64(0)
-        if e - s < k:  # a short text's one window: all its tokens
-            for j in range(s, e):
-                h = h * _P + hashes[j]
-            out[o] = _mix(h)
-            continue
-        for j in range(s, s + k):
+        for j in range(s, min(s + k, e)):  # the first window (a short text's only one: all its tokens)
             h = h * _P + hashes[j]
         out[o] = _mix(h)
         for j in range(s + k, e):
