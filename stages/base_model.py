@@ -1,7 +1,7 @@
 """base_model: `model.base` (GGUF, folder or Hub id) -> models/base in Hugging Face format."""
 
-from llamaduo.base_model import materialize
 from llamaduo.stage import run
+from llamaduo.weights import materialize
 
 
 def main(params, out):

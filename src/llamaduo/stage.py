@@ -5,15 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
-from llamaduo.base_model import ModelError
-from llamaduo.config import ParamsError, load_params
-from llamaduo.coverage import CoverageError
-from llamaduo.providers.base import ProviderError
-
-# errors that describe bad input or a failed service: one line, no traceback
-USER_ERRORS = (ParamsError, CoverageError, ModelError, ProviderError, ValueError, FileNotFoundError)
+from llamaduo.config import load_params
+from llamaduo.errors import UserError
 
 
 def run(main: Callable, *paths: str, params_file: str = "params.yaml") -> None:
@@ -28,6 +23,6 @@ def run(main: Callable, *paths: str, params_file: str = "params.yaml") -> None:
     try:
         params = load_params(args.pop("params"))
         main(params, **args)
-    except USER_ERRORS as exc:
+    except UserError as exc:  # bad input or a failed service: one line, no traceback (anything else is a bug)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -7,10 +7,10 @@ Prints one JSON line: every request's choice texts and the Usage.
 import json
 import sys
 
-from llamaduo.cache import CallCache
-from llamaduo.calls import run_calls
 from llamaduo.config import ProviderParams
 from llamaduo.providers import ChatRequest, get_provider
+from llamaduo.providers.cache import CallCache
+from llamaduo.providers.engine import run_calls
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
 

@@ -2,34 +2,43 @@
 
     merger = get_merger("parameter_selection", seed=0, resample=2)
     merge_checkpoints(base_dir, [full_model_dir, ...], out_dir, merger)
+
+`merge` (merging/run.py) is the merge stage: each sub-model's adapter folded into the base, their task
+vectors merged tensor by tensor, and every sub-model's and the merged model's validation loss.
+`config.py` reads MERGERS for the valid `merge.method` names, so this module imports no method (nor torch)
+until one is asked for.
 """
 
 from __future__ import annotations
 
-from llamaduo.merging.base import Merger
-from llamaduo.merging.checkpoint import merge_checkpoints
-from llamaduo.merging.parameter_selection import ParameterSelection
-from llamaduo.merging.weighted_average import WeightedAverage
+import importlib
 
-MERGERS: dict[str, type[Merger]] = {
-    WeightedAverage.name: WeightedAverage,
-    ParameterSelection.name: ParameterSelection,
+from llamaduo.errors import ParamsError
+
+MERGERS: dict[str, str] = {
+    "weighted_average": "llamaduo.merging.weighted_average:WeightedAverage",
+    "parameter_selection": "llamaduo.merging.parameter_selection:ParameterSelection",
 }
 
 
-def get_merger(name: str, **options) -> Merger:
-    """The merge method `name` built with `options`; an unknown name lists the valid ones."""
+def merger_class(name: str):
+    """The Merger subclass registered as `name`; an unknown name lists the valid ones."""
     try:
-        cls = MERGERS[name]
+        module, _, cls = MERGERS[name].partition(":")
     except KeyError:
-        raise ValueError(f"unknown merge method {name!r} (valid: {', '.join(sorted(MERGERS))})") from None
-    return cls(**options)
+        raise ParamsError(f"`merge.method`: unknown merge method {name!r} (valid: {', '.join(sorted(MERGERS))})") from None
+    return getattr(importlib.import_module(module), cls)
 
 
-def from_params(p) -> Merger:
+def get_merger(name: str, **options):
+    """The merge method `name` built with `options`."""
+    return merger_class(name)(**options)
+
+
+def from_params(p):
     """The merger `merge.method` names, with the `merge.*` options it takes."""
-    cls = MERGERS.get(p.method)
-    return get_merger(p.method, seed=p.seed, **({k: getattr(p, k) for k in cls.options} if cls else {}))
+    cls = merger_class(p.method)
+    return cls(seed=p.seed, **{k: getattr(p, k) for k in cls.options})
 
 
-__all__ = ["MERGERS", "Merger", "from_params", "get_merger", "merge_checkpoints"]
+__all__ = ["MERGERS", "from_params", "get_merger", "merger_class"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Sequence
 
 from safetensors import safe_open
 from safetensors.torch import save_file

@@ -2,7 +2,7 @@
 
 A provider only translates: our ChatRequest into the vendor's request, the vendor's answer into a ChatResult,
 and the vendor's failures into a ProviderError that says whether a retry can help. Retries, pacing, the
-cache and the Batch API driver live in the shared call engine (llamaduo.calls), so every provider behaves alike.
+cache and the Batch API driver live in the shared call engine (llamaduo.providers.engine), so every provider behaves alike.
 """
 
 from __future__ import annotations
@@ -14,21 +14,10 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from llamaduo.errors import ProviderError  # noqa: F401  (part of the provider interface)
+
 # statuses where the same request can succeed later (the vendors' own SDKs retry exactly these)
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
-
-
-class ProviderError(RuntimeError):
-    """A provider call failed. `retryable`: a later identical request may succeed (429, 5xx, timeout, dropped
-    connection); `fatal`: no request to this provider can succeed (bad key, no access, unknown model)."""
-
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
-                 retry_after: float | None = None, fatal: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.fatal = fatal
 
 
 def retry_after_seconds(headers) -> float | None:
@@ -97,7 +86,7 @@ class ChatResult:
                            "output_tokens": self.output_tokens, "model": self.model})
 
     @classmethod
-    def from_json(cls, s: str) -> "ChatResult":
+    def from_json(cls, s: str) -> ChatResult:
         d = json.loads(s)
         return cls([Choice(**c) for c in d["choices"]], d["input_tokens"], d["output_tokens"], cached=True,
                    model=d.get("model", ""))
@@ -173,10 +162,10 @@ class Provider(abc.ABC):
     def __exit__(self, *exc):
         return False
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (an optional hook: nothing to release by default)
         """Release what belongs to one event loop (HTTP clients); the call engine calls it after each run."""
 
-    async def ensure_ready(self) -> None:
+    async def ensure_ready(self) -> None:  # noqa: B027 (an optional hook: nothing to start by default)
         """Acquire what calls need (e.g. start a local server); the engine calls it only when the cache misses."""
 
     @abc.abstractmethod

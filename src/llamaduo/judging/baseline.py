@@ -1,0 +1,64 @@
+"""The service baseline (the paper's Table 1): the service LLMs answer the test prompts, and their answers are
+judged exactly like the local model's (same panel, prompt, M and re-asks)."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+
+from llamaduo.judging.grading import grade
+from llamaduo.providers.base import ChatRequest
+
+
+@contextmanager
+def open_providers(params, names: list[str]):
+    """Each named provider built and entered once (a local judge that also answers starts one server, not two)."""
+    from llamaduo.providers import get_provider
+
+    with ExitStack() as stack:
+        yield {n: stack.enter_context(get_provider(n, params.providers[n])) for n in dict.fromkeys(names)}
+
+
+def answer_with_services(providers: dict, test: list[dict], params, *, cache) -> tuple[list[dict], dict]:
+    """The baseline's answers: each service LLM answers each test prompt (`judge.baseline.samples` per call).
+    Through the call engine, so a rerun pays nothing. Rows of the `baseline_responses` table, usage per service."""
+    from llamaduo.providers.engine import run_calls
+
+    b = params.judge.baseline
+    rows, usages = [], {}
+    for name in params.judge.services:
+        provider = providers[name]
+        # the same single user turn the local model gets (inference.generate), so both answer the same question
+        requests = [ChatRequest(messages=(("user", r["instruction"]),), temperature=b.temperature,
+                                max_tokens=b.max_tokens, n=b.samples) for r in test]
+        results, usage = run_calls(provider, requests, cache=cache, desc=f"baseline answers ({name})")
+        for r, res in zip(test, results):
+            for k, c in enumerate(res.choices):
+                rows.append({"service": name, "service_model": provider.model, "served_model": res.model or None,
+                             "prompt_id": r["id"], "task": r["task"],
+                             "sample": k, "answer": c.text if c.text or not c.refusal else c.refusal,
+                             "tokens": res.output_tokens // len(res.choices) if res.output_tokens else None,
+                             "finish_reason": c.finish_reason})
+        usages[name] = usage.as_dict()
+    return rows, usages
+
+
+def baseline(*, test: list[dict], params, prompt_dir: str = "prompts") -> tuple[list[dict], list[dict], dict, dict]:
+    """The service baseline: answers from every service, judged exactly as the local ones (same panel, prompt,
+    M and re-asks). Returns answers, judgment rows, answer usage and judge usage (per provider)."""
+    from llamaduo.providers.cache import CallCache
+
+    j = params.judge
+    test_by_id = {r["id"]: r for r in test}
+    judgments, judge_usage = [], {}
+    cache = CallCache(params.cache.path)
+    try:
+        with open_providers(params, j.services + j.panel) as providers:
+            answers, answer_usage = answer_with_services(providers, test, params, cache=cache)
+            for rank, name in enumerate(j.panel):
+                rows, usage = grade(providers[name], answers, test_by_id, j, primary=rank == 0, cache=cache,
+                                    prompt_dir=prompt_dir)
+                judgments += rows
+                judge_usage[name] = usage.as_dict()
+    finally:
+        cache.close()
+    return answers, judgments, answer_usage, judge_usage

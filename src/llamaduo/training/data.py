@@ -1,0 +1,48 @@
+"""Training data and shape: the held-out validation slice, conversational examples, truncation counts, and the
+LoRA rank by volume."""
+
+from __future__ import annotations
+
+import random
+
+# the paper's Table 5: LoRA rank by training volume (alpha = 2 x rank); the loop doubles volume 1k ... 256k,
+# so rows fall clearly on one side of each bound (16k + coverage < 32k, 32k + coverage < 64k)
+RANK_BY_ROWS = ((64_000, 32), (32_000, 16), (0, 8))
+
+
+
+def lora_shape(p, n_rows: int) -> tuple[int, int]:
+    """(rank, alpha): the params' values, or by volume where they are null."""
+    r = p.lora_r or next(rank for bound, rank in RANK_BY_ROWS if n_rows >= bound)
+    return r, p.lora_alpha or 2 * r
+
+
+def holdout(rows: list[dict], p) -> tuple[list[dict], list[dict]]:
+    """(fit, validation): a seeded `val_ratio` slice of `rows` (at least one row when the ratio is > 0)."""
+    if not p.val_ratio or len(rows) < 2:
+        return list(rows), []
+    order = list(range(len(rows)))
+    random.Random(p.seed).shuffle(order)
+    n_val = max(1, round(len(rows) * p.val_ratio))
+    val = set(order[:n_val])
+    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+
+def to_examples(rows: list[dict]) -> list[dict]:
+    """Conversational prompt/completion rows: trl applies the chat template and puts the loss on the completion only."""
+    return [
+        {"prompt": [{"role": "user", "content": r["instruction"]}],
+         "completion": [{"role": "assistant", "content": r["response"]}]}
+        for r in rows
+    ]
+
+
+def count_truncated(tokenizer, examples: list[dict], max_length: int) -> tuple[int, int]:
+    """(examples longer than max_length, total tokens) after the chat template."""
+    over = total = 0
+    for ex in examples:
+        # return_dict=False: transformers 5 returns a BatchEncoding (whose len() is its key count) by default
+        n = len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=False))
+        total += min(n, max_length)
+        over += n > max_length
+    return over, total

@@ -1,0 +1,48 @@
+"""The report stage's summary: the figures of every stage, and the gate decided once, against the champion."""
+
+import json
+
+import pytest
+
+from conftest import judgment as J
+from llamaduo.config import GateParams
+from llamaduo.cycle.report import score_points, summary
+
+
+@pytest.fixture
+def metrics(tmp_path):
+    files = {
+        "prepare": {"summarize": {"train": 9, "test": 2}},
+        "curate": {"rows_in": 5, "rows_out": 3, "dropped": {"refusal": 2}},
+        "train": {"rows": 12, "train_loss": 1.25},
+        "infer": {"tokens_per_s": 80.5},
+        "eval": {"precision": {"mean": 72.0, "ci95_low": 65.0, "ci95_high": 79.0},
+                 "similarity": {"mean": 40.0}, "failed_judgments": 1},
+        "champion": {},
+    }
+    for name, body in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(body))
+    return {name: str(tmp_path / f"{name}.json") for name in files}
+
+
+def test_summary_gathers_every_stage_and_passes_without_a_champion(metrics):
+    s = summary(**metrics, p=GateParams(threshold=70))
+    assert s["split"] == {"summarize": {"train": 9, "test": 2}} and s["synthetic_curated"] == 3 and s["train_rows"] == 12
+    assert s["train_loss"] == 1.25 and s["infer_tokens_per_s"] == 80.5 and s["failed_judgments"] == 1
+    assert s["gate"] == {"metric": "precision", "threshold": 70, "score": 72.0, "ci95": [65.0, 79.0], "passed": True,
+                         "reason": "precision 72.00 passes (threshold 70)"}
+
+
+def test_below_the_champions_interval_is_no_pass_even_above_the_threshold(metrics, tmp_path):
+    (tmp_path / "champion.json").write_text(json.dumps({"version": "4", "cycle": 2, "score": 80.0, "ci_low": 75.0}))
+    s = summary(**metrics, p=GateParams(threshold=70, no_regression=True))
+    assert s["gate"]["passed"] is False and s["gate"]["reason"] == "precision 72.00 is below champion v4's 95% interval (from 75.00)"
+    assert summary(**metrics, p=GateParams(threshold=70, no_regression=False))["gate"]["passed"] is True
+    assert summary(**metrics, p=GateParams(threshold=75, no_regression=False))["gate"]["reason"] == \
+        "precision 72.00 is below the threshold 75"
+
+
+def test_score_points_are_the_primary_judges_per_answer_means():
+    rows = [J("a", 0, 80, 40), J("a", 0, 60, 60), J("a", 0, 0, 0, judge="j2"), J("b", 1, 50, 10)]
+    assert score_points(rows) == [{"prompt_id": "a", "sample": 0, "precision": 70.0, "similarity": 50.0},
+                                  {"prompt_id": "b", "sample": 1, "precision": 50.0, "similarity": 10.0}]

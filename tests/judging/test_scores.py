@@ -1,0 +1,88 @@
+"""Scores on hand-made judgments, against values computed by hand in the comments."""
+
+import pytest
+
+from conftest import hand_judgments
+from conftest import judgment as J
+from conftest import verdict as P
+from llamaduo.judging.scores import agreement, by_category, krippendorff_alpha_interval, p_match, pairwise_summary, summarize
+
+LOCAL = hand_judgments()
+
+
+def test_means_coverage_median_and_failures():
+    s = summarize(LOCAL, [50, 70])
+    assert s["answers"] == 4 and s["judgments"] == 7 and s["failed_judgments"] == 2
+    assert s["failure_reasons"] == {"not JSON": 1, "refused": 1}
+    assert s["retried_judgments"] == 1 and s["recovered_by_retry"] == 0
+    # precision V over 3 answers: 70, 30, 50
+    assert s["precision"] == {"scored_answers": 3, "mean": 50.0, "median": 50.0,
+                              "coverage_50": round(2 / 3, 4), "coverage_70": round(1 / 3, 4)}
+    # similarity: 50, 90, 15
+    assert s["similarity"]["mean"] == round(155 / 3, 3) and s["similarity"]["median"] == 50.0
+    assert s["similarity"]["coverage_50"] == round(2 / 3, 4) and s["similarity"]["coverage_70"] == round(1 / 3, 4)
+
+
+def test_all_failed_gives_none_not_zero():
+    s = summarize([J("a", 0, None, None, ok=False, error="not JSON")], [50], resamples=100)
+    assert s["precision"]["mean"] is None and s["precision"]["coverage_50"] is None
+    assert s["precision"]["ci95_low"] is None
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    s = summarize(LOCAL, [50], resamples=500, seed=1)
+    assert s["precision"]["ci95_low"] <= 50.0 <= s["precision"]["ci95_high"]
+    assert 30 <= s["precision"]["ci95_low"] and s["precision"]["ci95_high"] <= 70
+
+
+def test_p_match_divides_by_the_best_service():
+    local = summarize(LOCAL, [50, 70])
+    svc_a = summarize([J("a", 0, 100, 100, answerer="A"), J("b", 0, 60, 50, answerer="A")], [50, 70])  # 80/75, C50 1, C70 .5
+    svc_b = summarize([J("a", 0, 40, 40, answerer="B"), J("b", 0, 60, 60, answerer="B")], [50, 70])    # 50/50
+    pm = p_match(local, {"A": svc_a, "B": svc_b}, [50, 70])
+    assert pm["precision"]["mean"] == round(50 / 80, 4) and pm["precision"]["mean_best_service"] == "A"
+    assert pm["precision"]["coverage_50"] == round((2 / 3) / 1.0, 4)
+    assert pm["precision"]["coverage_70"] == round(round(1 / 3, 4) / 0.5, 4)
+    assert pm["similarity"]["mean"] == round(round(155 / 3, 3) / 75, 4)
+    # a zero service figure gives no ratio, never a division error
+    zero = summarize([J("a", 0, 0, 0, answerer="Z")], [50, 70])
+    assert p_match(local, {"Z": zero}, [50, 70])["precision"]["mean"] is None
+
+
+def test_pairwise_rates_count_flips_as_ties_and_leave_failures_out():
+    rows = [P("win"), P("win"), P("loss"), P("tie", flipped=True), P("tie"),
+            P(None, ok=False, error="local first: not JSON (x); service first: refused (y)")]
+    s = pairwise_summary(rows)
+    assert (s["comparisons"], s["judged"], s["failed"]) == (6, 5, 1)
+    assert (s["wins"], s["ties"], s["losses"], s["flipped"]) == (2, 2, 1, 1)
+    assert s["win_rate"] == 0.4 and s["tie_rate"] == 0.4 and s["loss_rate"] == 0.2 and s["flip_rate"] == 0.2
+    assert s["failure_reasons"] == {"local first: not JSON": 1, "service first: refused": 1}
+
+
+def test_krippendorff_alpha_interval_by_hand():
+    assert krippendorff_alpha_interval([[0, 0], [10, 10]]) == 1.0
+    # D_o = (200 + 200) / 4 = 100; D_e = 8 ordered pairs x 100 / (4 x 3) = 66.67; alpha = 1 - 1.5
+    assert krippendorff_alpha_interval([[0, 10], [10, 0]]) == pytest.approx(-0.5)
+    assert krippendorff_alpha_interval([[5], [7]]) is None  # nothing pairable
+    # three judges on one unit and two on another, against the textbook sums:
+    # values 1,2,3 | 4,6 ; D_o = (2*(1+4+1))/2 /5 + (2*4)/1 /5 = 6/5 + 8/5 = 2.8
+    # D_e = sum_{i!=k}(v_i-v_k)^2 / (5*4): values 1,2,3,4,6 -> 2*(1+4+9+25+1+4+16+1+9+4) / 20 = 148/20 = 7.4
+    assert krippendorff_alpha_interval([[1, 2, 3], [4, 6]]) == pytest.approx(1 - 2.8 / 7.4)
+
+
+def test_agreement_between_two_judges():
+    js = [J(p, 0, s1, 0, judge="j1") for p, s1 in zip("abcd", (10, 20, 30, 40))]
+    js += [J(p, 0, s2, 0, judge="j2") for p, s2 in zip("abcd", (15, 25, 35, 90))]
+    a = agreement(js, "precision")
+    pair = a["pairs"]["j1~j2"]
+    assert pair["answers"] == 4 and pair["spearman"] == 1.0 and 0.8 < pair["pearson"] < 1.0
+    constant = agreement([J("a", 0, 5, 0), J("a", 0, 5, 0, judge="j2")], "precision")
+    assert constant["pairs"]["j1~j2"]["pearson"] is None  # undefined, not zero
+
+
+def test_by_category_only_with_several():
+    cats = {"a": "Summarize", "b": "Closed QA"}
+    out = by_category(LOCAL, cats, [50])
+    assert out["Summarize"]["precision"]["mean"] == 50.0   # answers of a: 70, 30
+    assert out["Closed QA"]["precision"]["mean"] == 50.0
+    assert by_category(LOCAL, {"a": "S", "b": "S"}, [50]) is None

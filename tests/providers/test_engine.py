@@ -1,0 +1,159 @@
+import collections
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from fakes.anthropic_server import FakeAnthropic
+from fakes.openai_server import FakeOpenAI
+from fakes.server import prompt_text
+from llamaduo.config import ProviderParams
+from llamaduo.providers import ChatRequest, ProviderError, get_provider
+from llamaduo.providers.cache import CallCache
+from llamaduo.providers.engine import run_calls
+
+CLIENT = ROOT / "tests" / "fakes" / "client.py"
+
+
+def provider(url, **kw):
+    return get_provider("remote", ProviderParams(kind="openai_compatible", model="m", base_url=url, **kw))
+
+
+def reqs(k, n=2):
+    return [ChatRequest(messages=(("user", f"q{i}"),), temperature=0.5, max_tokens=20, n=n) for i in range(k)]
+
+
+def test_answers_in_order_and_rerun_costs_nothing(tmp_path):
+    with FakeOpenAI(answer=lambda req, i: f"{prompt_text(req)}#{i}") as fake:
+        p = provider(fake.base_url, concurrency=3)
+        results, usage = run_calls(p, reqs(7), cache=CallCache(tmp_path / "c.sqlite"), desc="t")
+        assert [r.choices[1].text for r in results] == [f"q{i}#1" for i in range(7)]
+        assert usage.calls == 7 and usage.cached == 0 and usage.input_tokens == 70 and usage.output_tokens == 70
+        again, usage2 = run_calls(p, reqs(7), cache=CallCache(tmp_path / "c.sqlite"), desc="t")
+        assert len(fake.requests) == 7  # the server saw nothing new
+        assert usage2.calls == 0 and usage2.cached == 7
+        assert [r.choices[0].text for r in again] == [r.choices[0].text for r in results]
+
+
+def test_identical_requests_in_one_run_are_sent_once(tmp_path):
+    with FakeOpenAI(answer=lambda req, i: "ok") as fake:
+        results, usage = run_calls(provider(fake.base_url), reqs(2) + reqs(2), cache=CallCache(tmp_path / "c"), desc="t")
+        assert len(fake.requests) == 2 and usage.calls == 2 and usage.cached == 2 and len(results) == 4
+
+
+def test_cost_comes_from_the_price_table(tmp_path):
+    with FakeOpenAI(answer=lambda req, i: "ok") as fake:
+        p = provider(fake.base_url, price={"input_per_mtok": 2.5, "output_per_mtok": 10.0})
+        _, usage = run_calls(p, reqs(4), cache=CallCache(tmp_path / "c"), desc="t")
+        # 4 calls x (10 input tokens x 2.5 + 10 output tokens x 10) / 1e6
+        assert usage.cost_usd == pytest.approx(4 * (10 * 2.5 + 10 * 10.0) / 1e6)
+        assert usage.as_dict()["cost_usd"] == pytest.approx(0.0005)
+        _, usage2 = run_calls(p, reqs(4), cache=CallCache(tmp_path / "c"), desc="t")
+        assert usage2.cost_usd == 0  # cached answers cost nothing this run
+
+
+def test_retryable_errors_are_retried(tmp_path):
+    faults = [("status", 429, {"Retry-After": "0"}), ("status", 500)]
+    with FakeOpenAI(answer=lambda req, i: "ok", faults=faults) as fake:
+        results, usage = run_calls(provider(fake.base_url, concurrency=1), reqs(1), cache=CallCache(tmp_path / "c.sqlite"), desc="t")
+        assert results[0].choices[0].text == "ok" and len(fake.requests) == 3 and usage.retries == 2
+
+
+def test_client_error_fails_fast_and_keeps_what_was_paid(tmp_path):
+    with FakeOpenAI(answer=lambda req, i: "ok", faults=[("status", 400)]) as fake:
+        cache = CallCache(tmp_path / "c.sqlite")
+        with pytest.raises(ProviderError, match=r"1 of 3 t call\(s\) failed.*provider `remote` \(model m\): HTTP 400"):
+            run_calls(provider(fake.base_url, concurrency=1), reqs(3), cache=cache, desc="t")
+        assert len(fake.requests) == 3  # no retry of the 400
+        assert len(cache) == 2
+        run_calls(provider(fake.base_url, concurrency=1), reqs(3), cache=cache, desc="t")
+        assert len(fake.requests) == 4  # only the failed one was asked again
+
+
+def test_api_key_comes_from_the_named_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLAMADUO_TEST_KEY", raising=False)
+    with FakeOpenAI() as fake:
+        with pytest.raises(ProviderError, match="LLAMADUO_TEST_KEY"):
+            run_calls(provider(fake.base_url, api_key_env="LLAMADUO_TEST_KEY"), reqs(1), cache=CallCache(tmp_path / "c"), desc="t")
+        assert fake.requests == []
+
+
+# -- a real client process killed with SIGKILL mid-run, then restarted
+
+
+def client_env():
+    tests = str(ROOT / "tests")
+    return dict(os.environ, OPENAI_API_KEY="k-openai", ANTHROPIC_API_KEY="k-anthropic",
+                PYTHONPATH=tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def start_client(params: dict, cache: Path, n_requests: int, n_samples: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(CLIENT), json.dumps(params), str(cache), str(n_requests), str(n_samples)],
+                            env=client_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(cond, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def rows(cache: Path, table: str, where: str = "") -> int:
+    if not cache.exists():
+        return 0
+    with sqlite3.connect(cache) as db:
+        try:
+            return db.execute(f"SELECT COUNT(*) FROM {table} {where}").fetchone()[0]
+        except sqlite3.OperationalError:  # the client has not created the table yet
+            return 0
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind,fake_cls,calls_per_prompt", [("openai", FakeOpenAI, 1), ("anthropic", FakeAnthropic, 2)])
+def test_killed_run_restarted_pays_for_nothing_twice(tmp_path, kind, fake_cls, calls_per_prompt):
+    answer = lambda req, k: json.dumps({"a": prompt_text(req)})  # noqa: E731
+    held_from = 5  # the server answers 5 calls, then holds every further one: the client dies with 2 in flight
+    with fake_cls(answer=answer, hold_after=held_from) as fake:
+        params = {"kind": kind, "model": "m-1", "base_url": fake.base_url, "concurrency": 2}
+        cache = tmp_path / "calls.sqlite"
+        proc = start_client(params, cache, 8, 2)
+        wait_for(lambda: fake.held == 2 and rows(cache, "calls") == held_from, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        lost = list(fake.prompts[held_from:])  # sent, never answered: the only calls a restart may repeat
+        fake.release()
+        out = finish(start_client(params, cache, 8, 2))
+        assert out["texts"] == [[json.dumps({"a": f"q{i}"})] * 2 for i in range(8)]
+        assert out["usage"]["cached"] == held_from and out["usage"]["calls"] == 8 * calls_per_prompt - held_from
+        # every answer the server gave was paid once; the extra requests are exactly the two that were in flight
+        assert collections.Counter(fake.answered) == {f"q{i}": calls_per_prompt for i in range(8)}
+        assert len(fake.prompts) == 8 * calls_per_prompt + len(lost) and len(lost) == 2
+
+
+def test_killed_batch_run_resumes_polling_the_recorded_job(tmp_path):
+    with FakeOpenAI(answer=lambda req, k: json.dumps({"a": f"{prompt_text(req)}#{k}"}), batch_polls=10**6) as fake:
+        params = {"kind": "openai", "model": "m-1", "base_url": fake.base_url, "batch": True, "batch_poll_s": 0.05}
+        cache = tmp_path / "calls.sqlite"
+        proc = start_client(params, cache, 6, 2)
+        wait_for(lambda: rows(cache, "batch_jobs", "WHERE state = 'pending'") == 1 and fake.hits["GET batches"] >= 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        fake.batch_polls = 0  # the job finishes while nobody watches
+        out = finish(start_client(params, cache, 6, 2))
+        assert out["texts"][5] == [json.dumps({"a": "q5#0"}), json.dumps({"a": "q5#1"})]
+        assert fake.hits["POST batches"] == 1 and fake.hits["POST files"] == 1 and fake.requests == []
+        assert out["usage"]["batch_calls"] == 6 and rows(cache, "batch_jobs", "WHERE state = 'completed'") == 1
