@@ -47,55 +47,41 @@ def module_file(name: str) -> Path | None:
 
 
 def imported(path: Path) -> set[str]:
-    """Every module `path` can import, at the top or inside a function (both run), with their parent packages."""
-    tree = ast.parse(path.read_text())
-    here = ".".join(path.relative_to(LIB.parent).with_suffix("").parts)
-    package = here.rsplit(".", 1)[0] if path.name != "__init__.py" else here.removesuffix(".__init__")
+    """Every module of ours `path` can import, at the top or inside a function (both run), with their parent
+    packages (importing a.b.c runs a and a.b first). Relative imports resolve against the file's package."""
+    inside = LIB.parent in path.parents
+    package = ""
+    if inside:
+        parts = path.relative_to(LIB.parent).with_suffix("").parts
+        package = ".".join(parts[:-1])
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ""
             if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                mod = ".".join(parts + ([mod] if mod else []))
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([mod] if mod else []))
             names.add(mod)
             names |= {f"{mod}.{a.name}" for a in node.names}  # `from pkg import submodule`
     out = set()
     for n in names:
         parts = n.split(".")
-        out |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}  # importing a.b.c runs a and a.b first
+        out |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
     return {n for n in out if module_file(n) is not None}
 
 
 def closure(script: Path) -> set[Path]:
     """The package files a stage script imports, transitively."""
     seen: set[Path] = set()
-    todo = [module_file(m) for m in imported_script(script)]
+    todo = [module_file(m) for m in imported(script)]
     while todo:
         f = todo.pop()
-        if f in seen:
-            continue
-        seen.add(f)
-        todo += [module_file(m) for m in imported(f)]
+        if f not in seen:
+            seen.add(f)
+            todo += [module_file(m) for m in imported(f)]
     return seen
-
-
-def imported_script(script: Path) -> set[str]:
-    tree = ast.parse(script.read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
-    out = set()
-    for n in names:
-        parts = n.split(".")
-        out |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
-    return {n for n in out if module_file(n) is not None}
 
 
 def script_of(cmd: str) -> Path:

@@ -38,9 +38,9 @@ def runtime_keys(section: type[BaseModel]) -> set[str]:
 
 def result_dump(section: BaseModel) -> dict:
     """A section's values without its runtime fields, nested sections included: what a result depends on."""
-    out = {}
+    out, skip = {}, runtime_keys(type(section))
     for name in type(section).model_fields:
-        if name in runtime_keys(type(section)):
+        if name in skip:
             continue
         value = getattr(section, name)
         if isinstance(value, BaseModel):
