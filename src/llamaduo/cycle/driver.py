@@ -20,9 +20,6 @@ from llamaduo.cycle import cost, model_registry, tracking
 from llamaduo.errors import LoopError
 from llamaduo.providers.engine import total
 
-STATE_FILE = paths.LOOP_STATE
-HISTORY_FILE = paths.HISTORY
-
 
 def volume_for(cycle: int, p) -> int:
     if cycle == 0:
@@ -94,15 +91,15 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) ->
     if _git("rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         raise LoopError("`llamaduo loop` commits each cycle: run it inside a git repository (`git init`, `dvc init`)")
     params = load_params(params_file)
-    state = _load_json(STATE_FILE, {"cycle": 0, "parent_run_id": None, "stopped_by": None})
+    state = _load_json(paths.LOOP_STATE, {"cycle": 0, "parent_run_id": None, "stopped_by": None})
     if state.get("stopped_by"):
         _say(f"the last loop stopped ({state['stopped_by']}); starting a new loop at cycle 0")
         state = {"cycle": 0, "parent_run_id": None, "stopped_by": None}
     parent = tracking.start_parent(params.mlflow, resume_id=state["parent_run_id"], tags={"llamaduo.tasks": ",".join(params.data.tasks)})
     state["parent_run_id"] = parent
-    write_json(STATE_FILE, state)
+    write_json(paths.LOOP_STATE, state)
     name = model_registry.model_name(params.mlflow.model_prefix, params.data.tasks)
-    history = _load_json(HISTORY_FILE, [])
+    history = _load_json(paths.HISTORY, [])
 
     for cycle in range(state["cycle"], params.loop.max_cycles):
         spent = sum(h.get("cost_usd", 0) for h in history if h["cycle"] < cycle)
@@ -110,7 +107,7 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) ->
             return _stop(state, f"cost budget: ${spent:.2f} spent of `loop.max_cost_usd` {params.loop.max_cost_usd}")
         volume = volume_for(cycle, params.loop)
         state["cycle"] = cycle
-        write_json(STATE_FILE, state)
+        write_json(paths.LOOP_STATE, state)
         _set_cycle_params(params_file, cycle=cycle, volume=volume,
                           previous=[volume_for(c, params.loop) for c in range(cycle)])
         _say(f"cycle {cycle} of at most {params.loop.max_cycles - 1}: synthetic volume {volume}; dvc repro")
@@ -129,7 +126,7 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) ->
                  "wall_s": round(time.monotonic() - start, 1), **{k: usage[k] for k in ("calls", "cached", "cost_usd")},
                  "tokens": usage["input_tokens"] + usage["output_tokens"]}
         history = [h for h in history if h["cycle"] != cycle] + [entry]
-        write_json(HISTORY_FILE, history)
+        write_json(paths.HISTORY, history)
         rep = cost.write(params=params, baseline=_load_json(paths.BASELINE, {}),
                          loop_cost_usd=sum(h.get("cost_usd", 0) for h in history),
                          json_out=paths.COST, plot_out=paths.COST_PLOT)
@@ -145,7 +142,7 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) ->
         if _gate_and_promote(params, name, cycle):
             return _stop(state, f"gate passed at cycle {cycle}")
         state["cycle"] = cycle + 1
-        write_json(STATE_FILE, state)
+        write_json(paths.LOOP_STATE, state)
     return _stop(state, f"max cycles: `loop.max_cycles` is {params.loop.max_cycles}")
 
 
@@ -164,7 +161,8 @@ def _record(params, parent: str, name: str, cycle: int, entry: dict, commit: str
     tracking.connect(params.mlflow)
     if cycle in tracking.logged_cycles(parent):
         return  # logged before an interruption
-    tags = {"git_commit": commit, **_data_versions()}
+    versions = _data_versions()
+    tags = {"git_commit": commit, **versions}
     child = tracking.log_cycle(parent_id=parent, cycle=cycle, params_file=params_file, metrics_dir=str(paths.METRICS_DIR),
                                tags=tags)
     with mlflow.start_run(run_id=child):
@@ -172,7 +170,7 @@ def _record(params, parent: str, name: str, cycle: int, entry: dict, commit: str
         merged = str(paths.MERGED) if (paths.MERGED / "config.json").is_file() else None
         model_registry.log_and_register(
             name=name, adapter_dir=str(paths.ADAPTER), base_dir=str(paths.BASE_MODEL), merged_dir=merged,
-            base_md5=_data_versions().get(f"dvc.{paths.BASE_MODEL}", ""),
+            base_md5=versions.get(f"dvc.{paths.BASE_MODEL}", ""),
             tags={"cycle": cycle, "metric": entry["metric"], "score": entry["score"], "ci_low": ci[0], "ci_high": ci[1],
                   "volume": entry["volume"], "git_commit": commit, "run_id": child})
 
@@ -201,6 +199,6 @@ def _gate_and_promote(params, name: str, cycle: int) -> bool:
 
 def _stop(state: dict, why: str) -> dict:
     state["stopped_by"] = why
-    write_json(STATE_FILE, state)
+    write_json(paths.LOOP_STATE, state)
     _say(f"stopped: {why}")
     return state
