@@ -73,6 +73,13 @@ class ModelParams(_Section):
                                                          "without importing it).")
 
 
+class ComputeParams(_Section):
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Compute dtype of training, merging, the validation loss and vLLM (engine and local server); "
+                            "auto = bfloat16 on a CUDA GPU that has it and on CPUs with AVX512-BF16 or AMX, float32 otherwise "
+                            "(llamaduo.hardware.compute_dtype).")
+
+
 class LocalServer(_Section):
     host: str = runtime("127.0.0.1", description="Loopback address the vLLM server binds to.")
     port: int = runtime(0, ge=0, le=65535, description="Port; 0 picks a free one.")
@@ -366,6 +373,7 @@ class MlflowParams(_Section):
 class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     model: ModelParams = Field(default_factory=ModelParams)
+    compute: ComputeParams = Field(default_factory=ComputeParams)
     providers: dict[str, ProviderParams] = Field(default_factory=_default_providers)
     cache: CacheParams = Field(default_factory=CacheParams)
     synth: SynthParams = Field(default_factory=SynthParams)
