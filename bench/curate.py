@@ -9,6 +9,9 @@ from dvc.yaml, run as DVC runs it, in a scratch workspace holding the three Parq
 start, imports, Parquet in and out, metrics. `curate_call_s` is the curate() call alone, in this process.
 Reports rows/s, peak RSS and the recall of both planted sets, and compares with a naive baseline on a
 5,000-row slice: datasketch `MinHash` with per-row `update`, and rouge-score ROUGE-L over every pair.
+`coverage_keep_rate` (issue #16): per shipped task, the share of its human coverage rows that curation keeps
+when they are curated as if they were syntheses (no train, no test, so no calibration: the rules alone);
+`coverage_keep_rate_held_out`: each half of a task's rows curated with the other half as train (calibrated).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/curate.py [--rows 256000]
 """
@@ -34,7 +37,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from llamaduo import hardware, tables  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
-from llamaduo.config import load_params  # noqa: E402
+from llamaduo.config import CurateParams  # noqa: E402
+from llamaduo.coverage.prepare import split as split_rows  # noqa: E402
 
 
 def coverage_rows() -> list[dict]:
@@ -135,7 +139,8 @@ def run_stage(rows: list[dict], train: list[dict], test: list[dict]) -> tuple[fl
     """Run dvc.yaml's curate command in a scratch workspace; (wall s, peak RSS MB of the stage, workspace)."""
     work = Path(tempfile.mkdtemp(prefix="curate-bench-"))
     (work / "stages").symlink_to(ROOT / "stages")
-    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    # the stage reads only `curate`; the other sections take their defaults (and may be mid-edit in the tree)
+    (work / "params.yaml").write_text(yaml.safe_dump({"curate": curate_section()}))
     for name, split in (("train", train), ("test", test)):
         tables.write(work / f"data/prepared/{name}.parquet", "split",
                      [{k: r[k] for k in ("id", "task", "instruction", "response")} | {"category": None, "split": name} for r in split])
@@ -149,6 +154,26 @@ def run_stage(rows: list[dict], train: list[dict], test: list[dict]) -> tuple[fl
     return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, work
 
 
+def curate_section() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["curate"]
+
+
+def coverage_keep(p) -> tuple[dict, dict]:
+    """(keep rate of each shipped task's rows curated alone, keep rate of each half held out from the other)."""
+    from llamaduo.curation import curate
+
+    by_task = {}
+    for r in coverage_rows():
+        by_task.setdefault(r["task"], []).append(r | {"seed_id": "human", "provider": "coverage", "model": "human",
+                                                      "request_id": r["id"], "cycle": 0})
+    alone, held = {}, {}
+    for task, rows in sorted(by_task.items()):
+        alone[task] = round(len(curate(rows, train=[], test=[], p=p)[0]) / len(rows), 4)
+        a, b = split_rows(rows, train_ratio=0.5, seed=0)
+        held[task] = round(sum(len(curate(y, train=x, test=[], p=p)[0]) for x, y in ((a, b), (b, a))) / len(rows), 4)
+    return alone, held
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=256_000)
@@ -157,7 +182,7 @@ def main():
     args = ap.parse_args()
     from llamaduo.curation import curate
 
-    p = load_params(ROOT / "params.yaml").curate
+    p = CurateParams(**curate_section())
     rows, train, test, dups, leaks = make_rows(args.rows)
     print(f"made {len(rows)} rows ({len(dups)} planted duplicates, {len(leaks)} planted leaks), "
           f"train {len(train)}, test {len(test)}", file=sys.stderr)
@@ -193,7 +218,10 @@ def main():
     ours_slice = time.perf_counter() - t1
     base = naive(slice_, p.lsh_threshold, p.num_perm, p.shingle_size)
 
+    keep_alone, keep_held = coverage_keep(p)
+
     result = {
+        "coverage_keep_rate": keep_alone, "coverage_keep_rate_held_out": keep_held,
         "rows": len(rows), "train_rows": len(train), "test_rows": len(test),
         "wall_s": round(wall, 2), "goal_wall_s": 60, "met_goal": wall < 60 and min(dup_found / len(dups), leak_found / len(leaks)) >= 0.98,
         "curate_call_s": round(call_wall, 2), "curate_call_cpu_s": round(call_cpu, 2),

@@ -10,7 +10,9 @@ def main(params, raw, train, test, out, dropped_out, metrics_out):
     kept, dropped, counts = curate(tables.read(raw, "synthetic"), train=tables.read(train, "split"),
                                    test=tables.read(test, "split"), p=params.curate)
     tables.write(out, "synthetic", kept)
-    tables.write(dropped_out, "dropped", dropped)
+    # curate passes every column through; dropped.parquet holds the ones its schema declares (pair + reason)
+    columns = tables.columns("dropped")
+    tables.write(dropped_out, "dropped", [{k: d.get(k) for k in columns} for d in dropped])
     write_json(metrics_out, counts)
 
 

@@ -4,19 +4,26 @@ Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml st
 every process trains, only the main one writes.
 """
 
+import sys
+
 from llamaduo import tables
 from llamaduo.atomic import write_json
 from llamaduo.stage import run
-from llamaduo.training import holdout, train
+from llamaduo.training import cap_message, holdout, train
 
 
 def main(params, train_rows, curated, base, out, metrics_out, loss_out):
     from accelerate import PartialState
 
+    state = PartialState()
     # the validation slice comes from coverage train only: real rows, the same ones every cycle
     fit, val = holdout(tables.read(train_rows, "split"), params.train)
-    stats = train(rows=fit + tables.read(curated, "synthetic"), val_rows=val, base_dir=base, out_dir=out, p=params.train)
-    if PartialState().is_main_process:
+    rows = fit + tables.read(curated, "synthetic")
+    warning = cap_message(params.train, len(rows), state.num_processes)
+    if warning and state.is_main_process:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    stats = train(rows=rows, val_rows=val, base_dir=base, out_dir=out, p=params.train, dtype=params.compute.dtype)
+    if state.is_main_process:
         write_json(loss_out, stats.pop("loss_curve"))
         write_json(metrics_out, stats)
 

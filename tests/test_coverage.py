@@ -1,5 +1,9 @@
+import hashlib
 import json
+import re
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import no_robots_row, write_jsonl
@@ -62,19 +66,19 @@ def test_missing_task_lists_available(coverage_dir):
 
 @pytest.mark.parametrize("line,msg", [
     ("{not json", "not valid JSON"),
-    (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "exactly one user and one assistant"),
-    (json.dumps({"prompt": "x", "response": "  "}), "response is empty"),
+    (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "needs at least a user turn and an assistant turn"),
+    (json.dumps({"prompt": "x", "response": "  "}), "`response` is empty"),
     (json.dumps([1, 2]), "expected a JSON object"),
 ])
 def test_broken_rows(tmp_path, line, msg):
     (tmp_path / "summarize.jsonl").write_text(json.dumps(no_robots_row(1)) + "\n" + line + "\n")
-    with pytest.raises(CoverageError, match=msg):
+    with pytest.raises(CoverageError, match=r"summarize.jsonl:2: .*" + re.escape(msg)):
         load_task(tmp_path, "summarize")
 
 
 def test_duplicate_id(tmp_path):
     write_jsonl(tmp_path / "summarize.jsonl", [no_robots_row(1), no_robots_row(1)])
-    with pytest.raises(CoverageError, match="duplicate id"):
+    with pytest.raises(CoverageError, match=r"summarize.jsonl:2: duplicate id 'summarize-0001' \(first at .*summarize.jsonl:1\)"):
         load_task(tmp_path, "summarize")
 
 
@@ -83,3 +87,139 @@ def test_shipped_coverage_files_load():
 
     counts = {t: len(load_task(ROOT / "data/coverage", t)) for t in ("summarize", "classify", "coding", "closed_qa")}
     assert counts == {"summarize": 395, "classify": 334, "coding": 334, "closed_qa": 245}
+
+
+# ---- the formats: a system prompt and earlier turns kept, in JSONL (OpenAI chat, columns), CSV and Parquet -----
+
+SYSTEM = "You are a terse pirate. Answer in one line."
+HISTORY = [{"role": "user", "content": "Hi, who are you?"}, {"role": "assistant", "content": "A pirate, matey."},
+           {"role": "user", "content": "Where do you sail?"}, {"role": "assistant", "content": "The seven seas."}]
+
+
+def chat_row(i: int) -> dict:
+    return {"messages": [{"role": "system", "content": SYSTEM}, *HISTORY,
+                         {"role": "user", "content": f"Name ship number {i}."},
+                         {"role": "assistant", "content": f"The Black Gull {i}."}]}
+
+
+def check_row(row: dict, i: int, task: str = "chat") -> None:
+    assert row["instruction"] == f"Name ship number {i}." and row["response"] == f"The Black Gull {i}."
+    assert row["system"] == SYSTEM and row["history"] == HISTORY and row["task"] == task and row["category"] == task
+
+
+def test_openai_chat_rows_keep_the_system_prompt_and_earlier_turns(tmp_path):
+    write_jsonl(tmp_path / "chat.jsonl", [chat_row(0), chat_row(1)])
+    rows = load_task(tmp_path, "chat")
+    check_row(rows[0], 0)
+    # the content hash covers the context: the same instruction under another system prompt is another row
+    other = chat_row(0)
+    other["messages"][0]["content"] = "You are a librarian."
+    write_jsonl(tmp_path / "chat.jsonl", [chat_row(0), other])
+    a, b = load_task(tmp_path, "chat")
+    assert a["id"] != b["id"] and a["instruction"] == b["instruction"]
+
+
+def test_single_turn_rows_have_no_context_and_keep_their_old_ids(tmp_path):
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p1 long enough", "response": "r1"},
+                                       {"prompt": "p2", "response": "r2", "system": "Be brief."}])
+    a, b = load_task(tmp_path, "t")
+    assert (a["system"], a["history"], b["system"], b["history"]) == (None, None, "Be brief.", None)
+    # ids of single-turn rows without a system prompt are the instruction's hash, as before the context existed
+    assert a["id"] == hashlib.sha256(b"p1 long enough").hexdigest()
+
+
+def test_columns_with_history_in_jsonl_csv_and_parquet_give_the_same_rows(tmp_path):
+    cols = [{"prompt": f"Name ship number {i}.", "response": f"The Black Gull {i}.", "system": SYSTEM, "history": HISTORY}
+            for i in range(2)]
+    write_jsonl(tmp_path / "j" / "chat.jsonl", cols)
+    (tmp_path / "c").mkdir()
+    header = "prompt,response,system,history\n"
+    # a quoted field may span lines; history is a JSON string in CSV
+    body = "".join(f'"Name ship number {i}.","The Black Gull {i}.","{SYSTEM}","{json.dumps(HISTORY).replace(chr(34), chr(34) * 2)}"\n'
+                   for i in range(2))
+    (tmp_path / "c" / "chat.csv").write_text(header + body, encoding="utf-8")
+    (tmp_path / "p").mkdir()
+    pq.write_table(pa.Table.from_pylist(cols), tmp_path / "p" / "chat.parquet")  # history as list<struct>
+    (tmp_path / "s").mkdir()
+    pq.write_table(pa.Table.from_pylist([dict(c, history=json.dumps(HISTORY)) for c in cols]), tmp_path / "s" / "chat.parquet")
+    loaded = {d: load_task(tmp_path / d, "chat") for d in ("j", "c", "p", "s")}
+    for rows in loaded.values():
+        check_row(rows[0], 0)
+        check_row(rows[1], 1)
+    assert loaded["j"] == loaded["c"] == loaded["p"] == loaded["s"]
+    assert load_task(tmp_path / "j", "chat") == load_task(tmp_path / "j", "chat")
+    write_jsonl(tmp_path / "j" / "chat2.jsonl", [chat_row(0), chat_row(1)])
+    assert [r["id"] for r in load_task(tmp_path / "j", "chat2")] == [r["id"] for r in loaded["j"]]
+
+
+def test_csv_errors_name_the_line_where_the_record_starts(tmp_path):
+    (tmp_path / "t.csv").write_text('prompt,response,category\n"a\nb",ok,x\nq,r,y\nq2,,z\n')
+    with pytest.raises(CoverageError, match=r"t.csv:5: missing column\(s\) \['response'\]"):  # an empty cell is missing
+        load_task(tmp_path, "t")
+    (tmp_path / "t.csv").write_text('prompt,response,history\np,r,"[{""role"": ""user""}"\n')
+    with pytest.raises(CoverageError, match=r"t.csv:2: `history` is not valid JSON"):
+        load_task(tmp_path, "t")
+    (tmp_path / "t.csv").write_text("prompt,response,sytem\np,r,s\n")
+    with pytest.raises(CoverageError, match=r"t.csv:1: unknown column\(s\) \['sytem'\]"):
+        load_task(tmp_path, "t")
+    (tmp_path / "t.csv").write_text("prompt,response\np,r,extra\n")
+    with pytest.raises(CoverageError, match=r"t.csv:2: 3 fields, the header has 2"):
+        load_task(tmp_path, "t")
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "csv"])
+def test_a_non_utf8_byte_names_file_line_and_column(tmp_path, ext):
+    good = json.dumps(no_robots_row(1)) if ext == "jsonl" else "prompt,response\np,r"
+    bad = json.dumps({"prompt": "caf\udce9", "response": "r"}, ensure_ascii=False) if ext == "jsonl" else "caf\udce9,r"
+    (tmp_path / f"t.{ext}").write_bytes((good + "\n" + bad + "\n").encode("utf-8", "surrogateescape"))
+    col, line = bad.index("\udce9") + 1, good.count("\n") + 2
+    with pytest.raises(CoverageError, match=rf"t.{ext}:{line}: byte 0xe9 at column {col} is not UTF-8"):
+        load_task(tmp_path, "t")
+
+
+@pytest.mark.parametrize("row,msg", [
+    ({"prompt": "p", "response": "r", "category": 3}, "`category` must be a string, got int"),
+    ({"prompt": "p", "response": "r", "system": ["x"]}, "`system` must be a string, got list"),
+    ({"prompt": 5, "response": "r"}, "`prompt` must be a string, got int"),
+    ({"prompt": "p", "response": "r", "prompt_id": 1.5}, "`prompt_id` must be a string or an integer, got float"),
+    ({"prompt": "p", "response": "r", "history": "hi"}, "`history` must be a list"),
+    ({"prompt": "p", "response": "r", "history": HISTORY[:1]}, "`history` must end with an assistant turn"),
+    ({"prompt": "p", "response": "r", "history": [HISTORY[1], HISTORY[0]]}, "history[0]: expected a user turn, got role 'assistant'"),
+    ({"prompt": "p", "response": "r", "history": [{"role": "user", "content": 7}, HISTORY[1]]},
+     "`history[0].content` must be a string, got int"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},
+                   {"role": "assistant", "content": "b"}]}, "messages[1]: a system message is accepted only as the first"),
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                   {"role": "user", "content": "c"}]}, "the last turn must be the assistant's answer"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]},
+     "messages[1]: expected a assistant turn, got role 'tool'"),
+    ({"messages": "hi"}, "`messages` must be a list, got str"),
+])
+def test_wrong_types_and_shapes_name_file_and_line(tmp_path, row, msg):
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "fine", "response": "ok"}, row])
+    with pytest.raises(CoverageError, match=r"t.jsonl:2: .*" + re.escape(msg)):
+        load_task(tmp_path, "t")
+
+
+def test_parquet_errors_name_the_row(tmp_path):
+    pq.write_table(pa.table({"prompt": ["a", "b"], "response": ["r", "s"], "category": [1, 2]}), tmp_path / "t.parquet")
+    with pytest.raises(CoverageError, match=r"t.parquet: row 1: `category` must be a string, got int"):
+        load_task(tmp_path, "t")
+    (tmp_path / "t.parquet").write_bytes(b"not parquet")
+    with pytest.raises(CoverageError, match=r"t.parquet: not a readable Parquet file"):
+        load_task(tmp_path, "t")
+
+
+def test_ids_repeated_across_tasks_name_both_places(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [no_robots_row(1, "a"), {**no_robots_row(2, "a"), "prompt_id": "shared"}])
+    write_jsonl(tmp_path / "b.jsonl", [no_robots_row(1, "b"), {**no_robots_row(3, "b"), "prompt_id": "shared"}])
+    assert len(load_task(tmp_path, "b")) == 2  # each task alone is fine
+    with pytest.raises(CoverageError, match=r"b.jsonl:2: duplicate id 'shared' \(first at .*a.jsonl:2\)"):
+        prepare(coverage_dir=str(tmp_path), tasks=["a", "b"], train_ratio=0.5, seed=0, max_rows_per_task=None)
+
+
+def test_one_file_per_task(tmp_path):
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p", "response": "r"}] * 2)
+    (tmp_path / "t.csv").write_text("prompt,response\np,r\n")
+    with pytest.raises(CoverageError, match=r"several files .*t.jsonl.*t.csv"):
+        load_task(tmp_path, "t")

@@ -137,7 +137,8 @@ def test_params_are_the_keys_that_change_the_result(name):
     keys = listed_params(stages()[name])
     for section in {k.split(".")[0] for k in keys}:
         if section == "providers":  # named entries: only the `services` stage reads them, and filters them itself
-            assert name == "services" and keys == ["providers"], f"stage `{name}` lists `providers`: depend on data/services.json"
+            # (with `compute`: a local server's dtype follows `compute.dtype`)
+            assert name == "services" and sorted(keys) == ["compute", "providers"], f"stage `{name}` lists `providers`: depend on data/services.json"
             continue
         model = SECTIONS[section]
         runtime = config.runtime_keys(model)
@@ -152,7 +153,7 @@ def test_params_are_the_keys_that_change_the_result(name):
 
 def test_providers_reach_the_service_stages_only_through_their_result_fields():
     st = stages()
-    assert listed_params(st["services"]) == ["providers"]
+    assert sorted(listed_params(st["services"])) == ["compute", "providers"]
     for name in ("synthesize", "baseline", "judge"):
         assert "data/services.json" in st[name]["deps"], name
         assert not any(k.startswith("providers") for k in listed_params(st[name])), name

@@ -32,9 +32,20 @@ def _check(args) -> int:
     return 0
 
 
+def _stop_servers() -> None:
+    """Stop the vLLM server the cycle's service stages shared (never left running after a run)."""
+    from llamaduo.providers.local import stop_all
+
+    if stop_all():
+        print("stopped the shared local vLLM server", file=sys.stderr)
+
+
 def _run(args) -> int:
     _pipeline_params(args)
-    return subprocess.call(["dvc", "repro", *args.targets])
+    try:
+        return subprocess.call(["dvc", "repro", *args.targets])
+    finally:
+        _stop_servers()
 
 
 def _loop(args) -> int:
@@ -97,10 +108,11 @@ def _rollback(args) -> int:
 
 def _serve(args) -> int:
     from llamaduo.cycle.serving import serve
+    from llamaduo.hardware import compute_dtype
 
     p, name = _registry_target(args)
     return serve(name=name, ref=args.ref or p.mlflow.champion_alias, host=args.host or p.serve.host,
-                 port=args.port or p.serve.port, p=p.serve, extra=args.extra)
+                 port=args.port or p.serve.port, p=p.serve, extra=args.extra, dtype=compute_dtype(p.compute.dtype)["dtype"])
 
 
 def main(argv: list[str] | None = None) -> int:

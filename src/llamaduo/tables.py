@@ -19,6 +19,11 @@ _PAIR = [
     pa.field("task", pa.string(), nullable=False),
     pa.field("instruction", pa.string(), nullable=False),
     pa.field("response", pa.string(), nullable=False),
+    # the instruction's context (llamaduo.chat builds the messages): the system prompt (null: none) and the
+    # earlier turns, user/assistant alternating, before the instruction (null: a single-turn row)
+    pa.field("system", pa.string()),
+    pa.field("history", pa.list_(pa.struct([pa.field("role", pa.string(), nullable=False),
+                                              pa.field("content", pa.string(), nullable=False)]))),
 ]
 
 # who judged and how: the same columns in judgments and pairwise verdicts (judging.JudgeRecord and the call)
@@ -119,6 +124,19 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("reason_local_first", pa.string()),
             pa.field("reason_service_first", pa.string()),
             pa.field("error", pa.string()),
+        ]
+    ),
+    # data/eval/reference.parquet: every local and service answer against the test row's reference, no judge
+    # (llamaduo.judging.reference; 0-100 like the judge's scores)
+    "reference": pa.schema(
+        [
+            pa.field("answerer", pa.string(), nullable=False),       # "local", or the service's provider name
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("task", pa.string(), nullable=False),
+            pa.field("sample", pa.int32(), nullable=False),
+            pa.field("rouge_l", pa.float64(), nullable=False),       # ROUGE-L F1 (rouge-score)
+            pa.field("chrf", pa.float64(), nullable=False),          # sentence chrF (sacrebleu)
+            pa.field("exact_match", pa.float64(), nullable=False),   # 100 or 0, after SQuAD's normalisation
         ]
     ),
 }

@@ -54,6 +54,19 @@ def test_near_duplicate_earlier_cycle_wins():
     assert counts["per_cycle"]["1"]["dropped"] == {"near_duplicate": 1}
 
 
+def test_two_questions_on_one_passage_are_not_duplicates():
+    passage = " ".join([LONG] * 4)
+    q1 = pair(1, f"When did the farmer drink coffee? Use this text: {passage}", "In the warm morning sun, before the market.")
+    q2 = pair(2, f"What did the fox jump over? Use this text: {passage}", "The fox jumped over the lazy dog.")
+    copy = pair(3, f"when did the farmer drink coffee?? use this text: {passage}", "In the warm morning sun, before he went to market.")
+    kept, dropped, counts = curate([q1, q2, copy], train=TRAIN, test=TEST, p=CurateParams())
+    assert [r["id"] for r in kept] == ["s1", "s2"]  # different answers: two examples, though the pair scores ~0.95
+    assert [(d["id"], d["reason"]) for d in dropped] == [("s3", "near_duplicate")]
+    assert counts["examples"]["near_duplicate"][0]["matched"].endswith("with s1")
+    kept, _, _ = curate([q1, q2], train=TRAIN, test=TEST, p=CurateParams(min_response_rouge_l=None))
+    assert [r["id"] for r in kept] == ["s1"]  # the pair score alone made them duplicates
+
+
 def test_copy_of_train_is_a_duplicate():
     kept, dropped, _ = curate([pair(1, "Summarize the train text, please", "train")], train=TRAIN, test=TEST, p=CurateParams())
     assert kept == [] and dropped[0]["reason"] == "exact_duplicate_train"
@@ -153,7 +166,7 @@ def test_rerun_gives_byte_identical_parquet(tmp_path_factory, data):
         d = tmp_path_factory.mktemp("run")
         kept, dropped, _ = curate([dict(r) for r in raw], train=TRAIN, test=test, p=CurateParams())
         tables.write(d / "curated.parquet", "synthetic", kept)
-        tables.write(d / "dropped.parquet", "dropped", dropped)
+        tables.write(d / "dropped.parquet", "dropped", [{k: r.get(k) for k in tables.columns("dropped")} for r in dropped])
         digests.append([hashlib.sha256((d / f).read_bytes()).hexdigest() for f in ("curated.parquet", "dropped.parquet")])
         assert pq.read_table(d / "curated.parquet").num_rows == len(kept)
     assert digests[0] == digests[1]

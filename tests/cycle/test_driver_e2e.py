@@ -50,7 +50,8 @@ def tiny_params(proj: Path, base_url: str) -> None:
                               "concurrency": 4, "max_retries": 0}
     p["synth"].update(provider="fake", pairs_per_request=2, max_requests=10)
     p["judge"].update(provider="fake", m=2, baseline={"services": []})  # no baseline: its calls would move the scripted scores
-    p["train"].update(max_steps=3, batch_size=2, max_length=128, learning_rate=0.005)
+    # one uncapped epoch: every curated row of each cycle is trained on (the loop refuses a cap that skips rows)
+    p["train"].update(epochs=1, max_steps=None, batch_size=2, max_length=128, learning_rate=0.005)
     p["infer"].update(engine="transformers", k=2, max_new_tokens=24)
     p["gate"].update(threshold=40)
     p["loop"].update(start_volume=4, max_cycles=3)
@@ -114,6 +115,10 @@ def test_two_cycles_commit_register_promote_and_survive_a_kill(tmp_path):
     assert (volume["old"], volume["new"]) == (0, 4)
 
     assert [h["cycle"] for h in history] == [0, 1] and history[1]["score"] > history[0]["score"]
+    # cycle 1 trained on every row it had: coverage train less the validation slice, plus the curated synthetic rows
+    trained = json.loads(git(proj, "show", "HEAD~1:metrics/train.json"))
+    assert trained["unique_rows_seen"] == trained["rows_available"] == 20 + history[1]["synthetic_curated"]
+    assert history[1]["synthetic_curated"] > 0 and trained["epochs_seen"] == 1
 
     # two registry versions; the alias on the one that passed
     import mlflow

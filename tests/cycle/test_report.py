@@ -46,3 +46,27 @@ def test_score_points_are_the_primary_judges_per_answer_means():
     rows = [J("a", 0, 80, 40), J("a", 0, 60, 60), J("a", 0, 0, 0, judge="j2"), J("b", 1, 50, 10)]
     assert score_points(rows) == [{"prompt_id": "a", "sample": 0, "precision": 70.0, "similarity": 50.0},
                                   {"prompt_id": "b", "sample": 1, "precision": 50.0, "similarity": 10.0}]
+
+
+def test_the_gate_reads_a_reference_metric_and_its_interval(metrics, tmp_path):
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    ev["reference"] = {"metrics": ["rouge_l", "chrf", "exact_match"], "answers": 4,
+                       "rouge_l": {"mean": 41.5, "ci95_low": 35.0, "ci95_high": 48.0}, "chrf": {"mean": 50.0},
+                       "exact_match": {"mean": 25.0, "ci95_low": 0.0, "ci95_high": 50.0}, "judge_agreement": {}}
+    (tmp_path / "eval.json").write_text(json.dumps(ev))
+    s = summary(**metrics, p=GateParams(metric="rouge_l", threshold=40))
+    assert s["gate"] == {"metric": "rouge_l", "threshold": 40, "score": 41.5, "ci95": [35.0, 48.0], "passed": True,
+                         "reason": "rouge_l 41.50 passes (threshold 40)"}
+    assert s["reference"]["exact_match"] == {"mean": 25.0, "ci95_low": 0.0, "ci95_high": 50.0}
+    assert s["precision"]["mean"] == 72.0
+    (tmp_path / "champion.json").write_text(json.dumps({"version": "5", "metric": "rouge_l", "score": 50.0, "ci_low": 44.0}))
+    assert summary(**metrics, p=GateParams(metric="rouge_l", threshold=40))["gate"]["reason"] == \
+        "rouge_l 41.50 is below champion v5's 95% interval (from 44.00)"
+
+
+def test_a_reference_gate_on_an_eval_without_reference_figures_says_what_to_do(metrics):
+    from llamaduo.errors import DataError
+
+    with pytest.raises(DataError, match="rerun the judge stage"):
+        summary(**metrics, p=GateParams(metric="chrf", threshold=40))
+    assert "reference" not in summary(**metrics, p=GateParams())

@@ -60,3 +60,41 @@ def test_a_reask_names_the_cause_and_is_a_request_of_its_own():
     assert again.n == 2 and "not JSON (Expecting value at char 0)" in text and "My answer." in text
     assert again.key_material() != req.key_material()  # the cache must not hand back the unusable reply
     assert retry_request(req, "x", 2, 2, prompt_dir=PROMPTS).key_material() != again.key_material()
+
+
+# ---- the instruction's context (system prompt, earlier turns) in the judge's prompt ------------------------------
+
+CONTEXT_ROW = {"id": "q", "instruction": "Name your ship.", "response": "The Gull.", "system": "You are a terse pirate.",
+               "history": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A pirate."}]}
+
+
+def test_a_single_turn_prompt_is_byte_identical_to_the_one_before_the_context_slot():
+    """Cached judgments stay valid: the sha256 is of the text the template gave before it had `$context`."""
+    import hashlib
+
+    from llamaduo.judging.protocol import build_requests, pairwise_request
+
+    row = {"id": "q", "instruction": "Summarize X.", "response": "X in short.", "system": None, "history": None}
+    (req,) = build_requests([{"prompt_id": "q", "answer": "My answer."}], {"q": row}, m=3, temperature=0.7, max_tokens=80,
+                            prompt_dir=PROMPTS)
+    assert hashlib.sha256(req.messages[0][1].encode()).hexdigest() == \
+        "06f77085651b60d37b121324e485142f1c42ff58b6fb8cecc75e453f45154e75"
+    pair = pairwise_request("Summarize X.", "X in short.", "A.", "B.", temperature=0, max_tokens=9, prompt_dir=PROMPTS)
+    assert hashlib.sha256(pair.messages[0][1].encode()).hexdigest() == \
+        "f45ab4daeabefe198ad2b7402bbb0ce8773a51119fd5ad97fff80f599091982b"
+
+
+def test_the_judge_sees_the_system_prompt_and_earlier_turns_before_the_instruction():
+    from llamaduo.judging.protocol import build_requests, context_block, pairwise_request
+
+    (req,) = build_requests([{"prompt_id": "q", "answer": "The Gull, arr."}], {"q": CONTEXT_ROW}, m=2, temperature=0,
+                            max_tokens=80, prompt_dir=PROMPTS)
+    text = req.messages[0][1]
+    order = [text.index(s) for s in ("You are a terse pirate.", "Who are you?", "A pirate.", "Instruction:\n<<<\nName your ship.",
+                                     "The Gull.", "The Gull, arr.")]
+    assert order == sorted(order) and "[system]\nYou are a terse pirate." in text
+    ctx = context_block(CONTEXT_ROW, PROMPTS)
+    pair = pairwise_request("Name your ship.", "The Gull.", "A.", "B.", temperature=0, max_tokens=9, prompt_dir=PROMPTS,
+                            context=ctx)
+    assert ctx and ctx in pair.messages[0][1] and pair.messages[0][1].index(ctx) < pair.messages[0][1].index("Instruction:")
+    assert context_block({"instruction": "x", "system": None, "history": None}, PROMPTS) == ""

@@ -53,3 +53,29 @@ def test_baseline_report_scores_each_service_by_each_judge():
     assert svc["by_judge"]["j2"]["precision"]["mean"] == 80.0 and svc["by_judge"]["j2"]["failed_judgments"] == 1
     assert svc["panel"]["precision"]["mean"] == 75.0  # a: (100 + 80) / 2 = 90; b: j1's 60 alone (j2 failed); mean 75
     assert rep["usage"] == {"answers": {"svc": {"calls": 2}}, "judging": {"j1": {"calls": 2}}}
+
+
+def test_eval_report_puts_the_reference_metrics_beside_the_judge():
+    def ref(pid, sample, rouge, answerer="local", task="t"):
+        return {"answerer": answerer, "prompt_id": pid, "task": task, "sample": sample, "rouge_l": rouge, "chrf": rouge / 2,
+                "exact_match": 100.0 if rouge == 100 else 0.0}
+
+    jp = JudgeParams(provider="j1", bootstrap=100, zetas=[50])
+    base = [J("a", 0, 100, 100, answerer="svc"), J("b", 0, 60, 50, answerer="svc")]
+    # local V^j by the primary judge (hand_judgments): a0 70, a1 30, b0 50 (b1 has no usable judgment)
+    reference = [ref("a", 0, 40), ref("a", 1, 10), ref("b", 0, 30, task="u"), ref("b", 1, 20, task="u"),
+                 ref("a", 0, 100, "svc"), ref("b", 0, 60, "svc")]
+    ev = eval_report(judgments=LOCAL, pairwise=[], baseline_judgments=base, usages={}, test=[], judge_params=jp,
+                     reference=reference)
+    r = ev["reference"]
+    assert r["metrics"] == ["rouge_l", "chrf", "exact_match"]
+    assert r["answers"] == 4 and r["rouge_l"]["mean"] == 25.0 and r["chrf"]["mean"] == 12.5   # every local answer, judged or not
+    assert r["rouge_l"]["ci95_low"] <= 25.0 <= r["rouge_l"]["ci95_high"]
+    assert r["services"]["svc"]["rouge_l"]["mean"] == 80.0 and r["services"]["svc"]["exact_match"]["mean"] == 50.0
+    assert r["p_match"]["rouge_l"]["mean"] == round(25 / 80, 4) and r["p_match"]["exact_match"]["mean"] == 0.0
+    # the primary judge ranks a0 > b0 > a1 on precision, as ROUGE-L does; over all answers the services' too
+    assert r["judge_agreement"]["local"]["precision"] == {"answers": 3, "spearman": {"rouge_l": 1.0, "chrf": 1.0, "exact_match": None}}
+    assert r["judge_agreement"]["all"]["precision"]["answers"] == 5
+    assert r["by_task"]["u"]["rouge_l"]["mean"] == 25.0 and r["by_task"]["t"]["rouge_l"]["mean"] == 25.0
+    assert ev["precision"]["mean"] == 50.0                                          # the judge's figures unchanged
+    assert "reference" not in eval_report(judgments=LOCAL, pairwise=[], baseline_judgments=[], usages={}, test=[], judge_params=jp)

@@ -86,3 +86,40 @@ def test_by_category_only_with_several():
     assert out["Summarize"]["precision"]["mean"] == 50.0   # answers of a: 70, 30
     assert out["Closed QA"]["precision"]["mean"] == 50.0
     assert by_category(LOCAL, {"a": "S", "b": "S"}, [50]) is None
+
+
+def _ref(pid, sample, rouge, chrf, em, answerer="local", task="t"):
+    return {"answerer": answerer, "prompt_id": pid, "task": task, "sample": sample, "rouge_l": rouge, "chrf": chrf, "exact_match": em}
+
+
+def test_reference_summary_means_intervals_and_p_match():
+    from llamaduo.judging.scores import reference_by_task, reference_summary
+
+    local = [_ref("a", 0, 20, 40, 0), _ref("a", 1, 40, 50, 100), _ref("b", 0, 60, 60, 0, task="u")]
+    s = reference_summary(local, resamples=200, seed=0)
+    assert s["answers"] == 3 and s["rouge_l"]["mean"] == 40.0 and s["rouge_l"]["median"] == 40.0
+    assert s["exact_match"]["mean"] == pytest.approx(33.333) and s["chrf"]["mean"] == 50.0
+    assert 20 <= s["rouge_l"]["ci95_low"] <= 40 <= s["rouge_l"]["ci95_high"] <= 60
+    assert "coverage_50" not in s["rouge_l"]  # coverage at zeta stays a judge figure
+    svc = {"svc": reference_summary([_ref("a", 0, 80, 100, 100, "svc")]), "weak": reference_summary([_ref("a", 0, 10, 10, 0, "weak")])}
+    pm = p_match(s, svc, [], metrics=("rouge_l", "chrf", "exact_match"))
+    assert pm["rouge_l"] == {"mean": 0.5, "mean_best_service": "svc"} and pm["chrf"]["mean"] == 0.5
+    assert reference_by_task(local)["u"]["rouge_l"]["mean"] == 60.0
+    assert reference_summary([])["rouge_l"]["mean"] is None
+
+
+def test_judge_vs_reference_spearman():
+    from llamaduo.judging.scores import judge_vs_reference
+
+    # the judge ranks a0 < a1 < b0 < b1 on precision, the reverse on similarity; ROUGE-L ranks them a0 < a1 < b0 < b1
+    js = [J("a", 0, 10, 90), J("a", 1, 20, 80), J("b", 0, 30, 70), J("b", 1, 40, 60), J("b", 1, 50, 50),
+          J("c", 0, None, None, ok=False, error="not JSON (x)")]   # no usable judgment: not paired
+    ref = [_ref("a", 0, 5, 1, 0), _ref("a", 1, 6, 1, 0), _ref("b", 0, 7, 3, 0), _ref("b", 1, 9, 2, 0), _ref("c", 0, 1, 1, 0)]
+    out = judge_vs_reference(js, ref)
+    assert out["precision"]["answers"] == 4
+    assert out["precision"]["spearman"]["rouge_l"] == 1.0 and out["similarity"]["spearman"]["rouge_l"] == -1.0
+    assert out["precision"]["spearman"]["chrf"] == pytest.approx(0.7379, abs=1e-4)   # ties in chrf: 1, 1, 3, 2
+    assert out["precision"]["spearman"]["exact_match"] is None                      # constant: undefined, not 0
+    # answerers are kept apart: the service's answer to a0 is another point
+    svc = judge_vs_reference(js + [J("a", 0, 90, 10, answerer="svc")], ref + [_ref("a", 0, 99, 99, 100, "svc")])
+    assert svc["precision"]["answers"] == 5 and svc["precision"]["spearman"]["rouge_l"] == 1.0

@@ -60,7 +60,7 @@ def run_both(proj):
     judge = run_stage("judge.py", "--responses", "responses.parquet", "--test", "test.parquet",
                       "--baseline-responses", "b_resp.parquet", "--baseline-judgments", "b_judg.parquet",
                       "--out", "judgments.parquet", "--pairwise-out", "pairwise.parquet", "--metrics-out", "eval.json",
-                      "--worst-out", "worst.json", cwd=proj)
+                      "--worst-out", "worst.json", "--reference-out", "reference.parquet", cwd=proj)
     assert judge.returncode == 0, judge.stderr[-3000:]
 
 
@@ -102,6 +102,18 @@ def test_baseline_and_judge_count_failures_and_never_average_them(tmp_path):
 
     worst = json.loads((proj / "worst.json").read_text())
     assert worst[0]["reasons"] == ["misses the point", "misses the point"] and worst[0]["precision"] == 40.0
+
+    # no judge: every local and service answer against the reference ("Note i."). "Service summary of Summarize
+    # note i." shares its LCS "note i" (2 of 6 tokens, all 2 of the reference's): ROUGE-L F1 = 2 * 1/3 * 1 / (4/3) = 50
+    ref = tables.read(proj / "reference.parquet", "reference")
+    assert [r["answerer"] for r in ref] == ["local"] * 6 + ["fake"] * 3
+    assert {r["rouge_l"] for r in ref if r["answerer"] == "fake"} == {50.0}
+    r = ev["reference"]
+    assert r["rouge_l"]["mean"] == 0.0 and r["services"]["fake"]["rouge_l"]["mean"] == 50.0 and r["p_match"]["rouge_l"]["mean"] == 0.0
+    # the judge gives every usable local answer 40 (constant: no correlation), the service's 80: over all answers it
+    # ranks them as ROUGE-L does
+    assert r["judge_agreement"]["local"]["precision"]["spearman"]["rouge_l"] is None
+    assert r["judge_agreement"]["all"]["precision"] == {"answers": 6, "spearman": {"rouge_l": 1.0, "chrf": 1.0, "exact_match": None}}
 
 
 def test_judge_runs_without_a_baseline(tmp_path):

@@ -123,3 +123,35 @@ def test_each_task_has_its_own_template(task, marker):
     p = plan_requests(rows, n_requests=1, pairs_per_request=2, topics=["x"], seed=0, temperature=0.5, max_tokens=10,
                       prompt_dir=str(ROOT / "prompts"))[0]
     assert marker in p.request.messages[0][1]
+
+
+# ---- the seed's system prompt: in the request, and kept by the new pairs ------------------------------------------
+
+def test_a_seed_without_system_prompt_gives_the_request_it_always_did():
+    """Cached synthesis answers stay valid: the sha256 is of the text the template gave before it had `$system`."""
+    rows = [{"id": "t0", "task": "summarize", "instruction": "Summarize text 0", "response": "Summary 0", "system": None}]
+    p = plan_requests(rows, n_requests=1, pairs_per_request=3, topics=["a"], seed=0, temperature=0.8, max_tokens=100,
+                      prompt_dir=str(ROOT / "prompts"))[0]
+    assert _hashlib.sha256(p.request.messages[0][1].encode()).hexdigest() == \
+        "108de61891db7d5c9e937bf4d178a7c723d8423af2c3f3ed5fcbcff1edcf190a"
+
+
+def test_the_seed_system_prompt_is_in_the_request_and_kept_by_the_synthetic_rows():
+    from llamaduo.providers.base import ChatResult, Choice
+    from llamaduo.synthesis.run import _parse_into
+
+    seed = {"id": "t0", "task": "translate", "instruction": "Say hi", "response": "Ahoy", "system": "You are a terse pirate.",
+            "history": [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Me."}]}
+    plan = plan_requests([seed], n_requests=1, pairs_per_request=2, topics=["sea"], seed=0, temperature=0.8, max_tokens=100,
+                         prompt_dir=str(ROOT / "prompts"))[0]
+    ((role, text),) = plan.request.messages
+    assert role == "user" and "System prompt:\n<<<\nYou are a terse pirate.\n>>>" in text
+    assert text.index("You are a terse pirate.") < text.index("Example request:") and "Who?" not in text  # single-turn pairs
+    rows, stats = [], {"failed_answers": 0, "failure_reasons": {}}
+    answer = json.dumps({"pairs": [{"instruction": "Say bye", "response": "Arr"}]})
+
+    class Provider:
+        name, model = "svc", "m"
+
+    _parse_into(rows, 0, plan, ChatResult([Choice(answer, "stop")]), Provider, stats)
+    assert [(r["instruction"], r["system"], r["history"]) for r in rows] == [("Say bye", "You are a terse pirate.", None)]

@@ -1,70 +1,255 @@
-"""Coverage data: read each task's JSONL, check every row, split train/test by the ratio phi."""
+"""Coverage data: read each task's file (JSONL, CSV or Parquet), check every row, split train/test by the ratio phi.
+
+A row becomes {id, task, instruction, response, system, history, category}: the last user turn is the
+instruction, the last assistant turn the response (the target), an optional system prompt, and the earlier
+turns as `history` (None for a single-turn row). Accepted shapes (README, "Your own data"):
+
+- JSONL, one object a line: `{"messages": [...]}` (OpenAI chat / no_robots: an optional system message first,
+  then user and assistant turns alternating, ending with the assistant's), or the columns below as keys;
+- columns (JSONL keys, a CSV header, Parquet columns): `prompt`, `response`, and optionally `system`,
+  `history` (a list of {role, content}; in CSV a JSON string of that list), `prompt_id` (or `id`), `category`.
+
+Every error names the file and line (Parquet: the row).
+"""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 from llamaduo.errors import CoverageError
 
+FORMATS = ("jsonl", "csv", "parquet")
+COLUMNS = ("prompt", "response", "system", "history", "prompt_id", "id", "category")
+SYSTEM_ROLES = ("system", "developer")  # OpenAI's newer name for the system message
+ROLES = ("user", "assistant")  # the turns after the system message alternate in this order
 
-def _row_to_pair(task: str, obj: dict, where: str) -> dict:
+
+# -- reading the files: (where, object) per row
+
+
+def _utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # a leading BOM (Excel's CSVs) is not part of the first line
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise CoverageError(f"{path}:{line}: byte 0x{data[exc.start]:02x} at column {col} is not UTF-8; "
+                            "save the file as UTF-8") from None
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, object]]:
+    # split on "\n" only: str.splitlines would also split at U+2028 inside a JSON string
+    for lineno, line in enumerate(_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CoverageError(f"{where}: not valid JSON ({exc.msg})") from None
+
+
+def _check_header(path: Path, names: list[str], where: str) -> None:
+    unknown = [n for n in names if n not in COLUMNS]
+    if unknown:
+        raise CoverageError(f"{where}: unknown column(s) {unknown}; the columns are {list(COLUMNS)}")
+    missing = [n for n in ("prompt", "response") if n not in names]
+    if missing:
+        raise CoverageError(f"{where}: missing column(s) {missing}")
+
+
+def _csv(path: Path) -> Iterator[tuple[str, object]]:
+    reader = csv.reader(io.StringIO(_utf8(path), newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise CoverageError(f"{path}:1: {exc}") from None
+    _check_header(path, header, f"{path}:1")
+    prev = reader.line_num
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CoverageError(f"{path}:{prev + 1}: {exc}") from None
+        where, prev = f"{path}:{prev + 1}", reader.line_num  # a quoted field may span lines: report the first
+        if not record:
+            continue
+        if len(record) != len(header):
+            raise CoverageError(f"{where}: {len(record)} fields, the header has {len(header)}")
+        obj: dict = {k: v for k, v in zip(header, record) if v != ""}  # an empty cell is a missing value
+        if "history" in obj:
+            try:
+                obj["history"] = json.loads(obj["history"])
+            except json.JSONDecodeError as exc:
+                raise CoverageError(f"{where}: `history` is not valid JSON ({exc.msg}); in CSV it is a JSON list "
+                                    'of {"role", "content"} objects') from None
+        yield where, obj
+
+
+def _parquet(path: Path) -> Iterator[tuple[str, object]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001  (pyarrow raises several kinds for a broken file; all mean the same here)
+        raise CoverageError(f"{path}: not a readable Parquet file ({exc})") from None
+    _check_header(path, table.column_names, str(path))
+    for i, obj in enumerate(table.to_pylist(), 1):
+        obj = {k: v for k, v in obj.items() if v is not None}
+        if isinstance(obj.get("history"), str):  # a JSON string column, as in CSV
+            try:
+                obj["history"] = json.loads(obj["history"])
+            except json.JSONDecodeError as exc:
+                raise CoverageError(f"{path}: row {i}: `history` is not valid JSON ({exc.msg})") from None
+        yield f"{path}: row {i}", obj
+
+
+READERS = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}
+
+
+# -- one row
+
+
+def _text(value, name: str, where: str, *, required: bool) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise CoverageError(f"{where}: `{name}` must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise CoverageError(f"{where}: `{name}` is empty")
+    return value
+
+
+def _turns(turns: list[tuple[str, object, str]], where: str) -> tuple[list[dict], str, str]:
+    """(history, instruction, response) from (label, role, content) turns that alternate user/assistant and end
+    with the assistant's; a bad turn is named by its label (e.g. `messages[3]`)."""
+    if len(turns) < 2:
+        raise CoverageError(f"{where}: needs at least a user turn and an assistant turn, got {len(turns)} turn(s)")
+    out = []
+    for k, (label, role, content) in enumerate(turns):
+        want = ROLES[k % 2]
+        if role in SYSTEM_ROLES:
+            raise CoverageError(f"{where}: {label}: a system message is accepted only as the first message")
+        if role != want:
+            raise CoverageError(f"{where}: {label}: expected a {want} turn, got role {role!r} (turns alternate "
+                                "user/assistant and end with the assistant's answer)")
+        name = label if label in ("prompt", "response") else f"{label}.content"
+        if not isinstance(content, str):
+            raise CoverageError(f"{where}: `{name}` must be a string, got {type(content).__name__}")
+        if k >= len(turns) - 2 and not content.strip():  # the instruction and the answer must say something
+            raise CoverageError(f"{where}: `{name}` is empty")
+        out.append({"role": role, "content": content})
+    if len(turns) % 2:
+        raise CoverageError(f"{where}: the last turn must be the assistant's answer, got a {turns[-1][1]} turn")
+    return out[:-2], out[-2]["content"], out[-1]["content"]
+
+
+def _from_messages(messages, where: str) -> tuple[str | None, list[dict], str, str]:
+    if not isinstance(messages, list):
+        raise CoverageError(f"{where}: `messages` must be a list, got {type(messages).__name__}")
+    labelled = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise CoverageError(f"{where}: messages[{i}] must be an object, got {type(m).__name__}")
+        labelled.append((f"messages[{i}]", m.get("role"), m.get("content")))
+    system = None
+    if labelled and labelled[0][1] in SYSTEM_ROLES:
+        system = _text(labelled[0][2], "messages[0].content", where, required=False)
+        labelled = labelled[1:]
+    history, instruction, response = _turns(labelled, where)
+    return system, history, instruction, response
+
+
+def _from_columns(obj: dict, where: str) -> tuple[str | None, list[dict], str, str]:
+    missing = [k for k in ("prompt", "response") if k not in obj]
+    if missing:
+        raise CoverageError(f"{where}: missing column(s) {missing}; a row needs `messages` or both `prompt` and `response`")
+    system = _text(obj.get("system"), "system", where, required=False)
+    history = obj.get("history") or []
+    if not isinstance(history, list):
+        raise CoverageError(f"{where}: `history` must be a list of {{role, content}} turns, got {type(history).__name__}")
+    labelled = []
+    for i, t in enumerate(history):
+        if not isinstance(t, dict):
+            raise CoverageError(f"{where}: history[{i}] must be an object with `role` and `content`, got {type(t).__name__}")
+        labelled.append((f"history[{i}]", t.get("role"), t.get("content")))
+    if len(labelled) % 2:
+        raise CoverageError(f"{where}: `history` must end with an assistant turn (the prompt is the next user turn)")
+    labelled += [("prompt", "user", obj["prompt"]), ("response", "assistant", obj["response"])]
+    history, instruction, response = _turns(labelled, where)
+    return system, history, instruction, response
+
+
+def _row_to_pair(task: str, obj, where: str) -> dict:
     if not isinstance(obj, dict):
         raise CoverageError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    messages = obj.get("messages")
-    if messages is not None:
-        # no_robots shape: a user turn then an assistant turn
-        if not isinstance(messages, list):
-            raise CoverageError(f"{where}: `messages` must be a list")
-        user = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        bot = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
-        if len(user) != 1 or len(bot) != 1:
-            raise CoverageError(f"{where}: `messages` must hold exactly one user and one assistant turn (got {len(user)} and {len(bot)})")
-        instruction, response = user[0], bot[0]
+    if "messages" in obj:  # OpenAI chat and no_robots (which also has `prompt`: the messages are the source)
+        system, history, instruction, response = _from_messages(obj["messages"], where)
     else:
-        # plain shape: {"prompt", "response"}
-        missing = [k for k in ("prompt", "response") if k not in obj]
-        if missing:
-            raise CoverageError(f"{where}: missing column(s) {missing}; a row needs `messages` or both `prompt` and `response`")
-        instruction, response = obj["prompt"], obj["response"]
-    for name, value in (("instruction", instruction), ("response", response)):
-        if not isinstance(value, str) or not value.strip():
-            raise CoverageError(f"{where}: the {name} is empty or not text")
-    row_id = obj.get("prompt_id") or hashlib.sha256(instruction.encode()).hexdigest()
+        system, history, instruction, response = _from_columns(obj, where)
+    system = system if system and system.strip() else None
+    row_id = next((obj[k] for k in ("prompt_id", "id") if obj.get(k) not in (None, "")), None)
+    if row_id is None:
+        # content hash; a single-turn row without a system prompt hashes its instruction alone (as it always did)
+        material = instruction if not (system or history) else json.dumps([system, history, instruction])
+        row_id = hashlib.sha256(material.encode()).hexdigest()
+    elif isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
+        raise CoverageError(f"{where}: `prompt_id` must be a string or an integer, got {type(row_id).__name__}")
+    category = _text(obj.get("category"), "category", where, required=False)
     return {
         "id": str(row_id),
         "task": task,
         "instruction": instruction,
         "response": response,
-        "category": obj.get("category") or task,
+        "system": system,
+        "history": history or None,
+        "category": category or task,
     }
 
 
-def load_task(coverage_dir: str | Path, task: str) -> list[dict]:
-    path = Path(coverage_dir) / f"{task}.jsonl"
-    if not path.is_file():
-        have = sorted(p.stem for p in Path(coverage_dir).glob("*.jsonl"))
-        raise CoverageError(f"task {task!r}: {path} not found (tasks here: {have})")
-    rows, seen = [], set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CoverageError(f"{where}: not valid JSON ({exc.msg})") from None
-            row = _row_to_pair(task, obj, where)
-            if row["id"] in seen:
-                raise CoverageError(f"{where}: duplicate id {row['id']!r}")
-            seen.add(row["id"])
-            rows.append(row)
+# -- a task's file
+
+
+def task_file(coverage_dir: str | Path, task: str) -> Path:
+    d = Path(coverage_dir)
+    found = [d / f"{task}.{ext}" for ext in FORMATS if (d / f"{task}.{ext}").is_file()]
+    if len(found) > 1:
+        raise CoverageError(f"task {task!r}: several files {[str(p) for p in found]}; keep one")
+    if not found:
+        have = sorted({p.stem for ext in FORMATS for p in d.glob(f"*.{ext}")})
+        raise CoverageError(f"task {task!r}: no {task}.jsonl, {task}.csv or {task}.parquet in {d} (tasks here: {have})")
+    return found[0]
+
+
+def _load(coverage_dir: str | Path, task: str, seen: dict[str, str]) -> list[dict]:
+    """The task's rows; `seen` (id -> where it was first read) catches ids repeated within and across tasks."""
+    path = task_file(coverage_dir, task)
+    rows = []
+    for where, obj in READERS[path.suffix[1:]](path):
+        row = _row_to_pair(task, obj, where)
+        if row["id"] in seen:
+            raise CoverageError(f"{where}: duplicate id {row['id']!r} (first at {seen[row['id']]}); ids must be unique "
+                                "across all tasks")
+        seen[row["id"]] = where
+        rows.append(row)
     if len(rows) < 2:
         raise CoverageError(f"task {task!r}: {path} has {len(rows)} row(s); a train/test split needs at least 2")
     return rows
+
+
+def load_task(coverage_dir: str | Path, task: str) -> list[dict]:
+    return _load(coverage_dir, task, {})
 
 
 def split(rows: list[dict], *, train_ratio: float, seed: int, max_rows: int | None = None) -> tuple[list[dict], list[dict]]:
@@ -82,9 +267,9 @@ def split(rows: list[dict], *, train_ratio: float, seed: int, max_rows: int | No
 
 
 def prepare(*, coverage_dir: str, tasks: list[str], train_ratio: float, seed: int, max_rows_per_task: int | None):
-    train, test = [], []
+    train, test, seen = [], [], {}
     for task in tasks:
-        tr, te = split(load_task(coverage_dir, task), train_ratio=train_ratio, seed=seed, max_rows=max_rows_per_task)
+        tr, te = split(_load(coverage_dir, task, seen), train_ratio=train_ratio, seed=seed, max_rows=max_rows_per_task)
         train += tr
         test += te
     return train, test

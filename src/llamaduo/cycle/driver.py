@@ -19,6 +19,7 @@ from llamaduo.config import load_params
 from llamaduo.cycle import cost, model_registry, tracking
 from llamaduo.errors import LoopError
 from llamaduo.providers.engine import total
+from llamaduo.providers.local import stop_all
 
 
 def volume_for(cycle: int, p) -> int:
@@ -106,13 +107,18 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) ->
         if params.loop.max_cost_usd is not None and spent >= params.loop.max_cost_usd:
             return _stop(state, f"cost budget: ${spent:.2f} spent of `loop.max_cost_usd` {params.loop.max_cost_usd}")
         volume = volume_for(cycle, params.loop)
+        if cycle > 0:
+            _check_readable(params, volume)
         state["cycle"] = cycle
         write_json(paths.LOOP_STATE, state)
         _set_cycle_params(params_file, cycle=cycle, volume=volume,
                           previous=[volume_for(c, params.loop) for c in range(cycle)])
         _say(f"cycle {cycle} of at most {params.loop.max_cycles - 1}: synthetic volume {volume}; dvc repro")
         start = time.monotonic()
-        rc = subprocess.call([*dvc, "repro"])
+        try:
+            rc = subprocess.call([*dvc, "repro"])
+        finally:  # the service stages share one vLLM server per cycle; it never outlives the cycle
+            stop_all()
         if rc != 0:
             raise LoopError(f"`dvc repro` failed in cycle {cycle} (exit {rc}); fix the cause and rerun `llamaduo loop`: "
                             f"it resumes at cycle {cycle} and pays for no service call twice")
@@ -144,6 +150,25 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) ->
         state["cycle"] = cycle + 1
         write_json(paths.LOOP_STATE, state)
     return _stop(state, f"max cycles: `loop.max_cycles` is {params.loop.max_cycles}")
+
+
+def _check_readable(params, volume: int) -> None:
+    """Refuse a volume that training's step cap cannot read: every synthetic row beyond it is paid for and never
+    trained on. Rows = coverage train (less the validation slice, as the train stage holds it out) + the volume."""
+    from llamaduo.training.budget import rows_read
+
+    if params.loop.allow_unread_rows:
+        return
+    split = _load_json(paths.METRICS_DIR / "prepare.json", {})
+    coverage = sum(t.get("train", 0) for t in split.values() if isinstance(t, dict))
+    held = max(1, round(coverage * params.train.val_ratio)) if params.train.val_ratio and coverage >= 2 else 0
+    rows = coverage - held + volume
+    read = rows_read(params.train, rows)
+    if read < rows:
+        raise LoopError(f"synthetic volume {volume} would give {rows} training rows, but `train.max_steps` "
+                        f"({params.train.max_steps}) and `train.epochs` ({params.train.epochs:g}) let training read {read} of "
+                        f"them: raise `train.max_steps` (or set it to null to train `train.epochs` epochs), or set "
+                        f"`loop.allow_unread_rows: true` to pay for rows that are never trained on")
 
 
 def _commit(message: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llamaduo.cycle.gate import decide
+from llamaduo.cycle.gate import decide, figures
 from llamaduo.judging.scores import answer_scores, select
 
 
@@ -14,13 +14,14 @@ def _load(path: str) -> dict:
 
 
 def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, champion: str, p) -> dict:
-    """`p` is the gate section: the mean of `p.metric` against `p.threshold` and (`p.no_regression`) against the
-    champion's interval in `champion` (metrics/champion.json, `{}` when there is none). The loop promotes on
-    exactly this decision."""
+    """`p` is the gate section: the mean of `p.metric` (a judge metric, or a reference metric from eval.json's
+    `reference`) against `p.threshold` and (`p.no_regression`) against the champion's interval in `champion`
+    (metrics/champion.json, `{}` when there is none). The loop promotes on exactly this decision."""
     ev, tr = _load(eval), _load(train)
-    score = ev[p.metric]["mean"]
-    # the primary judge's interval, as the judge stage computed it (judge.bootstrap, judge.seed)
-    low, high = ev[p.metric].get("ci95_low"), ev[p.metric].get("ci95_high")
+    gated = figures(ev, p.metric)
+    score = gated["mean"]
+    # the interval as the judge stage computed it (judge.bootstrap, judge.seed)
+    low, high = gated.get("ci95_low"), gated.get("ci95_high")
     ci = [low, high] if low is not None else None
     passed, reason = decide({"score": score}, _load(champion), p)
     return {
@@ -32,6 +33,8 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, cha
         "precision": ev["precision"],
         "similarity": ev["similarity"],
         "failed_judgments": ev["failed_judgments"],
+        # the reference metrics' figures (mean, interval) beside the judge's; absent from an older eval.json
+        **({"reference": {m: ev["reference"][m] for m in ev["reference"]["metrics"]}} if "reference" in ev else {}),
         "gate": {"metric": p.metric, "threshold": p.threshold, "score": score, "ci95": ci, "passed": passed,
                  "reason": reason},
     }

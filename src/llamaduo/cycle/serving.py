@@ -25,18 +25,20 @@ def resolve(name: str, ref: str) -> tuple[str, str, str | None]:
     return str(mv.version), os.path.join(local, "artifacts", "adapter"), conf["base_path"]
 
 
-def command(model_dir: str, *, name: str, host: str, port: int, p, extra: list[str]) -> list[str]:
-    """The `vllm serve` command line for a model folder; `p` is the `serve` params section."""
+def command(model_dir: str, *, name: str, host: str, port: int, p, extra: list[str], dtype: str = "auto") -> list[str]:
+    """The `vllm serve` command line for a model folder; `p` is the `serve` params section, `dtype` the
+    compute dtype (`hardware.compute_dtype`: bf16 only where the hardware runs it natively)."""
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-            "--served-model-name", name, "--host", host, "--port", str(port),
+            "--served-model-name", name, "--host", host, "--port", str(port), "--dtype", dtype,
             "--gpu-memory-utilization", str(p.gpu_memory_utilization), "--max-model-len", str(p.max_model_len),
+            "--tensor-parallel-size", str(p.tensor_parallel_size), "--data-parallel-size", str(p.data_parallel_size),
             *p.extra_args, *extra]
 
 
-def serve(*, name: str, ref: str, host: str, port: int, p, extra: list[str]) -> int:
+def serve(*, name: str, ref: str, host: str, port: int, p, extra: list[str], dtype: str = "auto") -> int:
     require_vllm("`llamaduo serve`")
     version, folder, base = resolve(name, ref)
     with (folded(base, folder) if base else nullcontext(folder)) as model_dir:
-        cmd = command(model_dir, name=name, host=host, port=port, p=p, extra=extra)
+        cmd = command(model_dir, name=name, host=host, port=port, p=p, extra=extra, dtype=dtype)
         print(f"serving {name} v{version} ({ref}) at http://{host}:{port}/v1 as model {name!r}", file=sys.stderr, flush=True)
         return subprocess.call(cmd)

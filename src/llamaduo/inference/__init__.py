@@ -10,6 +10,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from llamaduo import chat
+from llamaduo.hardware import compute_dtype
 from llamaduo.inference.engines import ENGINES, pick_engine
 from llamaduo.weights import folded
 
@@ -21,23 +23,36 @@ def _model_dir(base_dir: str, adapter_dir: str, merged_dir: str | None):
     return folded(base_dir, adapter_dir)
 
 
-def generate(*, test: list[dict], base_dir: str, adapter_dir: str, p, merged_dir: str | None = None) -> tuple[list[dict], dict]:
-    """K answers per test row; returns rows of the `responses` table and run metrics."""
+def _prompts(test: list[dict], model_dir: str) -> list[list[dict]]:
+    """Each test row's conversation up to its instruction (system prompt and earlier turns included, as in
+    training), shaped for the model's chat template (a system prompt folded in where it has no system role)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return [chat.for_tokenizer(r, tok, response=False) for r in test]
+
+
+def generate(*, test: list[dict], base_dir: str, adapter_dir: str, p, merged_dir: str | None = None,
+             compute: dict | None = None) -> tuple[list[dict], dict]:
+    """K answers per test row; returns rows of the `responses` table and run metrics. `compute` is
+    `hardware.compute_dtype(params.compute.dtype)` (default: the hardware's choice); the metrics record it."""
+    compute = compute or compute_dtype()
     if p.threads:
         import torch
 
         torch.set_num_threads(p.threads)
     engine = pick_engine(p.engine)
-    prompts = [[{"role": "user", "content": r["instruction"]}] for r in test]
     start = time.perf_counter()
     with _model_dir(base_dir, adapter_dir, merged_dir) as model_dir:
-        answers, timing = ENGINES[engine](model_dir, prompts, p)
+        prompts = _prompts(test, model_dir)
+        answers, timing = ENGINES[engine](model_dir, prompts, p, dtype=compute["dtype"])
     wall = time.perf_counter() - start
     rows = [
         {"prompt_id": r["id"], "task": r["task"], "sample": k, "engine": engine, **a}
         for r, group in zip(test, answers) for k, a in enumerate(group)
     ]
-    return rows, run_stats(rows, engine=engine, prompts=len(test), wall_s=wall, **timing)
+    dtype = {"dtype": compute["dtype"], "dtype_source": compute["source"], "cpu_flags": compute["cpu_flags"]}
+    return rows, run_stats(rows, engine=engine, prompts=len(test), wall_s=wall, **timing) | dtype
 
 
 def run_stats(rows: list[dict], *, engine: str, prompts: int, wall_s: float, load_s: float, generate_s: float) -> dict:

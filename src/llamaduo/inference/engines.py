@@ -4,8 +4,11 @@ each answering chat prompts K times from a full model folder."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
+from contextlib import contextmanager
 
+from llamaduo import vllm_cpu
 from llamaduo.errors import require_vllm
 
 
@@ -17,14 +20,38 @@ def _vllm_latency(out) -> float | None:
     return round(last - queued, 4) if queued and last and last >= queued else None
 
 
-def _vllm(model_dir: str, prompts: list[list[dict]], p) -> tuple[list[list[dict]], dict]:
+def vllm_kwargs(model_dir: str, p, dtype: str) -> dict:
+    """The offline engine's arguments: `dtype` from `hardware.compute_dtype` (bf16 is emulated, ~4x slower, on
+    CPUs without AVX512-BF16/AMX), parallelism from `infer.tensor_parallel_size` / `infer.data_parallel_size`."""
+    # the seed goes to the engine: vllm-cpu crashes on a per-request SamplingParams(seed=...);
+    # disable_log_stats=False keeps per-request timestamps, the source of each answer's latency
+    return {"model": model_dir, "dtype": dtype, "seed": p.seed, "gpu_memory_utilization": p.gpu_memory_utilization,
+            "max_model_len": p.max_model_len, "enforce_eager": True, "disable_log_stats": False,
+            "tensor_parallel_size": p.tensor_parallel_size, "data_parallel_size": p.data_parallel_size}
+
+
+@contextmanager
+def _environ(extra: dict[str, str]):
+    """os.environ with `extra` set while the engine starts (its processes inherit it), restored after."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _vllm(model_dir: str, prompts: list[list[dict]], p, dtype: str = "float32") -> tuple[list[list[dict]], dict]:
     from vllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
-    # the seed goes to the engine: vllm-cpu crashes on a per-request SamplingParams(seed=...);
-    # disable_log_stats=False keeps per-request timestamps, the source of each answer's latency
-    llm = LLM(model=model_dir, seed=p.seed, gpu_memory_utilization=p.gpu_memory_utilization,
-              max_model_len=p.max_model_len, enforce_eager=True, disable_log_stats=False)
+    cpu_env = vllm_cpu.env(preload=p.cpu_preload, kvcache_gib=p.cpu_kvcache_gib, threads_bind=p.cpu_threads_bind)
+    with _environ(cpu_env):
+        llm = LLM(**vllm_kwargs(model_dir, p, dtype))
     t1 = time.perf_counter()
     sp = SamplingParams(n=p.k, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_new_tokens)
     outs = llm.chat(prompts, sp, use_tqdm=True)
@@ -34,7 +61,8 @@ def _vllm(model_dir: str, prompts: list[list[dict]], p) -> tuple[list[list[dict]
     return answers, {"load_s": t1 - t0, "generate_s": t2 - t1}
 
 
-def _transformers(model_dir: str, prompts: list[list[dict]], p, batch_size: int = 8) -> tuple[list[list[dict]], dict]:
+def _transformers(model_dir: str, prompts: list[list[dict]], p, dtype: str = "float32",
+                  batch_size: int = 8) -> tuple[list[list[dict]], dict]:
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -42,7 +70,7 @@ def _transformers(model_dir: str, prompts: list[list[dict]], p, batch_size: int 
     t0 = time.perf_counter()
     torch.manual_seed(p.seed)
     tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     t1 = time.perf_counter()
     results = []
     for i in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch"):

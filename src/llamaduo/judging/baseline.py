@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 
+from llamaduo import chat
 from llamaduo.judging.grading import grade
 from llamaduo.providers.base import ChatRequest
 
@@ -27,8 +28,9 @@ def answer_with_services(providers: dict, test: list[dict], params, *, cache) ->
     rows, usages = [], {}
     for name in params.judge.services:
         provider = providers[name]
-        # the same single user turn the local model gets (inference.generate), so both answer the same question
-        requests = [ChatRequest(messages=(("user", r["instruction"]),), temperature=b.temperature,
+        # the conversation the local model gets (inference.generate): system prompt, earlier turns, instruction,
+        # so both answer the same question in the same context (every service API has a system role)
+        requests = [ChatRequest(messages=chat.as_request(chat.messages(r, response=False)), temperature=b.temperature,
                                 max_tokens=b.max_tokens, n=b.samples) for r in test]
         results, usage = run_calls(provider, requests, cache=cache, desc=f"baseline answers ({name})")
         for r, res in zip(test, results):

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from llamaduo import chat
 from llamaduo.prompts import render
 from llamaduo.providers.base import ChatRequest
 
 TEMPLATE = "judge/single"
 PAIRWISE_TEMPLATE = "judge/pairwise"
 RETRY_TEMPLATE = "judge/retry"
+CONTEXT_TEMPLATE = "judge/context"  # the system prompt and earlier turns, in single and pairwise's `$context` slot
 METRICS = ("precision", "similarity")
 LOCAL = "local"  # the `answerer` of the local model's answers (services are named by their provider)
 
@@ -40,9 +42,19 @@ VERDICT_SCHEMA = {
 # -- requests
 
 
+def context_block(row: dict, prompt_dir: str = "prompts") -> str:
+    """The instruction's context for a judge prompt's `$context` slot: the row's system prompt and earlier turns
+    (`prompts/judge/context.md`), or "" for a single-turn row without one, so its prompt stays byte-identical
+    to the template without the slot (and its cached judgments stay valid)."""
+    context = chat.render_context(row)
+    return render(CONTEXT_TEMPLATE, prompt_dir=prompt_dir, context=context) if context else ""
+
+
 def single_request(instruction: str, reference: str, answer: str, *, m: int, temperature: float, max_tokens: int,
-                   prompt_dir: str = "prompts") -> ChatRequest:
-    text = render(TEMPLATE, prompt_dir=prompt_dir, instruction=instruction, reference=reference, answer=answer)
+                   prompt_dir: str = "prompts", context: str = "") -> ChatRequest:
+    """`context`: `context_block` of the test row ("" for none)."""
+    text = render(TEMPLATE, prompt_dir=prompt_dir, context=context, instruction=instruction, reference=reference,
+                  answer=answer)
     # n=m: one call, input paid once, m independent judgments
     return ChatRequest(messages=(("user", text),), temperature=temperature, max_tokens=max_tokens, n=m,
                        json_schema=SCORE_SCHEMA, schema_name="grade")
@@ -54,14 +66,14 @@ def build_requests(responses: list[dict], test_by_id: dict[str, dict], *, m: int
     for r in responses:
         ref = test_by_id[r["prompt_id"]]
         reqs.append(single_request(ref["instruction"], ref["response"], r["answer"], m=m, temperature=temperature,
-                                   max_tokens=max_tokens, prompt_dir=prompt_dir))
+                                   max_tokens=max_tokens, prompt_dir=prompt_dir, context=context_block(ref, prompt_dir)))
     return reqs
 
 
 def pairwise_request(instruction: str, reference: str, answer_a: str, answer_b: str, *, temperature: float,
-                     max_tokens: int, prompt_dir: str = "prompts") -> ChatRequest:
-    text = render(PAIRWISE_TEMPLATE, prompt_dir=prompt_dir, instruction=instruction, reference=reference,
-                  answer_a=answer_a, answer_b=answer_b)
+                     max_tokens: int, prompt_dir: str = "prompts", context: str = "") -> ChatRequest:
+    text = render(PAIRWISE_TEMPLATE, prompt_dir=prompt_dir, context=context, instruction=instruction,
+                  reference=reference, answer_a=answer_a, answer_b=answer_b)
     return ChatRequest(messages=(("user", text),), temperature=temperature, max_tokens=max_tokens, n=1,
                        json_schema=VERDICT_SCHEMA, schema_name="verdict")
 

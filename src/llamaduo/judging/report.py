@@ -1,19 +1,24 @@
 """The judge stages' reports: metrics/eval.json (the primary judge's figures, per judge, across the panel,
-against the service baseline, pairwise, per task and category), metrics/baseline.json, and the worst answers."""
+against the service baseline, pairwise, per task and category; the reference metrics beside them),
+metrics/baseline.json, and the worst answers."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
 from llamaduo.judging.protocol import LOCAL, METRICS
+from llamaduo.judging.reference import REFERENCE_METRICS
 from llamaduo.judging.scores import (
     agreement,
     answer_scores,
     by_category,
     by_task,
+    judge_vs_reference,
     p_match,
     pairwise_summary,
     panel_summary,
+    reference_by_task,
+    reference_summary,
     repeat_spread,
     select,
     summarize,
@@ -38,10 +43,30 @@ def worst_answers(judgments: list[dict], *, n: int, test_by_id: dict[str, dict],
              "answer": text.get(k, "")[:excerpt]} for k in keys]
 
 
+def reference_report(reference: list[dict], *, primary_judgments: list[dict], boot: dict) -> dict:
+    """eval.json's `reference`: the local answers' reference metrics (mean, median, 95% interval) at its top level
+    (what the gate reads when `gate.metric` is one of them), each service's, P-Match (local / best service),
+    the primary judge's per-answer Spearman with each metric (local answers; with services also over all
+    answers, where the spread between answerers gives the judge more to track), and the figures per task."""
+    local = [r for r in reference if r["answerer"] == LOCAL]
+    services = sorted({r["answerer"] for r in reference} - {LOCAL})
+    out = {"metrics": list(REFERENCE_METRICS), **reference_summary(local, **boot)}
+    agreement = {"local": judge_vs_reference(select(primary_judgments, answerer=LOCAL), local)}
+    if services:
+        svc = {s: reference_summary([r for r in reference if r["answerer"] == s], **boot) for s in services}
+        out["services"] = svc
+        out["p_match"] = p_match(out, svc, [], metrics=REFERENCE_METRICS)
+        agreement["all"] = judge_vs_reference(primary_judgments, reference)
+    out["judge_agreement"] = agreement
+    out["by_task"] = reference_by_task(local, **boot)
+    return out
+
+
 def eval_report(*, judgments: list[dict], pairwise: list[dict], baseline_judgments: list[dict], usages: dict,
-                test: list[dict], judge_params) -> dict:
+                test: list[dict], judge_params, reference: list[dict] | None = None) -> dict:
     """metrics/eval.json: the primary judge's figures at the top level (what report, loop and the gate read),
-    then per judge, across the panel, against the service baseline, pairwise, per task and per category."""
+    then per judge, across the panel, against the service baseline, pairwise, per task and per category, and
+    (`reference`: rows of the `reference` table, local and service answers) the reference metrics."""
     jp = judge_params
     zetas, boot = jp.zetas, dict(resamples=jp.bootstrap, seed=jp.seed)
     panel = jp.panel
@@ -81,6 +106,9 @@ def eval_report(*, judgments: list[dict], pairwise: list[dict], baseline_judgmen
         if services:
             svc_panel = {s: panel_summary(select(baseline_judgments, answerer=s), zetas) for s in services}
             out["panel"]["p_match"] = p_match(out["panel"], svc_panel, zetas)
+    if reference is not None:
+        out["reference"] = reference_report(reference, boot=boot, primary_judgments=select(judgments, judge=primary)
+                                            + select(baseline_judgments, judge=primary))
     return out
 
 

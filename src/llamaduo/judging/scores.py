@@ -1,5 +1,6 @@
 """Scores from judgments: V^j (mean of an answer's M judgments), mean score V, median, coverage C at each zeta,
-bootstrap intervals, P-Match against the service baseline, pairwise win/tie/loss, and the judges' agreement.
+bootstrap intervals, P-Match against the service baseline, pairwise win/tie/loss, and the judges' agreement;
+then the reference metrics' summaries (rows of the `reference` table) and how well a judge tracks them.
 
 Judgments that could not be used are counted (with their reasons) and excluded; an answer with no usable
 judgment is left out of the scores, never scored as zero.
@@ -12,6 +13,7 @@ from itertools import combinations
 from statistics import fmean, median
 
 from llamaduo.judging.protocol import LOCAL, METRICS
+from llamaduo.judging.reference import REFERENCE_METRICS
 
 
 def answer_scores(judgments: list[dict], metric: str) -> dict[tuple, float]:
@@ -175,11 +177,12 @@ def repeat_spread(judgments: list[dict], metric: str) -> float | None:
 # -- against the service baseline
 
 
-def p_match(local: dict, services: dict[str, dict], zetas: list[int]) -> dict:
+def p_match(local: dict, services: dict[str, dict], zetas: list[int], metrics=METRICS) -> dict:
     """P-Match (the paper's Table 1): the local model's figure divided by the best service's, per metric and per
-    statistic (mean, coverage at each zeta). `local` and each service entry are `summarize` outputs."""
+    statistic (mean, coverage at each zeta). `local` and each service entry are `summarize` outputs (or
+    `reference_summary` ones, with the reference metrics and no zetas)."""
     out = {}
-    for metric in METRICS:
+    for metric in metrics:
         entry = {}
         for stat in ["mean"] + [f"coverage_{z}" for z in zetas]:
             theirs = {name: s[metric][stat] for name, s in services.items() if s[metric][stat] is not None}
@@ -207,4 +210,47 @@ def pairwise_summary(rows: list[dict]) -> dict:
         out[name] = round(counts[key] / len(ok), 4) if ok else None
     # the share of comparisons whose preference changed with the order: the judge's position bias
     out["flip_rate"] = round(out["flipped"] / len(ok), 4) if ok else None
+    return out
+
+
+# -- against the reference (no judge): rows of the `reference` table
+
+
+def reference_summary(rows: list[dict], *, resamples: int | None = None, seed: int = 0) -> dict:
+    """Per reference metric: count, mean, median and (with `resamples`) the bootstrap 95% interval of the mean,
+    over the given answers (one answerer's rows). Coverage at zeta stays a judge figure."""
+    out = {"answers": len(rows)}
+    for metric in REFERENCE_METRICS:
+        scores = [r[metric] for r in rows]
+        entry = score_stats(scores, [])
+        if resamples:
+            ci = bootstrap_ci(scores, resamples=resamples, seed=seed)
+            entry["ci95_low"], entry["ci95_high"] = ci if ci else (None, None)
+        out[metric] = entry
+    return out
+
+
+def reference_by_task(rows: list[dict], *, resamples: int | None = None, seed: int = 0) -> dict:
+    return {t: reference_summary([r for r in rows if r["task"] == t], resamples=resamples, seed=seed)
+            for t in sorted({r["task"] for r in rows})}
+
+
+def judge_vs_reference(judgments: list[dict], reference: list[dict]) -> dict:
+    """How well one judge tracks the reference metrics: Spearman, per answer, between its V^j (each judge metric)
+    and each reference metric, over the answers both scored (every answerer in `reference`, keyed with it).
+    None where undefined (fewer than 3 answers, or a constant side: exact match is often all 0)."""
+    from scipy.stats import spearmanr
+
+    ref = {(r["answerer"], r["prompt_id"], r["sample"]): r for r in reference}
+    answerers = sorted({r["answerer"] for r in reference})
+    out = {}
+    for jm in METRICS:
+        judged = {(who, *k): v for who in answerers for k, v in answer_scores(select(judgments, answerer=who), jm).items()}
+        common = sorted(set(judged) & set(ref))
+        entry = {}
+        for rm in REFERENCE_METRICS:
+            x, y = [judged[k] for k in common], [ref[k][rm] for k in common]
+            defined = len(common) >= 3 and len(set(x)) > 1 and len(set(y)) > 1
+            entry[rm] = round(float(spearmanr(x, y)[0]), 4) if defined else None
+        out[jm] = {"answers": len(common), "spearman": entry}
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llamaduo.atomic import write_json
 from llamaduo.errors import ParamsError
+from llamaduo.hardware import torch_dtype
 from llamaduo.merging import from_params
 from llamaduo.merging.checkpoint import merge_checkpoints
 from llamaduo.merging.submodels import read_submodels, validation_loss
@@ -49,17 +50,18 @@ def merge(*, params, train_rows: list[dict], base: str, adapter: str, out: str) 
     full = []
     for i, a in enumerate(subs):
         full.append(work / f"sub-{i}")
-        save_folded(base, a, full[-1])
+        # the compute dtype: the folded sub-models and so the merged model are in it
+        save_folded(base, a, full[-1], dtype=torch_dtype(params.compute.dtype))
     tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=".merged-"))
     try:
         stats = merge_checkpoints(base, full, tmp, from_params(p), shard_mb=p.shard_mb)
         metrics = {"method": p.method, "resample": p.resample, "seed": p.seed, "submodels": len(subs), **stats}
         (tmp / MANIFEST).write_text(json.dumps({**metrics, "base": base, "adapters": [str(a) for a in subs]}, indent=1))
         if val:
-            sub_losses = [validation_loss(d, val, t) for d in full]
+            sub_losses = [validation_loss(d, val, t, dtype=params.compute.dtype) for d in full]
             metrics.update(val_rows=len(val), submodel_val_loss=sub_losses,
                            submodel_val_loss_mean=statistics.fmean(sub_losses), submodel_val_loss_best=min(sub_losses),
-                           merged_val_loss=validation_loss(tmp, val, t))
+                           merged_val_loss=validation_loss(tmp, val, t, dtype=params.compute.dtype))
         if out_path.exists():
             shutil.rmtree(out_path)
         tmp.replace(out_path)

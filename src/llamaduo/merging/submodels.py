@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 
 from llamaduo.errors import DataError
-from llamaduo.training import SUBMODELS_FILE, sft_config, to_examples, use_bf16
+from llamaduo.hardware import compute_dtype
+from llamaduo.training import SUBMODELS_FILE, sft_config, to_examples
 
 
 def read_submodels(adapter_dir: str | Path) -> list[Path]:
@@ -19,8 +20,9 @@ def read_submodels(adapter_dir: str | Path) -> list[Path]:
     return [adapter_dir / rel for rel in json.loads(manifest.read_text())["submodels"]]
 
 
-def validation_loss(model_dir: str | Path, val_rows: list[dict], p) -> float:
-    """Mean loss on the assistant turns of `val_rows` for a full model folder, computed as training computes it."""
+def validation_loss(model_dir: str | Path, val_rows: list[dict], p, *, dtype: str = "auto") -> float:
+    """Mean loss on the assistant turns of `val_rows` for a full model folder, computed as training computes it
+    (in the compute dtype: `dtype` is `compute.dtype`, resolved by `llamaduo.hardware.compute_dtype`)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,11 +32,12 @@ def validation_loss(model_dir: str | Path, val_rows: list[dict], p) -> float:
         raise DataError("no validation rows: `train.val_ratio` is 0")
     if p.threads:
         torch.set_num_threads(p.threads)
-    ds = Dataset.from_list(to_examples(val_rows))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16 if use_bf16(p) else torch.float32)
+    ds = Dataset.from_list(to_examples(val_rows, AutoTokenizer.from_pretrained(str(model_dir))))
+    dt = compute_dtype(dtype)["dtype"]
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dt))
     with tempfile.TemporaryDirectory(prefix="llamaduo-eval-") as work:
         # SFTTrainer insists on a train set; evaluate() only reads the eval set
-        trainer = SFTTrainer(model=model, args=sft_config(p, Path(work)), train_dataset=ds, eval_dataset=ds,
+        trainer = SFTTrainer(model=model, args=sft_config(p, Path(work), dtype=dt), train_dataset=ds, eval_dataset=ds,
                              processing_class=AutoTokenizer.from_pretrained(str(model_dir)))
         loss = trainer.evaluate().get("eval_loss")
     if loss is None:

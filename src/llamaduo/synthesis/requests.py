@@ -12,6 +12,9 @@ from llamaduo.errors import DataError
 from llamaduo.prompts import render
 from llamaduo.providers.base import ChatRequest
 
+# a fragment, not a task's template (task names never start with "_")
+SYSTEM_TEMPLATE = "synthesize/_system"
+
 PAIRS_SCHEMA = {
     "type": "object",
     "properties": {
@@ -40,6 +43,15 @@ class Plan:
     request: ChatRequest
 
 
+def system_block(row: dict, prompt_dir: str = "prompts") -> str:
+    """The seed's system prompt for a synthesis template's `$system` slot (`prompts/synthesize/_system.md`: new
+    pairs are written for it), or "" when it has none, so that request stays byte-identical to the template
+    without the slot (and its cached answer stays valid). The seed's earlier turns are left out: new pairs are
+    single-turn."""
+    system = row.get("system")
+    return render(SYSTEM_TEMPLATE, prompt_dir=prompt_dir, system=system) if system else ""
+
+
 def plan_requests(train: list[dict], *, n_requests: int, pairs_per_request: int, topics: list[str], seed: int,
                   temperature: float, max_tokens: int, prompt_dir: str = "prompts") -> list[Plan]:
     """The first `n_requests` of a fixed, seeded sequence: a larger budget extends the same sequence,
@@ -56,7 +68,8 @@ def plan_requests(train: list[dict], *, n_requests: int, pairs_per_request: int,
         row = order.pop()
         topic = topics[rng.randrange(len(topics))]
         text = render(f"synthesize/{row['task']}", fallback="synthesize/default", prompt_dir=prompt_dir,
-                      instruction=row["instruction"], response=row["response"], topic=topic, n=pairs_per_request)
+                      system=system_block(row, prompt_dir), instruction=row["instruction"], response=row["response"],
+                      topic=topic, n=pairs_per_request)
         req = ChatRequest(messages=(("user", text),), temperature=temperature, max_tokens=max_tokens,
                           json_schema=PAIRS_SCHEMA, schema_name="pairs")
         rid = hashlib.sha256(f"{i}\n{req.key_material()}".encode()).hexdigest()[:16]

@@ -17,7 +17,9 @@ def _parse_into(rows: list[dict], index: int, plan: Plan, result, provider, stat
             stats["failed_answers"] += 1
             stats["failure_reasons"][reason] = stats["failure_reasons"].get(reason, 0) + 1
         for pair in pairs:
-            rows.append({"id": f"{plan.request_id}-{j}", "task": plan.seed["task"], **pair, "seed_id": plan.seed["id"],
+            # a new pair keeps its seed's system prompt (it was written for it) and is single-turn
+            rows.append({"id": f"{plan.request_id}-{j}", "task": plan.seed["task"], **pair,
+                         "system": plan.seed.get("system"), "history": None, "seed_id": plan.seed["id"],
                          "provider": provider.name, "model": provider.model, "request_id": plan.request_id,
                          "cycle": index})  # request index for now; replaced by the cycle once the prefix is known
             j += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+from llamaduo import chat
+
 # the paper's Table 5: LoRA rank by training volume (alpha = 2 x rank); the loop doubles volume 1k ... 256k,
 # so rows fall clearly on one side of each bound (16k + coverage < 32k, 32k + coverage < 64k)
 RANK_BY_ROWS = ((64_000, 32), (32_000, 16), (0, 8))
@@ -28,10 +30,12 @@ def holdout(rows: list[dict], p) -> tuple[list[dict], list[dict]]:
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
-def to_examples(rows: list[dict]) -> list[dict]:
-    """Conversational prompt/completion rows: trl applies the chat template and puts the loss on the completion only."""
+def to_examples(rows: list[dict], tokenizer=None) -> list[dict]:
+    """Conversational prompt/completion rows: trl applies the chat template and puts the loss on the completion
+    only. The prompt carries the row's system prompt and earlier turns (llamaduo.chat); given the tokenizer, a
+    system prompt is folded into the first user turn when its chat template has no system role."""
     return [
-        {"prompt": [{"role": "user", "content": r["instruction"]}],
+        {"prompt": chat.messages(r, response=False) if tokenizer is None else chat.for_tokenizer(r, tokenizer, response=False),
          "completion": [{"role": "assistant", "content": r["response"]}]}
         for r in rows
     ]

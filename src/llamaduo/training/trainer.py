@@ -22,25 +22,71 @@ from pathlib import Path
 
 from llamaduo.config import runtime_keys
 from llamaduo.errors import DataError
+from llamaduo.hardware import compute_dtype
+from llamaduo.training.budget import steps_per_epoch
 from llamaduo.training.data import count_truncated, lora_shape, to_examples
 
 SUBMODELS_FILE = "submodels.json"
 
 
-def use_bf16(p) -> bool:
+def parameter_count(base_dir: str) -> int:
+    """Parameters of the safetensors weights in `base_dir`, read from the file headers (nothing loaded)."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in Path(base_dir).glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as fh:
+            n += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    return n
+
+
+def memory_limit() -> int | None:
+    """Bytes of memory this process may use: the machine's (MemTotal), or its cgroup's limit where lower; None
+    where neither can be read. The total, not what is free now: the choice must not change between two runs."""
+    limits = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if cgroup.isdigit():
+            limits.append(int(cgroup))
+    except OSError:
+        pass
+    return min(limits) if limits else None
+
+
+def resolve_quantize(p, base_dir: str, dtype: str) -> tuple[bool, str]:
+    """(4-bit or not, why) for `train.quantize`: true/false as set; auto = 4-bit NF4 on a CUDA GPU, or where the
+    base's weights in `dtype` would take more than half the memory (the other half is for activations, which
+    4-bit weights do not shrink); plain LoRA otherwise.
+
+    On a CPU bitsandbytes dequantizes every 4-bit weight on every matmul (forward and backward): on the default
+    model (AMD EPYC, 2 cores, batch 2) QLoRA trained 23 tokens/s against LoRA's 30 in the same session; it saves
+    memory only on the weights (4.6 vs 5.3 GB peak RSS there: activations dominate).
+    """
     import torch
 
-    if p.bf16 is not None:
-        return p.bf16
-    # CPUs mostly emulate bf16 matmuls (slower than fp32); only a CUDA GPU that has it gains
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if p.quantize != "auto":
+        return bool(p.quantize), "params"
+    if torch.cuda.is_available():
+        return True, "auto: cuda"
+    weights = parameter_count(base_dir) * torch.finfo(getattr(torch, dtype)).bits // 8
+    limit = memory_limit()
+    if limit is not None and 2 * weights > limit:
+        return True, f"auto: cpu, {dtype} weights {weights / 2**30:.1f} GiB > half of {limit / 2**30:.1f} GiB memory"
+    return False, "auto: cpu, base fits in memory"
 
 
-def load_base(base_dir: str, *, quantize: bool, bf16: bool = False):
+def load_base(base_dir: str, *, quantize: bool, dtype=None):
+    """The base model in `dtype` (torch dtype; float32 when None), 4-bit NF4 computing in `dtype` when `quantize`."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    compute = torch.bfloat16 if bf16 else torch.float32
+    compute = dtype or torch.float32
     kwargs = {"dtype": compute}
     if quantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -54,8 +100,9 @@ def load_base(base_dir: str, *, quantize: bool, bf16: bool = False):
     return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
 
 
-def checkpoint_key(rows: list[dict], val_rows: list[dict], base_dir: str, p) -> str:
-    """Hash of what the run computes from: rows, held-out rows, base weights and the params that matter."""
+def checkpoint_key(rows: list[dict], val_rows: list[dict], base_dir: str, p, **resolved) -> str:
+    """Hash of what the run computes from: rows, held-out rows, base weights, the params that matter and what
+    `resolved` names (the dtype and quantization the hardware decided)."""
     from llamaduo.weights import fingerprint
 
     h = hashlib.sha256()
@@ -63,19 +110,26 @@ def checkpoint_key(rows: list[dict], val_rows: list[dict], base_dir: str, p) -> 
     h.update(fingerprint(base_dir).encode())
     # runtime knobs (threads, checkpoint folder) change how a run goes, not what it computes
     h.update(json.dumps(p.model_dump(exclude=runtime_keys(type(p))), sort_keys=True).encode())
+    h.update(json.dumps(resolved, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
-def sft_config(p, output_dir: Path, **overrides):
+def sft_config(p, output_dir: Path, *, dtype: str, **overrides):
+    """trl's SFTConfig for `p`; `dtype` the compute dtype ("bfloat16" / "float32", `hardware.compute_dtype`)."""
     import torch
     from trl import SFTConfig
 
     kwargs = dict(
         output_dir=str(output_dir), max_length=p.max_length, per_device_train_batch_size=p.batch_size,
         per_device_eval_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum,
-        learning_rate=p.learning_rate, lr_scheduler_type=p.lr_scheduler, max_steps=p.max_steps,
+        learning_rate=p.learning_rate, lr_scheduler_type=p.lr_scheduler,
+        # the budget follows the data: `epochs` passes; `_train_one` applies the `max_steps` cap once trl has built
+        # (and maybe packed) the dataset whose length the epochs count
+        num_train_epochs=p.epochs, max_steps=-1,
         gradient_checkpointing=p.gradient_checkpointing, packing=p.packing, logging_steps=1, report_to="none",
-        seed=p.seed, use_cpu=not torch.cuda.is_available(), bf16=use_bf16(p), dataset_num_proc=None,
+        seed=p.seed, use_cpu=not torch.cuda.is_available(), bf16=dtype == "bfloat16", dataset_num_proc=None,
+        torch_compile=p.torch_compile,
+        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
         include_num_input_tokens_seen="non_padding", eval_strategy="no", save_strategy="no",
         # LoRA leaves most parameters frozen: DDP's unused-parameter search would only cost time
         ddp_find_unused_parameters=False,
@@ -85,7 +139,7 @@ def sft_config(p, output_dir: Path, **overrides):
 
 
 def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data_seed, ckpt: Path, final: Path,
-               callbacks=()) -> dict:
+               quantize: bool, dtype: str, callbacks=()) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -98,12 +152,18 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
     examples = list(examples)
     # the trainer's sampler also shuffles by data_seed; the pre-shuffle keeps orders distinct whatever the sampler does
     random.Random(data_seed).shuffle(examples)
-    model = load_base(base_dir, quantize=p.quantize, bf16=use_bf16(p))
+    model = load_base(base_dir, quantize=quantize, dtype=getattr(torch, dtype))
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora_dropout, target_modules=p.target_modules, task_type="CAUSAL_LM")
-    cfg = sft_config(p, ckpt, data_seed=data_seed, save_strategy="steps", save_steps=p.save_steps, save_total_limit=1)
+    cfg = sft_config(p, ckpt, dtype=dtype, data_seed=data_seed, save_strategy="steps", save_steps=p.save_steps,
+                     save_total_limit=1)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(examples),
                          eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
                          processing_class=tokenizer, peft_config=lora, callbacks=list(callbacks))
+    # what the sampler draws from: the examples, or fewer packed sequences under `packing`
+    n_seqs, procs = len(trainer.train_dataset), trainer.accelerator.num_processes
+    if p.max_steps is not None:
+        # the cap applies only where it is earlier than the epochs (a bare max_steps would override them)
+        trainer.args.max_steps = min(p.max_steps, math.ceil(p.epochs * steps_per_epoch(p, n_seqs, procs)))
     last = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
     start_step = start_tokens = 0
     if last:
@@ -122,6 +182,14 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
     val_loss = trainer.evaluate().get("eval_loss") if val_examples else None
     tokens = trainer.state.num_input_tokens_seen
     steps = trainer.state.global_step
+    seqs_read = steps * p.batch_size * p.grad_accum * procs
+    # exact without packing: each epoch is a permutation, so a run inside its first epoch read only new rows in
+    # full micro-batches, and a run past it read them all (less any trl dropped: a completion truncated away);
+    # packed, rows read are in proportion to the packed sequences read
+    if not p.packing:
+        unique = min(n_seqs, seqs_read)
+    else:
+        unique = len(examples) if seqs_read >= n_seqs else round(seqs_read * len(examples) / n_seqs)
     metrics = {
         "data_seed": data_seed,
         "steps": steps,
@@ -131,7 +199,11 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
         "last_loss": losses[-1],
         "val_loss": val_loss,
         "tokens_seen": int(tokens),
-        "examples_seen": steps * p.batch_size * p.grad_accum * trainer.accelerator.num_processes,
+        "examples_seen": seqs_read,
+        "epochs_seen": round(float(trainer.state.epoch or 0), 4),
+        "unique_rows_seen": unique,
+        "rows_available": len(examples),
+        "unique_rows_exact": not p.packing or seqs_read >= n_seqs,
         "wall_s": round(wall, 2),
         # this process's share only, so a resumed run reports its real speed
         "tokens_per_s": round((tokens - start_tokens) / wall, 1),
@@ -149,10 +221,12 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
     return metrics
 
 
-def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[dict] | None = None, callbacks=()) -> dict:
+def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[dict] | None = None, callbacks=(),
+          dtype: str = "auto") -> dict:
     """Train `p.submodels` adapters on `rows` (validation loss on `val_rows`); write them to `out_dir`; return metrics.
 
     `callbacks`: extra transformers TrainerCallbacks (progress, early stop ...), given to every sub-model's trainer.
+    `dtype`: `compute.dtype` (auto | bfloat16 | float32), resolved by `llamaduo.hardware.compute_dtype`.
     """
     import torch
     from accelerate import PartialState
@@ -163,12 +237,15 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
     if p.threads:
         torch.set_num_threads(p.threads)
     val_rows = list(val_rows or [])
-    examples, val_examples = to_examples(rows), to_examples(val_rows)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    examples, val_examples = to_examples(rows, tokenizer), to_examples(val_rows, tokenizer)
     truncated, tokens = count_truncated(tokenizer, examples, p.max_length)
     r, alpha = lora_shape(p, len(rows))
-    root = Path(p.checkpoint_dir) / f"train-{checkpoint_key(rows, val_rows, base_dir, p)}"
     state = PartialState()
+    dt = compute_dtype(dtype)
+    quantize, quantize_source = resolve_quantize(p, base_dir, dt["dtype"])
+    key = checkpoint_key(rows, val_rows, base_dir, p, dtype=dt["dtype"], quantize=quantize)
+    root = Path(p.checkpoint_dir) / f"train-{key}"
 
     subs = []
     for i in range(p.submodels):
@@ -178,7 +255,7 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
             continue
         subs.append(_train_one(examples=examples, val_examples=val_examples, base_dir=base_dir, tokenizer=tokenizer,
                                p=p, r=r, alpha=alpha, data_seed=p.seed + i, ckpt=root / f"sub-{i}", final=final,
-                               callbacks=callbacks))
+                               quantize=quantize, dtype=dt["dtype"], callbacks=callbacks))
 
     if state.is_main_process:
         out = Path(out_dir)
@@ -204,9 +281,12 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
         "truncated_rows": truncated,
         "tokens_in_data": tokens,
         **{k: v for k, v in head.items() if k not in ("loss_curve", "data_seed")},
-        "quantized": p.quantize,
+        "quantized": quantize,
+        "quantize_source": quantize_source,
         "packing": p.packing,
-        "bf16": use_bf16(p),
+        "dtype": dt["dtype"],
+        "dtype_source": dt["source"],
+        "cpu_flags": dt["cpu_flags"],
         "lora_r": r,
         "lora_alpha": alpha,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

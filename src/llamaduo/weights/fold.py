@@ -13,7 +13,9 @@ from pathlib import Path
 
 
 def fold(base_dir: str | Path, adapter_dir: str | Path, *, dtype=None):
-    """The base model with the adapter merged in (a plain transformers model, float32 unless `dtype`)."""
+    """The base model with the adapter merged in (a plain transformers model), in `dtype`: a torch dtype, float32
+    when None. Merging passes the compute dtype (`llamaduo.hardware.torch_dtype(compute.dtype)`); this module
+    does not decide it, so that `base_model` (which imports it) does not depend on the hardware probe."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -1,0 +1,47 @@
+"""The loop's volume schedule and its refusal to pay for rows the training cap never reads."""
+
+import json
+
+import pytest
+
+from llamaduo.config import Params
+from llamaduo.cycle import driver
+from llamaduo.errors import LoopError
+
+
+def params(**train) -> Params:
+    return Params.model_validate({"train": {"batch_size": 2, "grad_accum": 1, "val_ratio": 0.05, **train}})
+
+
+def test_volume_doubles_from_the_start_volume_and_stops_at_the_max():
+    p = Params.model_validate({"loop": {"start_volume": 1000, "growth_factor": 2, "max_volume": 3000}}).loop
+    assert [driver.volume_for(c, p) for c in range(5)] == [0, 1000, 2000, 3000, 3000]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    # 40 coverage train rows over two tasks: 38 after the 5% validation slice (2 rows)
+    (tmp_path / "metrics" / "prepare.json").write_text(json.dumps({"a": {"train": 30, "test": 3}, "b": {"train": 10, "test": 1}}))
+    return tmp_path
+
+
+def test_a_cap_that_leaves_rows_unread_stops_the_loop_naming_both_keys(project):
+    # 10 steps x 2 rows = 20 rows read of 38 + 100
+    with pytest.raises(LoopError) as err:
+        driver._check_readable(params(max_steps=10), 100)
+    msg = str(err.value)
+    assert "`train.max_steps` (10) and `train.epochs` (3) let training read 20" in msg and "138 training rows" in msg
+    assert "`loop.allow_unread_rows: true`" in msg
+
+
+def test_no_cap_an_ample_cap_or_the_users_consent_let_the_volume_grow(project):
+    driver._check_readable(params(max_steps=None), 10_000)
+    with pytest.raises(LoopError):  # half an epoch, uncapped, still leaves rows unread
+        driver._check_readable(params(max_steps=None, epochs=0.5), 100)
+    driver._check_readable(params(max_steps=69), 100)  # 69 x 2 = 138 rows: every row read once
+    with pytest.raises(LoopError):
+        driver._check_readable(params(max_steps=68), 100)
+    p = Params.model_validate({"train": {"max_steps": 1}, "loop": {"allow_unread_rows": True}})
+    driver._check_readable(p, 10_000)

@@ -1,0 +1,245 @@
+"""The local provider's shared server: one start per cycle across stage processes, a dead or unhealthy server
+replaced, stopped by `llamaduo run` and by the idle watchdog; and the vLLM command line (dtype, parallelism).
+
+The lifecycle tests run a real HTTP server process in place of vLLM (`python -m http.server` serving a file named
+`health`, so GET /health answers 200): the same process, port, pid and signal handling, started in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llamaduo import vllm_cpu
+from llamaduo.config import Params, services
+from llamaduo.cycle import serving
+from llamaduo.hardware import compute_dtype
+from llamaduo.inference.engines import vllm_kwargs
+from llamaduo.providers import local
+from llamaduo.providers.local import LocalVLLMProvider, ServerState, alive, starts, stop_all
+
+FAKE = '''
+import sys
+from llamaduo.providers.local import LocalVLLMProvider
+
+
+class FakeVLLM(LocalVLLMProvider):
+    """The provider with a plain HTTP server in place of vLLM (serves DOCROOT/health)."""
+    docroot = None
+
+    def _require(self):
+        pass
+
+    def command(self, port):
+        return [sys.executable, "-m", "http.server", str(port), "--bind", self.params.server.host,
+                "--directory", self.docroot]
+
+
+if __name__ == "__main__":  # one stage: use the server, report it, release it
+    import json, time
+    from pathlib import Path
+    from llamaduo.config import Params
+    model, docroot, state_dir, hold = sys.argv[1:5]
+    FakeVLLM.docroot = docroot
+    p = Params.model_validate({"providers": {"service": {"kind": "local", "model": model}}})
+    prov = FakeVLLM("service", p.providers["service"], state_dir=Path(state_dir))
+    prov.start()
+    print(json.dumps({"base_url": prov.base_url, "pid": prov._state.read()["pid"]}), flush=True)
+    time.sleep(float(hold))
+    prov.__exit__(None, None, None)
+'''
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """(provider factory, state dir, helper script) in a project folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "health").write_text("ok")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE)
+    sys.path.insert(0, str(tmp_path))
+    import fake_vllm
+
+    fake_vllm.FakeVLLM.docroot = str(tmp_path / "www")
+    state_dir = tmp_path / ".llamaduo" / "servers"
+
+    def make(**server):
+        p = Params.model_validate({"providers": {"service": {"kind": "local", "model": str(model), "server": server}}})
+        return fake_vllm.FakeVLLM("service", p.providers["service"], state_dir=state_dir)
+
+    yield make, state_dir, script, model
+    stop_all(state_dir)
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop("fake_vllm", None)
+
+
+def _wait(cond, timeout: float = 20) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def test_two_stage_processes_share_one_server(fake, tmp_path):
+    make, state_dir, script, model = fake
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    # two "stages" at once: the file lock makes the second wait for the first's start, then use it
+    procs = [subprocess.Popen([sys.executable, str(script), str(model), str(tmp_path / "www"), str(state_dir), "1"],
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path) for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs[0] == outs[1]  # same port, same pid
+    assert len(starts(state_dir)) == 1
+    st = next(iter(state_dir.glob("*.json")))
+    state = json.loads(st.read_text())
+    assert state["users"] == [] and state["pid"] == outs[0]["pid"] and state["model"] == str(model)
+    assert alive(state["pid"])  # outlives the stages that used it, for the cycle's next stage
+    assert stop_all(state_dir) == 1
+    assert _wait(lambda: not alive(state["pid"]))
+    assert not st.exists()
+
+
+def test_a_dead_or_unhealthy_server_is_replaced(fake):
+    make, state_dir, _, _ = fake
+    first = make()
+    first.start()
+    pid1 = first._state.read()["pid"]
+    os.killpg(pid1, signal.SIGKILL)
+    assert _wait(lambda: not alive(pid1))
+    second = make()
+    second.start()
+    st = second._state.read()
+    assert st["pid"] != pid1 and alive(st["pid"]) and len(starts(state_dir)) == 2
+    assert local.healthy(st["host"], st["port"])
+    # alive but not answering /health (a hung server): stopped and replaced
+    hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    second._state.write(dict(st, pid=hung.pid, port=1))
+    third = make()
+    third.start()
+    assert hung.wait(timeout=40) is not None  # stopped (SIGTERM to its group)
+    assert third._state.read()["pid"] not in (hung.pid, st["pid"]) and len(starts(state_dir)) == 3
+
+
+def test_idle_watchdog_stops_the_server_only_when_no_stage_uses_it(fake):
+    make, state_dir, _, _ = fake
+    prov = make(idle_timeout_s=1.0)
+    prov.start()
+    state = prov._state
+    pid = state.read()["pid"]
+    time.sleep(2.5)  # in use (this process is a live user): the watchdog leaves it
+    assert alive(pid) and state.path.exists()
+    prov.__exit__(None, None, None)
+    assert _wait(lambda: not alive(pid), timeout=20)
+    assert _wait(lambda: not state.path.exists(), timeout=5)
+
+
+def test_llamaduo_run_stops_the_shared_server(fake, tmp_path):
+    from llamaduo import cli
+
+    make, state_dir, _, _ = fake
+    prov = make()
+    prov.start()
+    pid = prov._state.read()["pid"]
+    prov.__exit__(None, None, None)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    # `dvc repro` fails here (no DVC project): the server is stopped all the same
+    rc = cli.main(["--params", str(tmp_path / "params.yaml"), "run", "no-such-stage"])
+    assert rc != 0
+    assert _wait(lambda: not alive(pid))
+    assert list(state_dir.glob("*.json")) == []
+
+
+def test_server_key_separates_models_and_settings():
+    key = _local().server_key()
+    assert key == _local(idle_timeout_s=5).server_key()  # the watchdog's timeout is no new server
+    assert key != _local(max_model_len=2048).server_key()
+    assert key != _local(compute="bfloat16").server_key()
+    assert key != _local(cpu_preload=True).server_key()
+
+
+def _local(**server) -> LocalVLLMProvider:
+    compute = server.pop("compute", "auto")
+    p = Params.model_validate({"compute": {"dtype": compute},
+                               "providers": {"service": {"kind": "local", "model": "models/base", "server": server}}})
+    return LocalVLLMProvider("service", p.providers["service"])
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_server_command_carries_dtype_and_parallelism():
+    cmd = _local(compute="bfloat16", tensor_parallel_size=2, data_parallel_size=3).command(8001)
+    assert _flag(cmd, "--dtype") == "bfloat16"
+    assert _flag(cmd, "--tensor-parallel-size") == "2" and _flag(cmd, "--data-parallel-size") == "3"
+    assert _flag(cmd, "--port") == "8001"
+    # auto: the one decision (float32 on a CPU without AVX512-BF16/AMX, where bf16 is emulated)
+    auto = _flag(_local().command(1), "--dtype")
+    assert auto == compute_dtype()["dtype"]
+    if compute_dtype()["source"].startswith("cpu: no"):  # this AVX2-only CPU
+        assert auto == "float32"
+    # the server's own setting wins over compute.dtype
+    assert _flag(_local(compute="bfloat16", dtype="float32").command(1), "--dtype") == "float32"
+
+
+def test_cache_identity_and_services_follow_the_dtype():
+    assert _local(compute="bfloat16").identity().endswith(":bfloat16")
+    assert _local(compute="float32").identity().endswith(":float32")
+    bf = services(Params.model_validate({"compute": {"dtype": "bfloat16"}}))
+    fp = services(Params.model_validate({"compute": {"dtype": "float32"}}))
+    assert bf["service"]["server"]["dtype"] == "bfloat16" and fp["service"]["server"]["dtype"] == "float32"
+    # runtime knobs stay out: a new idle timeout or parallelism reruns no service stage
+    assert {"idle_timeout_s", "tensor_parallel_size", "cpu_preload"}.isdisjoint(bf["service"]["server"])
+
+
+def test_offline_engine_and_serve_get_dtype_and_parallelism():
+    p = Params.model_validate({"infer": {"tensor_parallel_size": 2, "data_parallel_size": 4}})
+    kw = vllm_kwargs("/m", p.infer, "float32")
+    assert (kw["dtype"], kw["tensor_parallel_size"], kw["data_parallel_size"]) == ("float32", 2, 4)
+    assert kw["model"] == "/m" and kw["enforce_eager"] is True
+    s = Params.model_validate({"serve": {"tensor_parallel_size": 2, "data_parallel_size": 2}}).serve
+    cmd = serving.command("/m", name="x", host="127.0.0.1", port=9, p=s, extra=[], dtype="bfloat16")
+    assert _flag(cmd, "--dtype") == "bfloat16" and _flag(cmd, "--tensor-parallel-size") == "2"
+    assert _flag(cmd, "--data-parallel-size") == "2"
+
+
+@pytest.mark.skipif(vllm_cpu.on_gpu(), reason="CPU settings only")
+def test_cpu_env_preloads_and_kv_cache():
+    env = vllm_cpu.env(preload=True, kvcache_gib=2, threads_bind="0-1", base={"LD_PRELOAD": "/x/other.so"})
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    libs = env.get("LD_PRELOAD", "/x/other.so").split(":")
+    assert libs[-1] == "/x/other.so"  # kept, after ours
+    for lib in (vllm_cpu.tcmalloc(), vllm_cpu.iomp()):
+        if lib:
+            assert lib in libs and Path(lib).is_file()
+    again = vllm_cpu.env(preload=True, kvcache_gib=None, threads_bind="auto", base={"LD_PRELOAD": env.get("LD_PRELOAD", "")})
+    assert "LD_PRELOAD" not in again and "VLLM_CPU_KVCACHE_SPACE" not in again  # nothing added twice
+    off = vllm_cpu.env(preload=False, kvcache_gib=None, threads_bind="auto", base={})
+    assert off == {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
+    # the server's environment gets them
+    srv_env = _local(cpu_kvcache_gib=3).env()
+    assert srv_env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+
+
+def test_state_lock_is_exclusive_across_processes(tmp_path):
+    st = ServerState("k", tmp_path)
+    code = ("import fcntl,sys; fh=open(sys.argv[1],'a')\n"
+            "try:\n fcntl.flock(fh, fcntl.LOCK_EX|fcntl.LOCK_NB); print('got')\nexcept BlockingIOError: print('busy')")
+    with st.locked():
+        out = subprocess.run([sys.executable, "-c", code, str(st.lock_path)], capture_output=True, text=True).stdout
+    assert out.strip() == "busy"
+    out = subprocess.run([sys.executable, "-c", code, str(st.lock_path)], capture_output=True, text=True).stdout
+    assert out.strip() == "got"
