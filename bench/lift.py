@@ -191,15 +191,16 @@ def main() -> None:
         compute = hardware.compute_dtype(params.compute.dtype)
         base = base_dir(args.base, work)
         scorer = Scorer()
-        tasks = {t: run_task(t, args=args, params=params, base=base, work=work, compute=compute, scorer=scorer)
-                 for t in args.tasks}
-    out = {"model": params.model.base, "quick": args.quick, "tasks": tasks,
-           "train": params.train.model_dump(exclude={"checkpoint_dir", "save_steps"}),
-           "infer": params.infer.model_dump(), "data": params.data.model_dump(),
-           "bootstrap": {"resamples": params.judge.bootstrap, "seed": params.judge.seed},
-           "compute": compute, "machine": hardware.describe(), "wall_s": round(time.perf_counter() - start, 1)}
-    path = args.out or (str(Path(tempfile.gettempdir()) / "lift-quick.json") if args.quick else str(ROOT / "bench/results/lift.json"))
-    write_json(path, out)
+        path = args.out or (str(Path(tempfile.gettempdir()) / "lift-quick.json") if args.quick else str(ROOT / "bench/results/lift.json"))
+        tasks = {}
+        for t in args.tasks:  # written after each task: a long run stopped half-way keeps what it measured
+            tasks[t] = run_task(t, args=args, params=params, base=base, work=work, compute=compute, scorer=scorer)
+            out = {"model": params.model.base, "quick": args.quick, "complete": len(tasks) == len(args.tasks), "tasks": tasks,
+                   "train": params.train.model_dump(exclude={"checkpoint_dir", "save_steps"}),
+                   "infer": params.infer.model_dump(), "data": params.data.model_dump(),
+                   "bootstrap": {"resamples": params.judge.bootstrap, "seed": params.judge.seed},
+                   "compute": compute, "machine": hardware.describe(), "wall_s": round(time.perf_counter() - start, 1)}
+            write_json(path, out)
     print(json.dumps({t: {k: v for k, v in r.items() if k.startswith("rouge_l")} for t, r in tasks.items()}, indent=1))
     print(f"wrote {path} ({out['wall_s']} s)")
 

@@ -23,6 +23,9 @@ def main(params, train_rows, curated, base, out, metrics_out, loss_out):
     if warning and state.is_main_process:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     stats = train(rows=rows, val_rows=val, base_dir=base, out_dir=out, p=params.train, dtype=params.compute.dtype)
+    if stats.get("rows_dropped_too_long") and state.is_main_process:
+        print(f"warning: {stats['rows_dropped_too_long']} of {stats['rows_available']} rows have a prompt that fills "
+              f"`train.max_length` ({params.train.max_length}) and were not trained on", file=sys.stderr, flush=True)
     if state.is_main_process:
         write_json(loss_out, stats.pop("loss_curve"))
         write_json(metrics_out, stats)

@@ -99,3 +99,15 @@ def hand_judgments() -> list[dict]:
         J("b", 0, 50, 10), J("b", 0, 50, 20),      # V = 50 / 15
         J("b", 1, None, None, ok=False, error="refused (no)"),  # no usable judgment: left out, not zero
     ]
+
+
+def run_baseline_and_judge(proj: Path) -> None:
+    """The baseline and judge stages on `test.parquet` and `responses.parquet` in `proj`, as DVC runs them."""
+    base = run_stage("baseline.py", "--test", "test.parquet", "--responses-out", "b_resp.parquet",
+                     "--judgments-out", "b_judg.parquet", "--metrics-out", "baseline.json", cwd=proj)
+    assert base.returncode == 0, base.stderr[-3000:]
+    judge = run_stage("judge.py", "--responses", "responses.parquet", "--test", "test.parquet",
+                      "--baseline-responses", "b_resp.parquet", "--baseline-judgments", "b_judg.parquet",
+                      "--out", "judgments.parquet", "--pairwise-out", "pairwise.parquet", "--metrics-out", "eval.json",
+                      "--worst-out", "worst.json", "--reference-out", "reference.parquet", cwd=proj)
+    assert judge.returncode == 0, judge.stderr[-3000:]

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from conftest import ROOT, run_stage, write_jsonl
+from conftest import ROOT, run_baseline_and_judge, run_stage, write_jsonl
 from fakes.judge_server import JudgeFake
 from llamaduo import tables
 
@@ -53,14 +53,7 @@ def project(tmp_path, base_url: str | None = None):
 
 
 def baseline_and_judge(proj, fake):
-    base = run_stage("baseline.py", "--test", "test.parquet", "--responses-out", "b_resp.parquet",
-                     "--judgments-out", "b_judg.parquet", "--metrics-out", "baseline.json", cwd=proj)
-    assert base.returncode == 0, base.stderr[-3000:]
-    judge = run_stage("judge.py", "--responses", "responses.parquet", "--test", "test.parquet",
-                      "--baseline-responses", "b_resp.parquet", "--baseline-judgments", "b_judg.parquet",
-                      "--out", "judgments.parquet", "--pairwise-out", "pairwise.parquet", "--metrics-out", "eval.json",
-                      "--worst-out", "worst.json", cwd=proj)
-    assert judge.returncode == 0, judge.stderr[-3000:]
+    run_baseline_and_judge(proj)
     by_kind = {}
     for body in fake.requests:
         kind = (body.get("response_format") or {}).get("json_schema", {}).get("name", "answer")

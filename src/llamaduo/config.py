@@ -81,7 +81,22 @@ class ComputeParams(_Section):
                             "(llamaduo.hardware.compute_dtype).")
 
 
-class LocalServer(_Section):
+class VllmEngine(_Section):
+    """How a vLLM engine runs (the offline engine of `infer`, the local service server): parallelism and the CPU
+    settings of vLLM's CPU guide. All runtime: they change speed, never the answers' meaning."""
+
+    tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor parallel size (GPUs, or CPU NUMA nodes, per replica).")
+    data_parallel_size: int = runtime(1, ge=1, description="vLLM data parallel size (engine replicas).")
+    cpu_preload: bool = runtime(False, description="On CPU, LD_PRELOAD tcmalloc and Intel OpenMP into vLLM's engine processes "
+                                                   "(vLLM's CPU guide); off until bench/infer.py (offline vs offline-nopreload) "
+                                                   "shows a gain here.")
+    cpu_kvcache_gib: int | None = runtime(None, ge=1, description="On CPU, VLLM_CPU_KVCACHE_SPACE in GiB; null = sized from "
+                                                                  "`gpu_memory_utilization`.")
+    cpu_threads_bind: str = runtime("auto", description="On CPU, VLLM_CPU_OMP_THREADS_BIND: `auto` (the NUMA node's cores), "
+                                                        "a core list such as `0-15`, or `nobind`.")
+
+
+class LocalServer(VllmEngine):
     host: str = runtime("127.0.0.1", description="Loopback address the vLLM server binds to.")
     port: int = runtime(0, ge=0, le=65535, description="Port; 0 picks a free one.")
     startup_timeout_s: float = runtime(900, gt=0, description="How long to wait for the server's /health.")
@@ -94,14 +109,6 @@ class LocalServer(_Section):
     dtype: Literal["auto", "bfloat16", "float32"] | None = Field(
         None, description="vLLM's --dtype; null = `compute.dtype` (filled in when params load; the resolved dtype is in "
                           "data/services.json, so a new dtype reruns the service stages).")
-    tensor_parallel_size: int = runtime(1, ge=1, description="vLLM --tensor-parallel-size (GPUs, or CPU NUMA nodes, per replica).")
-    data_parallel_size: int = runtime(1, ge=1, description="vLLM --data-parallel-size (engine replicas behind the one server).")
-    cpu_preload: bool = runtime(False, description="On CPU, LD_PRELOAD tcmalloc and Intel OpenMP into the server (vLLM's CPU guide); "
-                                                   "off until bench/infer.py (variants offline vs offline-nopreload) shows a gain here.")
-    cpu_kvcache_gib: int | None = runtime(None, ge=1, description="On CPU, VLLM_CPU_KVCACHE_SPACE in GiB; null = sized from "
-                                                                  "`gpu_memory_utilization`.")
-    cpu_threads_bind: str = runtime("auto", description="On CPU, VLLM_CPU_OMP_THREADS_BIND: `auto` (the NUMA node's cores), "
-                                                        "a core list such as `0-15`, or `nobind`.")
     idle_timeout_s: float = runtime(900, gt=0, description="The server is shared by the service stages of a cycle and stopped at "
                                                            "the end of `llamaduo run`/each loop cycle; a watchdog stops it after "
                                                            "this many seconds without a stage using it (e.g. after a bare "
@@ -321,7 +328,7 @@ class MergeParams(_Section):
         return self
 
 
-class InferParams(_Section):
+class InferParams(VllmEngine):
     engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="`auto` uses vLLM when installed, else transformers.")
     k: int = Field(4, ge=1, description="K: sampled answers per test prompt.")
     temperature: float = Field(0.7, ge=0, le=2)
@@ -331,13 +338,6 @@ class InferParams(_Section):
     gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM memory share (on CPU, of the NUMA node's RAM).")
     max_model_len: int = Field(2048, ge=256)
     threads: int | None = runtime(None, ge=1, description="torch threads for the transformers engine; null = torch's default.")
-    tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor_parallel_size (GPUs, or CPU NUMA nodes).")
-    data_parallel_size: int = runtime(1, ge=1, description="vLLM data_parallel_size (engine replicas).")
-    cpu_preload: bool = runtime(False, description="On CPU, LD_PRELOAD tcmalloc and Intel OpenMP into vLLM's engine processes "
-                                                   "(vLLM's CPU guide); off until bench/infer.py shows a gain here.")
-    cpu_kvcache_gib: int | None = runtime(None, ge=1, description="On CPU, VLLM_CPU_KVCACHE_SPACE in GiB; null = sized from "
-                                                                  "`gpu_memory_utilization`.")
-    cpu_threads_bind: str = runtime("auto", description="On CPU, VLLM_CPU_OMP_THREADS_BIND: `auto`, a core list such as `0-15`, or `nobind`.")
 
 
 class BaselineParams(_Section):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_project
+from conftest import copy_project, no_robots_row, write_jsonl
 from fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.slow
@@ -67,6 +67,8 @@ def test_two_cycles_commit_register_promote_and_survive_a_kill(tmp_path):
     service = Service()
     with FakeOpenAI(answer=service) as fake:
         tiny_params(proj, fake.base_url)
+        # short rows: none is dropped for a prompt longer than the tiny max_length, so every row can be trained on
+        write_jsonl(proj / "data/coverage/summarize.jsonl", [no_robots_row(i) for i in range(40)])
         git(proj, "init", "-q")
         git(proj, "add", "-A")
         git(proj, "commit", "-qm", "project")

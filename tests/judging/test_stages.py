@@ -7,7 +7,7 @@ import shutil
 
 import yaml
 
-from conftest import ROOT, run_stage
+from conftest import ROOT, run_baseline_and_judge, run_stage
 from fakes.judge_server import JudgeFake
 from llamaduo import tables
 
@@ -53,23 +53,12 @@ def project(tmp_path, base_url):
     return proj
 
 
-def run_both(proj):
-    base = run_stage("baseline.py", "--test", "test.parquet", "--responses-out", "b_resp.parquet",
-                     "--judgments-out", "b_judg.parquet", "--metrics-out", "baseline.json", cwd=proj)
-    assert base.returncode == 0, base.stderr[-3000:]
-    judge = run_stage("judge.py", "--responses", "responses.parquet", "--test", "test.parquet",
-                      "--baseline-responses", "b_resp.parquet", "--baseline-judgments", "b_judg.parquet",
-                      "--out", "judgments.parquet", "--pairwise-out", "pairwise.parquet", "--metrics-out", "eval.json",
-                      "--worst-out", "worst.json", "--reference-out", "reference.parquet", cwd=proj)
-    assert judge.returncode == 0, judge.stderr[-3000:]
-
-
 def test_baseline_and_judge_count_failures_and_never_average_them(tmp_path):
     with JudgeFake(answer=service, refuse_marker="REFUSE") as fake:
         proj = project(tmp_path, fake.base_url)
-        run_both(proj)
+        run_baseline_and_judge(proj)
         paid = len(fake.requests)
-        run_both(proj)  # a rerun is answered by the call cache
+        run_baseline_and_judge(proj)  # a rerun is answered by the call cache
         assert len(fake.requests) == paid
 
     baseline = json.loads((proj / "baseline.json").read_text())
@@ -136,7 +125,7 @@ def test_a_panel_of_two_judges_reports_each_and_their_agreement(tmp_path):
         params["judge"] = dict(params["judge"], judges=["fake", "fake2"])
         del params["judge"]["provider"]
         (proj / "params.yaml").write_text(yaml.safe_dump(params))
-        run_both(proj)
+        run_baseline_and_judge(proj)
     ev = json.loads((proj / "eval.json").read_text())
     assert ev["judge"] == "fake" and ev["judges"] == ["fake", "fake2"]
     assert set(ev["per_judge"]) == {"fake", "fake2"} and ev["per_judge"]["fake2"]["precision"]["mean"] == 40.0

@@ -125,6 +125,7 @@ def test_a_dead_or_unhealthy_server_is_replaced(fake):
     assert st["pid"] != pid1 and alive(st["pid"]) and len(starts(state_dir)) == 2
     assert local.healthy(st["host"], st["port"])
     # alive but not answering /health (a hung server): stopped and replaced
+    local._kill_group(st["pid"])  # the state file is about to name another process: this server would be orphaned
     hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
     second._state.write(dict(st, pid=hung.pid, port=1))
     third = make()

@@ -70,9 +70,12 @@ def test_quantize_auto_is_plain_lora_on_a_cpu_where_the_base_fits_and_4bit_where
 
 def test_a_tiny_run_reads_every_row_once_an_epoch_and_records_its_dtype(tmp_path, base_model_dir):
     p = TrainParams(epochs=2, batch_size=2, max_length=96, val_ratio=0, checkpoint_dir=str(tmp_path / "ckpt"))
-    m = train(rows=ROWS, base_dir=str(base_model_dir), out_dir=str(tmp_path / "adapter"), p=p)
+    # a 7th row whose prompt alone fills max_length: trl drops it (no completion token left), and it is counted
+    too_long = {"id": "long", "task": "t", "instruction": "word " * 200, "response": "short."}
+    m = train(rows=[*ROWS, too_long], base_dir=str(base_model_dir), out_dir=str(tmp_path / "adapter"), p=p)
     assert m["steps"] == 6 and m["epochs_seen"] == 2.0
-    assert m["unique_rows_seen"] == m["rows_available"] == 6 and m["unique_rows_exact"] is True
+    assert m["unique_rows_seen"] == 6 and m["rows_available"] == 7 and m["rows_dropped_too_long"] == 1
+    assert m["unique_rows_exact"] is True
     want = hardware.compute_dtype("auto")
     assert (m["dtype"], m["dtype_source"], m["cpu_flags"]) == (want["dtype"], want["source"], want["cpu_flags"])
     assert m["quantized"] is torch.cuda.is_available() and m["quantize_source"].startswith("auto")

@@ -203,6 +203,8 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
         "epochs_seen": round(float(trainer.state.epoch or 0), 4),
         "unique_rows_seen": unique,
         "rows_available": len(examples),
+        # trl drops an example whose prompt alone fills `max_length` (no completion token left to learn from)
+        "rows_dropped_too_long": len(examples) - n_seqs if not p.packing else None,
         "unique_rows_exact": not p.packing or seqs_read >= n_seqs,
         "wall_s": round(wall, 2),
         # this process's share only, so a resumed run reports its real speed
