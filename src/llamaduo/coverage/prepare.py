@@ -155,14 +155,20 @@ def _turns(turns: list[tuple[str, object, str]], where: str) -> tuple[list[dict]
     return out[:-2], out[-2]["content"], out[-1]["content"]
 
 
+def _labelled(turns: list, name: str, where: str) -> list[tuple[str, object, object]]:
+    """(`name[i]`, role, content) per turn, for the error messages of `_turns`; a turn must be an object."""
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise CoverageError(f"{where}: {name}[{i}] must be an object with `role` and `content`, got {type(t).__name__}")
+        out.append((f"{name}[{i}]", t.get("role"), t.get("content")))
+    return out
+
+
 def _from_messages(messages, where: str) -> tuple[str | None, list[dict], str, str]:
     if not isinstance(messages, list):
         raise CoverageError(f"{where}: `messages` must be a list, got {type(messages).__name__}")
-    labelled = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise CoverageError(f"{where}: messages[{i}] must be an object, got {type(m).__name__}")
-        labelled.append((f"messages[{i}]", m.get("role"), m.get("content")))
+    labelled = _labelled(messages, "messages", where)
     system = None
     if labelled and labelled[0][1] in SYSTEM_ROLES:
         system = _text(labelled[0][2], "messages[0].content", where, required=False)
@@ -179,11 +185,7 @@ def _from_columns(obj: dict, where: str) -> tuple[str | None, list[dict], str, s
     history = obj.get("history") or []
     if not isinstance(history, list):
         raise CoverageError(f"{where}: `history` must be a list of {{role, content}} turns, got {type(history).__name__}")
-    labelled = []
-    for i, t in enumerate(history):
-        if not isinstance(t, dict):
-            raise CoverageError(f"{where}: history[{i}] must be an object with `role` and `content`, got {type(t).__name__}")
-        labelled.append((f"history[{i}]", t.get("role"), t.get("content")))
+    labelled = _labelled(history, "history", where)
     if len(labelled) % 2:
         raise CoverageError(f"{where}: `history` must end with an assistant turn (the prompt is the next user turn)")
     labelled += [("prompt", "user", obj["prompt"]), ("response", "assistant", obj["response"])]
