@@ -67,14 +67,7 @@ def _check_header(path: Path, names: list[str], where: str) -> None:
 
 def _csv(path: Path) -> Iterator[tuple[str, object]]:
     reader = csv.reader(io.StringIO(_utf8(path), newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    except csv.Error as exc:
-        raise CoverageError(f"{path}:1: {exc}") from None
-    _check_header(path, header, f"{path}:1")
-    prev = reader.line_num
+    header, prev = None, 0
     while True:
         try:
             record = next(reader)
@@ -83,6 +76,10 @@ def _csv(path: Path) -> Iterator[tuple[str, object]]:
         except csv.Error as exc:
             raise CoverageError(f"{path}:{prev + 1}: {exc}") from None
         where, prev = f"{path}:{prev + 1}", reader.line_num  # a quoted field may span lines: report the first
+        if header is None:
+            _check_header(path, record, where)
+            header = record
+            continue
         if not record:
             continue
         if len(record) != len(header):

@@ -156,13 +156,13 @@ def _check_readable(params, volume: int) -> None:
     """Refuse a volume that training's step cap cannot read: every synthetic row beyond it is paid for and never
     trained on. Rows = coverage train (less the validation slice, as the train stage holds it out) + the volume."""
     from llamaduo.training.budget import rows_read
+    from llamaduo.training.data import holdout_size
 
     if params.loop.allow_unread_rows:
         return
     split = _load_json(paths.METRICS_DIR / "prepare.json", {})
     coverage = sum(t.get("train", 0) for t in split.values() if isinstance(t, dict))
-    held = max(1, round(coverage * params.train.val_ratio)) if params.train.val_ratio and coverage >= 2 else 0
-    rows = coverage - held + volume
+    rows = coverage - holdout_size(coverage, params.train) + volume
     read = rows_read(params.train, rows)
     if read < rows:
         raise LoopError(f"synthetic volume {volume} would give {rows} training rows, but `train.max_steps` "

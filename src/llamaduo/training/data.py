@@ -19,13 +19,20 @@ def lora_shape(p, n_rows: int) -> tuple[int, int]:
     return r, p.lora_alpha or 2 * r
 
 
+def holdout_size(n_rows: int, p) -> int:
+    """How many of `n_rows` the validation slice holds: `val_ratio` of them, at least one when the ratio is > 0."""
+    if not p.val_ratio or n_rows < 2:
+        return 0
+    return max(1, round(n_rows * p.val_ratio))
+
+
 def holdout(rows: list[dict], p) -> tuple[list[dict], list[dict]]:
-    """(fit, validation): a seeded `val_ratio` slice of `rows` (at least one row when the ratio is > 0)."""
-    if not p.val_ratio or len(rows) < 2:
+    """(fit, validation): a seeded `val_ratio` slice of `rows` (`holdout_size` of them)."""
+    n_val = holdout_size(len(rows), p)
+    if not n_val:
         return list(rows), []
     order = list(range(len(rows)))
     random.Random(p.seed).shuffle(order)
-    n_val = max(1, round(len(rows) * p.val_ratio))
     val = set(order[:n_val])
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
