@@ -1,18 +1,34 @@
-"""report: the cycle's metrics -> metrics/summary.json (with the promotion gate's decision) and plot tables."""
+"""report: the cycle's metrics -> metrics/summary.json (with the promotion gate's decision), metrics/headline.json
+(the figures `dvc metrics show` prints), the plot tables, and metrics/report.html (the page people open)."""
+
+import json
+from pathlib import Path
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
-from llamaduo.cycle.report import score_points, summary
+from llamaduo.cycle import html_report
+from llamaduo.cycle.report import headline, score_points, summary, usage
 from llamaduo.stage import run
 
 
-def main(params, prepare, curate, train, infer, eval, champion, judgments, out, scores_out):
+def _load(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def main(params, prepare, curate, train, infer, eval, champion, judgments, synthesize, baseline, out, scores_out,
+         headline_out, html_out):
     s = summary(prepare=prepare, curate=curate, train=train, infer=infer, eval=eval, champion=champion, p=params.gate)
     write_json(out, s)
+    ev = _load(eval)
+    spend = usage([_load(synthesize), _load(baseline), ev])
+    write_json(headline_out, headline(s, eval=ev, train=_load(train), spend=spend))
     write_json(scores_out, score_points(tables.read(judgments, "judgments")))
+    # the page reads the folders the files above live in (metrics/, data/), as `llamaduo loop` does after a cycle
+    html_report.write(html_out, metrics_dir=Path(out).parent, data_dir=Path(judgments).parent.parent)
     gate = s["gate"]
     print(f"gate: {'PASS' if gate['passed'] else 'not passed'}: {gate['reason']}")
 
 
 if __name__ == "__main__":
-    run(main, "prepare", "curate", "train", "infer", "eval", "champion", "judgments", "out", "scores_out")
+    run(main, "prepare", "curate", "train", "infer", "eval", "champion", "judgments", "synthesize", "baseline", "out",
+        "scores_out", "headline_out", "html_out")

@@ -73,7 +73,7 @@ def check_service_and_judge(by_kind, test):
     assert prompts and len(by_kind["grade"]) == 2 * len(test) and by_kind["verdict"]
     for text in prompts:
         assert f"[system]\n{SYSTEM}" in text and "[assistant]\nThe seven seas." in text
-        assert text.index(SYSTEM) < text.index("Where do you sail?") < text.index("Instruction:\n<<<\nName the ship of crew")
+        assert text.index(SYSTEM) < text.index("Where do you sail?") < text.index("Instruction:\n<<<")  # the marker carries a per-request tag
 
 
 def test_prepare_keeps_the_context_and_the_services_see_it(tmp_path):

@@ -81,3 +81,106 @@ def test_no_artifact_or_log_holds_the_api_key(tmp_path, monkeypatch):
         assert SENTINEL.encode() not in data and SENTINEL[-32:].encode() not in data, f
     for text in printed:
         assert SENTINEL not in text and SENTINEL[-32:] not in text
+
+
+# -- the clouds: credentials from each cloud's own environment or credential chain, written nowhere either
+
+CLOUD_SENTINELS = {
+    "AZURE_OPENAI_API_KEY": "llamaduo-azure-sentinel-6bc1f0a2d9e84c3b",
+    "AWS_SECRET_ACCESS_KEY": "llamaduo-aws-secret-sentinel-91d2c7e0b3f5",
+    "AWS_SESSION_TOKEN": "llamaduo-aws-session-sentinel-4e8a1c6d2b70",
+}
+TOKEN_SENTINEL = "llamaduo-vertex-token-sentinel-c03f9b1e"  # the access tokens the Vertex fake issues start with this
+BEDROCK_MODEL = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+
+def echoing(cls):
+    """A fake whose error messages quote the request's credential headers back, as some gateways do."""
+
+    class Echoing(cls):
+        def error_body(self, code):
+            last = {k.lower(): v for k, v in self.seen_headers[-1].items()} if self.seen_headers else {}
+            quoted = ", ".join(f"{h}: {last[h]}" for h in ("api-key", "authorization", "x-amz-security-token") if h in last)
+            return {"error": {"type": "authentication_error", "message": f"credentials rejected ({quoted})"},
+                    "message": f"credentials rejected ({quoted})"}
+
+    return Echoing
+
+
+def judge_only(req, k):
+    return json.dumps({"reason": "fine", "similarity": 70, "precision": 80})
+
+
+def cloud_project(tmp_path: Path, az, br, vx) -> Path:
+    proj = project(tmp_path / "proj", "http://unused")
+    (proj / "params.yaml").write_text(f"""
+providers:
+  service: {{kind: local, model: m}}
+  azure: {{kind: openai, cloud: azure, model: gpt-4o-deploy, base_url: "{az.base_url}", max_retries: 0}}
+  bedrock: {{kind: anthropic, cloud: bedrock, region: us-east-1, model: "{BEDROCK_MODEL}", base_url: "{br.base_url}",
+             max_retries: 0}}
+  vertex: {{kind: anthropic, cloud: vertex, project: fake-project, region: us-east5, model: "claude-sonnet-4-5@20250929",
+            base_url: "{vx.base_url}", max_retries: 0}}
+judge: {{judges: [azure, bedrock, vertex], m: 2, pairwise: false}}
+""")
+    return proj
+
+
+def test_no_artifact_or_log_holds_a_cloud_credential(tmp_path, monkeypatch):
+    from fakes.azure_openai_server import FakeAzureOpenAI
+    from fakes.bedrock_server import FakeBedrock
+    from fakes.vertex_server import FakeVertexClaude
+
+    for k, v in CLOUD_SENTINELS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDLLAMADUOTEST")
+    for k in ("AWS_PROFILE", "AWS_REGION", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CLOUD_ML_REGION", "ANTHROPIC_VERTEX_PROJECT_ID"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    printed = []
+    with (echoing(FakeAzureOpenAI)(answer=judge_only) as az,
+          echoing(FakeBedrock)(answer=judge_only, access_key="AKIDLLAMADUOTEST", secret_key=CLOUD_SENTINELS["AWS_SECRET_ACCESS_KEY"],
+                               session_token=CLOUD_SENTINELS["AWS_SESSION_TOKEN"]) as br,
+          echoing(FakeVertexClaude)(answer=judge_only) as vx):
+        vx.token_prefix = TOKEN_SENTINEL
+        key_file = vx.key_file(tmp_path)  # outside the project: the key file is the user's, not an artifact
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+        private_key = json.loads(key_file.read_text())["private_key"].splitlines()[5]  # a line of the key's body
+        proj = cloud_project(tmp_path, az, br, vx)
+        args = ["--responses", "responses.parquet", "--test", "test.parquet"]
+        res = run_stage("judge.py", *args, "--out", "judgments.parquet", "--metrics-out", "eval.json", cwd=proj)
+        assert res.returncode == 0, res.stderr[-3000:]
+        printed += [res.stdout, res.stderr]
+        # failing runs: each cloud rejects the credentials and quotes them back
+        for fake, judges, blanked in ((az, "[azure]", "api-key: ***"), (br, "[bedrock]", "x-amz-security-token: ***"),
+                                      (vx, "[vertex]", "authorization: Bearer ***")):
+            fake.faults = [("status", 401)]
+            (proj / "params.yaml").write_text((proj / "params.yaml").read_text().replace("m: 2", "m: 3").replace(
+                "judges: [azure, bedrock, vertex]", f"judges: {judges}"))
+            res = run_stage("judge.py", *args, "--out", "j2.parquet", "--metrics-out", "e2.json", cwd=proj)
+            assert res.returncode == 2 and "HTTP 401" in res.stderr and "credentials rejected" in res.stderr, res.stderr[-3000:]
+            assert blanked in res.stderr, res.stderr[-3000:]  # quoted back, and blanked
+            printed += [res.stdout, res.stderr]
+            (proj / "params.yaml").write_text((proj / "params.yaml").read_text().replace("m: 3", "m: 2").replace(
+                f"judges: {judges}", "judges: [azure, bedrock, vertex]"))
+
+    # the credentials were really in use, and echoed (so this scan could find them)...
+    sent = json.dumps(az.seen_headers + br.seen_headers + vx.seen_headers)
+    assert CLOUD_SENTINELS["AZURE_OPENAI_API_KEY"] in sent and CLOUD_SENTINELS["AWS_SESSION_TOKEN"] in sent and TOKEN_SENTINEL in sent
+    assert br.bad_signatures == 0 and vx.unauthorized == 0
+    per_judge = json.loads((proj / "eval.json").read_text())["per_judge"]
+    assert {j: e["usage"]["calls"] for j, e in per_judge.items()} == {"azure": 3, "bedrock": 6, "vertex": 6}
+    assert per_judge["bedrock"]["served_models"] == [f"{BEDROCK_MODEL}-20260115"]
+    # ...and none is in what the stage wrote or printed
+    files = [f for f in proj.rglob("*") if f.is_file()]
+    assert {f.name for f in files} >= {"params.yaml", "judgments.parquet", "eval.json", "calls.sqlite"}
+    secrets = [*CLOUD_SENTINELS.values(), TOKEN_SENTINEL, private_key]
+    for f in files:
+        data = f.read_bytes()
+        for s in secrets:
+            assert s.encode() not in data, (f, s)
+    for text in printed:
+        for s in secrets:
+            assert s not in text, s

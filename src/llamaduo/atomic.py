@@ -27,3 +27,47 @@ def replacing(path: str | Path):
 def write_json(path: str | Path, obj) -> None:
     with replacing(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not): who may still be writing a temp
+    folder, holding a claim or serving. One check for every "is its owner gone?" question in the package."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): signal 0 succeeded
+
+
+@contextlib.contextmanager
+def replacing_dir(path: str | Path):
+    """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed.
+
+    The folder is named `.<name>-tmp-<pid>-...` (ignored by git, see .gitignore). A process killed with -9 runs no
+    cleanup, so folders of that pattern whose process is gone are removed here first: a kill leaks nothing for long."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}-tmp-"
+    for old in path.parent.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        yield tmp
+        if path.exists():  # out of the way first, so `path` is never a mix of old and new files
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-old-"))
+            path.replace(old / "x")
+            tmp.replace(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

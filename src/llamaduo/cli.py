@@ -1,13 +1,16 @@
-"""The `llamaduo` command: check params, run one cycle, run the loop, move the champion, serve it."""
+"""The `llamaduo` command: make a project, check params, run one cycle, run the loop, say where it stands, move the
+champion, serve it."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
-from llamaduo import paths
+from llamaduo import __version__, paths
 from llamaduo.config import load_params, untracked_keys
 from llamaduo.errors import ParamsError, UserError
 
@@ -16,9 +19,25 @@ def _params(args):
     return load_params(args.params)
 
 
+def _pinned_version(pyproject: Path) -> str | None:
+    """The `llamaduo==X` a project made by `llamaduo init` pins in pyproject.toml (None elsewhere, e.g. here)."""
+    import tomllib
+
+    if not pyproject.is_file():
+        return None
+    deps = tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", [])
+    pins = [m.group(1) for d in deps if (m := re.fullmatch(r"\s*llamaduo\s*==\s*([^\s;,]+)\s*", d))]
+    return pins[0] if pins else None
+
+
 def _pipeline_params(args):
     """Params for running the pipeline: valid, and setting every key dvc.yaml tracks."""
     params = load_params(args.params)
+    pinned = _pinned_version(Path(args.params).parent / "pyproject.toml")
+    if pinned is not None and pinned != __version__:
+        # the stages depend on the pin, not on the code that runs: a mismatch would record results under the wrong version
+        raise UserError(f"pyproject.toml pins llamaduo=={pinned} but {__version__} is installed: "
+                        f"`pip install llamaduo=={pinned}`, or pin {__version__} there (the stages then rerun)")
     missing = untracked_keys(args.params)
     if missing:
         raise ParamsError(f"{args.params} does not set these keys, which dvc.yaml tracks (DVC needs each present; "
@@ -52,14 +71,35 @@ def _loop(args) -> int:
     from llamaduo.cycle import driver
 
     _pipeline_params(args)
-    state = driver.run(args.params)
+    state = driver.run(args.params, allow_dirty=args.allow_dirty)
     print(state["stopped_by"])
+    return 0
+
+
+def _init(args) -> int:
+    from llamaduo.project import init
+
+    target = init(args.dir, task=args.task, source=args.source, remote=args.remote)
+    print(f"{target}: a new llamaduo {__version__} project (git + DVC), one commit")
+    if args.task:
+        print(f"  data/coverage/{args.task}{Path(args.source).suffix.lower()} holds your coverage data; `data.tasks` is [{args.task}]")
+    else:
+        print("  put each task's coverage file in data/coverage/ (formats: data/coverage/README.md) and list it in `data.tasks`")
+    if args.remote:
+        print(f"  DVC remote `storage` (default): {args.remote}")
+    print(f"next: cd {target} && pytest tests && llamaduo check && llamaduo run")
+    return 0
+
+
+def _status(args) -> int:
+    from llamaduo.project import status
+
+    print(status(Path(args.params).parent))
     return 0
 
 
 def _cost(args) -> int:
     import json
-    from pathlib import Path
 
     from llamaduo.cycle import cost
 
@@ -118,14 +158,27 @@ def _serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="llamaduo", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llamaduo {__version__}")
     parser.add_argument("--params", default="params.yaml")
     sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="make a new project (git + DVC, the pipeline, params, stage scripts) in a new or "
+                                       "empty folder, with the installed llamaduo pinned")
+    init.add_argument("dir")
+    init.add_argument("--task", default=None, help="the task's name (its coverage file becomes data/coverage/NAME.<ext>)")
+    init.add_argument("--from", dest="source", default=None, help="the task's coverage file (.jsonl, .csv or .parquet)")
+    init.add_argument("--remote", default=None, help="URL of a DVC remote to add as the default (`storage`)")
+    init.set_defaults(func=_init)
+    sub.add_parser("status", help="where the loop stands (cycle, scores, champion, spend, gate), from the state "
+                                  "files only").set_defaults(func=_status)
     sub.add_parser("check", help="validate params.yaml and exit").set_defaults(func=_check)
     run = sub.add_parser("run", help="validate params.yaml, then `dvc repro` one cycle")
     run.add_argument("targets", nargs="*", help="stages to reproduce (default: all)")
     run.set_defaults(func=_run)
-    sub.add_parser("loop", help="cycles of `dvc repro` with a growing synthetic volume until the gate passes; "
-                                "resumes where it stopped").set_defaults(func=_loop)
+    loop = sub.add_parser("loop", help="cycles of `dvc repro` with a growing synthetic volume until the gate passes; "
+                                       "resumes where it stopped")
+    loop.add_argument("--allow-dirty", action="store_true",
+                      help="run although files outside what the loop writes have changes (they are never committed)")
+    loop.set_defaults(func=_loop)
     sub.add_parser("cost", help="cost report: the service's measured tokens at its price vs serving the local model "
                                 "(metrics/cost.json and a plot)").set_defaults(func=_cost)
     promote = sub.add_parser("promote", help="move the champion alias to a registry version by hand")

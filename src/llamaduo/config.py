@@ -11,6 +11,7 @@ checkpoint key leaves them out (`runtime_keys`). tests/test_dvc_deps.py checks b
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -130,9 +131,25 @@ class ProviderParams(_Section):
     )
     model: str = Field(..., description="Model name (or, for `local`, a path or Hub id to serve).")
     base_url: str | None = Field(None, description="API base URL: required for `openai_compatible`; for the hosted kinds null = the SDK's default.")
+    # where a hosted kind is reached (README, "Where the service LLM lives"); credentials never go in params:
+    # each cloud's SDK reads its usual environment variables or credential chain
+    cloud: Literal["azure", "vertex", "bedrock"] | None = Field(
+        None, description="null = the vendor's own API (or the gateway at `base_url`); `azure` = Azure OpenAI's v1 endpoint (kind "
+                          "`openai`, `base_url` https://<resource>.openai.azure.com/openai/v1/, `model` = the deployment name, key "
+                          "from AZURE_OPENAI_API_KEY); `vertex` = Vertex AI (`gemini` or `anthropic`; `project`, `region`; Google "
+                          "application default credentials); `bedrock` = Amazon Bedrock (`anthropic`; `region`; the AWS credential chain).")
+    project: str | None = runtime(None, description="`cloud: vertex`: the Google Cloud project id; null = the SDK's default "
+                                                     "(GOOGLE_CLOUD_PROJECT for gemini, ANTHROPIC_VERTEX_PROJECT_ID or the credentials' "
+                                                     "project for anthropic).")
+    region: str | None = runtime(None, description="`cloud: vertex`: the location (us-central1, europe-west4, global); `cloud: bedrock`: "
+                                                    "the AWS region; null = the SDK's default (GOOGLE_CLOUD_LOCATION, CLOUD_ML_REGION, "
+                                                    "AWS_REGION).")
+    api_version: str | None = runtime(None, description="`gemini`: the API version in the request path (v1beta, v1; v1beta1 on Vertex); "
+                                                        "null = the SDK's default. Set it when a gateway or proxy serves another version.")
     api_key_env: str | None = runtime(None, description="Name of the environment variable holding the API key; the key itself never goes in params. "
                                                         "null = OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY (then GOOGLE_API_KEY) "
-                                                        "by kind; none for local servers.")
+                                                        "by kind (AZURE_OPENAI_API_KEY with `cloud: azure`); none for local servers, "
+                                                        "Vertex AI and Bedrock (their own credential chains).")
     concurrency: int = runtime(8, ge=1, description="Requests in flight at once.")
     rpm: int | None = runtime(None, ge=1, description="Requests-per-minute limit the engine paces itself to (null = no limit).")
     tpm: int | None = runtime(None, ge=1, description="Tokens-per-minute limit (input estimated at 4 characters a token, plus max_tokens x "
@@ -141,6 +158,8 @@ class ProviderParams(_Section):
     max_retries: int = runtime(3, ge=0, description="Retries on 429, 408, 409, 5xx, timeouts and dropped connections (never on other 4xx).")
     retry_base_s: float = runtime(1.0, gt=0, description="First backoff delay; doubles on each retry, with full jitter (a Retry-After header wins).")
     retry_max_s: float = runtime(60.0, gt=0, description="Longest single backoff delay.")
+    retry_after_max_s: float = runtime(120.0, gt=0, description="Longest wait a server's Retry-After is obeyed for (it pauses every "
+                                                                "request of the provider); larger values are cut to this.")
     native_n: bool | None = Field(None, description="Ask for n samples in one call (input paid once). null = the kind's default: "
                                                     "yes for openai, openai_compatible, local and gemini (candidate_count), no for "
                                                     "anthropic (M calls).")
@@ -163,6 +182,38 @@ class ProviderParams(_Section):
             raise ValueError("`native_n` cannot be true for `anthropic` (the Messages API has no `n`; M samples are M calls)")
         if self.retry_base_s > self.retry_max_s:
             raise ValueError(f"`retry_base_s` ({self.retry_base_s}) is larger than `retry_max_s` ({self.retry_max_s})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_url_credentials(self):
+        from llamaduo.providers.base import literal_credentials
+
+        literal = literal_credentials(self.base_url)
+        if literal:
+            # params.yaml is committed with every cycle, and dvc.lock and MLflow record it
+            raise ValueError("`base_url` carries a credential (in its user:password part or a key/token query value); params.yaml "
+                             "is committed and recorded in dvc.lock and MLflow: put the value in an environment variable and write "
+                             "`${VAR}` in its place (https://user:${GATEWAY_TOKEN}@gateway.example/v1)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_route(self):
+        clouds = {"azure": ("openai",), "vertex": ("gemini", "anthropic"), "bedrock": ("anthropic",)}
+        if self.cloud is not None and self.kind not in clouds[self.cloud]:
+            raise ValueError(f"`cloud: {self.cloud}` serves kind {' or '.join(clouds[self.cloud])}, not `{self.kind}`")
+        if self.cloud == "azure" and not self.base_url:
+            raise ValueError("`cloud: azure` needs `base_url`: https://<resource>.openai.azure.com/openai/v1/")
+        if self.cloud in ("vertex", "bedrock") and self.api_key_env:
+            raise ValueError(f"`api_key_env` does not apply to `cloud: {self.cloud}`: its SDK reads the cloud's own credential chain")
+        if self.cloud in ("vertex", "bedrock") and self.batch:
+            # the vendors' SDKs send no batch job there (Vertex and Bedrock batch read from and write to buckets)
+            raise ValueError(f"`batch` is not available with `cloud: {self.cloud}`")
+        if self.project is not None and self.cloud != "vertex":
+            raise ValueError("`project` applies to `cloud: vertex` only")
+        if self.region is not None and self.cloud not in ("vertex", "bedrock"):
+            raise ValueError("`region` applies to `cloud: vertex` or `cloud: bedrock` only")
+        if self.api_version is not None and self.kind != "gemini":
+            raise ValueError(f"`api_version` applies to kind `gemini` only, not `{self.kind}`")
         return self
 
 
@@ -241,7 +292,6 @@ class CurateParams(_Section):
     @model_validator(mode="after")
     def _check_refusal_regexes(self):
         # checked here, not mid-run: the rule runs them in RE2 (pyarrow) and the report in Python's `re`
-        import re
 
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -403,6 +453,10 @@ class GateParams(_Section):
                                  "each mean on 0-100 with its bootstrap 95% interval from eval.json.")
     threshold: float | None = Field(70, ge=0, le=100, description="Epsilon: mean score V the local model must reach; null = no absolute bar.")
     no_regression: bool = Field(True, description="Also refuse a model whose score is below the current champion's 95% interval.")
+    min_scored_fraction: float = Field(0.9, ge=0, le=1, description="Refuse unless at least this share of the local answers' judgments "
+                                                                   "(primary judge) gave a score: a mean over the few answers the judge "
+                                                                   "could grade is no evidence. For a reference metric, the share of "
+                                                                   "answers scored (1 unless some are missing). eval.json's `scored_fraction`.")
 
 
 class LoopParams(_Section):
@@ -413,6 +467,8 @@ class LoopParams(_Section):
     max_cost_usd: float | None = Field(None, ge=0, description="Stop before a cycle once the service calls so far cost this much; null = no budget.")
     allow_unread_rows: bool = Field(False, description="Let the loop raise the synthetic volume past what `train.max_steps` lets training read "
                                                        "(rows paid for and never trained on); false = stop and name the cap.")
+    push: bool = Field(True, description="After each cycle's commit, `dvc push` its outputs when the repository has a default DVC "
+                                         "remote (`llamaduo init --remote URL` or `dvc remote add -d`); no remote = nothing to push.")
 
 
 class CostParams(_Section):
@@ -500,8 +556,15 @@ def services(params: Params) -> dict:
     """What the service stages' results depend on in `providers` (runtime fields left out), for the `services`
     stage's output: DVC tracks `providers` whole there, and synthesize, baseline and judge depend on that file,
     so a new concurrency or timeout reruns none of them. A local server's `server.dtype` is in it as loading
-    resolved it (its own setting, else `compute.dtype`), so a new compute dtype reruns them too."""
-    return {name: result_dump(p) for name, p in sorted(params.providers.items())}
+    resolved it (its own setting, else `compute.dtype`), so a new compute dtype reruns them too. Credentials
+    written into a `base_url` are masked: the file is committed, and a new key is the same service."""
+    from llamaduo.providers.base import mask_url
+
+    out = {name: result_dump(p) for name, p in sorted(params.providers.items())}
+    for section in out.values():
+        if section.get("base_url"):
+            section["base_url"] = mask_url(section["base_url"])
+    return out
 
 
 def untracked_keys(params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml") -> list[str]:

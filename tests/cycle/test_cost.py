@@ -27,12 +27,12 @@ def test_no_break_even_when_local_costs_more():
 
 def test_tokens_per_request_come_from_the_measured_baseline():
     from llamaduo.cycle.cost import service_tokens_per_request
-    from llamaduo.cycle.driver import _leaf_usages
+    from llamaduo.cycle.report import usage
 
     baseline = {"services": {"gpt4o": {"answers": 4}},
                 "usage": {"answers": {"gpt4o": {"calls": 4, "input_tokens": 400, "output_tokens": 1000}},
                           "judging": {"gpt4o": {"calls": 4}, "total": {"calls": 4}}}}
     assert service_tokens_per_request(baseline, "gpt4o") == (100, 250)
     assert service_tokens_per_request(baseline, "claude") is None and service_tokens_per_request({}, "gpt4o") is None
-    # the loop's budget adds each provider's usage once (a `total` stands for its siblings)
-    assert sum(u["calls"] for u in _leaf_usages(baseline["usage"])) == 8
+    # a cycle's usage adds each provider's once (a `total` stands for its siblings)
+    assert usage([baseline])["calls"] == 8

@@ -17,7 +17,7 @@ def metrics(tmp_path):
         "train": {"rows": 12, "train_loss": 1.25},
         "infer": {"tokens_per_s": 80.5},
         "eval": {"precision": {"mean": 72.0, "ci95_low": 65.0, "ci95_high": 79.0},
-                 "similarity": {"mean": 40.0}, "failed_judgments": 1},
+                 "similarity": {"mean": 40.0}, "failed_judgments": 1, "scored_fraction": 0.95},
         "champion": {},
     }
     for name, body in files.items():
@@ -30,7 +30,7 @@ def test_summary_gathers_every_stage_and_passes_without_a_champion(metrics):
     assert s["split"] == {"summarize": {"train": 9, "test": 2}} and s["synthetic_curated"] == 3 and s["train_rows"] == 12
     assert s["train_loss"] == 1.25 and s["infer_tokens_per_s"] == 80.5 and s["failed_judgments"] == 1
     assert s["gate"] == {"metric": "precision", "threshold": 70, "score": 72.0, "ci95": [65.0, 79.0], "passed": True,
-                         "reason": "precision 72.00 passes (threshold 70)"}
+                         "scored_fraction": 0.95, "reason": "precision 72.00 passes (threshold 70)"}
 
 
 def test_below_the_champions_interval_is_no_pass_even_above_the_threshold(metrics, tmp_path):
@@ -50,13 +50,13 @@ def test_score_points_are_the_primary_judges_per_answer_means():
 
 def test_the_gate_reads_a_reference_metric_and_its_interval(metrics, tmp_path):
     ev = json.loads((tmp_path / "eval.json").read_text())
-    ev["reference"] = {"metrics": ["rouge_l", "chrf", "exact_match"], "answers": 4,
+    ev["reference"] = {"metrics": ["rouge_l", "chrf", "exact_match"], "answers": 4, "scored_fraction": 1.0,
                        "rouge_l": {"mean": 41.5, "ci95_low": 35.0, "ci95_high": 48.0}, "chrf": {"mean": 50.0},
                        "exact_match": {"mean": 25.0, "ci95_low": 0.0, "ci95_high": 50.0}, "judge_agreement": {}}
     (tmp_path / "eval.json").write_text(json.dumps(ev))
     s = summary(**metrics, p=GateParams(metric="rouge_l", threshold=40))
     assert s["gate"] == {"metric": "rouge_l", "threshold": 40, "score": 41.5, "ci95": [35.0, 48.0], "passed": True,
-                         "reason": "rouge_l 41.50 passes (threshold 40)"}
+                         "scored_fraction": 1.0, "reason": "rouge_l 41.50 passes (threshold 40)"}
     assert s["reference"]["exact_match"] == {"mean": 25.0, "ci95_low": 0.0, "ci95_high": 50.0}
     assert s["precision"]["mean"] == 72.0
     (tmp_path / "champion.json").write_text(json.dumps({"version": "5", "metric": "rouge_l", "score": 50.0, "ci_low": 44.0}))
@@ -70,3 +70,38 @@ def test_a_reference_gate_on_an_eval_without_reference_figures_says_what_to_do(m
     with pytest.raises(DataError, match="rerun the judge stage"):
         summary(**metrics, p=GateParams(metric="chrf", threshold=40))
     assert "reference" not in summary(**metrics, p=GateParams())
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """Keys as `dvc metrics show` prints them (nested dicts joined with dots)."""
+    out = {}
+    for k, v in d.items():
+        out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def test_headline_is_the_few_figures_a_reviewer_compares(tmp_path):
+    from report_fixtures import write_project_outputs
+
+    head = flat(write_project_outputs(tmp_path))
+    # a two-judge panel still fits a terminal in `dvc metrics diff` (one row per key)
+    assert len(head) == 39
+    assert {k for k in head if k.startswith("judge.j2.")} == {f"judge.j2.{m}.{f}" for m in ("precision", "similarity")
+                                                              for f in ("mean", "ci95_low", "ci95_high", "coverage_50", "coverage_70", "p_match")}
+    assert head["judge.j1.precision.mean"] == 62.5 and head["judge.j2.similarity.p_match"] == 0.77
+    assert head["gate.passed"] is True and head["gate.reason"] == "precision 62.50 passes (threshold 60)"
+    assert head["gate.scored_fraction"] == 0.97 and head["gate.metric"] == "precision"
+    assert head["reference.chrf"] == 44.4 and head["rows.train"] == 102 and head["rows.synthetic_curated"] == 90
+    assert head["loss.train"] == 1.25 and head["loss.validation"] == 1.5
+    # synthesis 10 calls ($0.05) + the baseline's answers 7 ($0.004) and judging 7 ($0.001) + the panel 6 + 6 ($0.03)
+    assert head["cost.paid_calls"] == 36 and head["cost.usd"] == 0.085
+
+
+def test_usage_adds_flat_per_provider_and_total_entries():
+    from llamaduo.cycle.report import usage
+
+    flat_u = {"usage": {"calls": 2, "cost_usd": 0.5, "input_tokens": 10}}
+    per_provider = {"usage": {"answers": {"a": {"calls": 1, "cost_usd": 0.25}}, "judging": {"b": {"calls": 3, "cost_usd": 0.0}}}}
+    with_total = {"usage": {"total": {"calls": 4, "cost_usd": 1.0}, "x": {"calls": 99, "cost_usd": 99.0}}}
+    assert usage([flat_u, per_provider, with_total, {}]) == {"calls": 10, "cost_usd": 1.75, "input_tokens": 10}
+    assert usage([]) == {"calls": 0, "cost_usd": 0.0}

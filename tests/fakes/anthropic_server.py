@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from fakes.server import FakeServer
 
@@ -43,7 +44,18 @@ class FakeAnthropic(FakeServer):
             return self.generate(None, body)
         if method == "POST" and path == "/v1/messages/batches":
             job_id = self.new_batch("msgbatch_", [(r["custom_id"], r["params"]) for r in body["requests"]])
+            fault = self.batch_create_fault()
+            if fault is not None:
+                return None if fault == "drop" else fault
             return 200, self._batch(job_id, "in_progress"), {}
+        if method == "GET" and path == "/v1/messages/batches":  # newest first, like the real list
+            with self.lock:
+                ids = sorted(self.batches, key=lambda j: -self.batches[j]["created"])
+            data = [self._batch(j, "ended" if self.batches[j]["polls"] > self.batch_polls else "in_progress") for j in ids]
+            return 200, {"data": data, "has_more": False, "first_id": ids[0] if ids else None,
+                         "last_id": ids[-1] if ids else None}, {}
+        if method == "GET" and path.startswith("/v1/messages/batches/") and not self.known_batch(path.split("/")[4]):
+            return 404, self.error_body(404), {}
         if method == "GET" and path.startswith("/v1/messages/batches/") and path.endswith("/results"):
             job_id = path.split("/")[4]
             lines = [json.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": msg}})
@@ -60,6 +72,7 @@ class FakeAnthropic(FakeServer):
         return {"id": job_id, "type": "message_batch", "processing_status": status,
                 "request_counts": {"processing": 0 if done else n, "succeeded": n if done else 0, "errored": 0,
                                    "canceled": 0, "expired": 0},
-                "created_at": "2025-01-01T00:00:00Z", "expires_at": "2025-01-02T00:00:00Z",
+                "created_at": datetime.fromtimestamp(self.batches[job_id]["created"], UTC).isoformat(),
+                "expires_at": "2099-01-02T00:00:00Z",
                 "ended_at": "2025-01-01T01:00:00Z" if done else None, "cancel_initiated_at": None, "archived_at": None,
                 "results_url": f"{self.root}/v1/messages/batches/{job_id}/results" if done else None}

@@ -9,6 +9,11 @@ STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENI
 
 
 class FakeGemini(FakeServer):
+    def __init__(self, *args, only_version: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # a gateway that serves one API version: any other answers 405, as the issue's gateway did for /v1/
+        self.only_version = only_version
+
     @property
     def base_url(self) -> str:
         return self.root  # the SDK adds /v1beta/models/...
@@ -32,6 +37,9 @@ class FakeGemini(FakeServer):
         return {"candidates": cands, "usageMetadata": usage, "modelVersion": "fake-001"}
 
     def route(self, method, path, body):
+        if self.only_version and path.split("/")[1] != self.only_version:
+            self.hits[f"{method} {path.split('/')[1]} (not served)"] += 1
+            return 405, b"Method Not Allowed", {"Content-Type": "text/plain"}
         path = "/" + path.split("/", 2)[2]  # the SDK picks the API version (v1beta, v1); both mean the same here
         action = path.rsplit(":", 1)[1] if ":" in path else path.split("/")[1]
         self.hits[f"{method} {action}"] += 1
@@ -39,10 +47,20 @@ class FakeGemini(FakeServer):
             return self.generate(None, body)
         if method == "POST" and path.endswith(":batchGenerateContent"):
             reqs = body["batch"]["inputConfig"]["requests"]["requests"]
-            job_id = self.new_batch("batches/b", [(r["metadata"]["key"], r["request"]) for r in reqs])
+            job_id = self.new_batch("batches/b", [(r["metadata"]["key"], r["request"]) for r in reqs],
+                                    meta={"displayName": body["batch"].get("displayName")})
+            fault = self.batch_create_fault()
+            if fault is not None:
+                return None if fault == "drop" else fault
             return 200, self._job(job_id, "BATCH_STATE_PENDING"), {}
+        if method == "GET" and path == "/batches":  # newest first, like the real list
+            with self.lock:
+                ids = sorted(self.batches, key=lambda j: -self.batches[j]["created"])
+            return 200, {"operations": [self._job(j, "BATCH_STATE_RUNNING") for j in ids]}, {}
         if method == "GET" and path.startswith("/batches/"):
             job_id = path[1:]
+            if not self.known_batch(job_id):
+                return 404, self.error_body(404), {}
             if not self.poll_batch(job_id):
                 return 200, self._job(job_id, "BATCH_STATE_RUNNING"), {}
             out = {"inlinedResponses": {"inlinedResponses": [{"response": r, "metadata": {"key": cid}}
@@ -53,6 +71,8 @@ class FakeGemini(FakeServer):
     def _job(self, job_id, state, output=None):
         meta = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
                 "name": job_id, "model": "models/fake", "state": state}
+        if (self.batches.get(job_id) or {}).get("meta", {}).get("displayName"):
+            meta["displayName"] = self.batches[job_id]["meta"]["displayName"]
         if output:
             meta["output"] = output
         return {"name": job_id, "metadata": meta, "done": output is not None}

@@ -48,10 +48,21 @@ class FakeOpenAI(FakeServer):
                          "filename": "batch.jsonl", "purpose": "batch", "status": "processed"}, {}
         if method == "POST" and path == "/v1/batches":
             items = [(line["custom_id"], line["body"]) for line in self._uploads[body["input_file_id"]]]
-            job_id = self.new_batch("batch_", items)
+            job_id = self.new_batch("batch_", items, meta=body.get("metadata"))
+            fault = self.batch_create_fault()
+            if fault is not None:
+                return None if fault == "drop" else fault
             return 200, self._batch(job_id, "validating", body["input_file_id"]), {}
+        if method == "GET" and path == "/v1/batches":  # newest first, like the real list
+            with self.lock:
+                ids = sorted(self.batches, key=lambda j: -self.batches[j]["created"])
+            data = [self._batch(j, "in_progress", "f") for j in ids]
+            return 200, {"object": "list", "data": data, "first_id": ids[0] if ids else None,
+                         "last_id": ids[-1] if ids else None, "has_more": False}, {}
         if method == "GET" and path.startswith("/v1/batches/"):
             job_id = path.rsplit("/", 1)[1]
+            if not self.known_batch(job_id):
+                return 404, self.error_body(404), {}
             done = self.poll_batch(job_id)
             return 200, self._batch(job_id, "completed" if done else "in_progress", "f", f"out-{job_id}" if done else None), {}
         if method == "GET" and path.startswith("/v1/files/out-") and path.endswith("/content"):
@@ -63,6 +74,7 @@ class FakeOpenAI(FakeServer):
         return 404, self.error_body(404), {}
 
     def _batch(self, job_id, status, input_file_id, output_file_id=None):
+        job = self.batches.get(job_id) or {}
         return {"id": job_id, "object": "batch", "endpoint": "/v1/chat/completions", "input_file_id": input_file_id,
-                "completion_window": "24h", "status": status, "created_at": 0, "output_file_id": output_file_id,
-                "error_file_id": None, "errors": None}
+                "completion_window": "24h", "status": status, "created_at": int(job.get("created", 0)),
+                "output_file_id": output_file_id, "error_file_id": None, "errors": None, "metadata": job.get("meta") or None}

@@ -37,7 +37,8 @@ class _Server(ThreadingHTTPServer):
 
 class FakeServer:
     def __init__(self, answer=None, faults: list | None = None, latency: float = 0.0, rpm: int | None = None,
-                 rpm_burst_s: float = 1.0, hold_after: int | None = None, batch_polls: int = 1):
+                 rpm_burst_s: float = 1.0, hold_after: int | None = None, batch_polls: int = 1,
+                 batch_create_faults: list | None = None, lose_batches: bool = False):
         # answer(request_body, sample_index) -> the model's text (request_body in the vendor's wire format)
         self.answer = answer or default_answer
         self.faults = list(faults or [])
@@ -54,6 +55,12 @@ class FakeServer:
         self.rate_limited = 0
         self.held = 0
         self.batches: dict[str, dict] = {}
+        # faults of batch creation, consumed one per created job and applied AFTER the job exists (the vendor
+        # created it, the client never hears so): ("sleep", s), ("status", code), ("hold",) (until release())
+        self.batch_create_faults = list(batch_create_faults or [])
+        self.lose_batches = lose_batches      # every job is forgotten once created: polls answer 404
+        self.lost_batches: dict[str, dict] = {}  # jobs forgotten (`lose_batch`): polls answer 404
+        self._batch_seq = 0
         self.seen_headers: list[dict] = []
         self.lock = threading.Lock()
         self._released = threading.Event()
@@ -188,11 +195,39 @@ class FakeServer:
 
     # -- Batch API jobs (the vendors differ only in shapes)
 
-    def new_batch(self, prefix: str, items: list[tuple[str, dict]]) -> str:
+    def new_batch(self, prefix: str, items: list[tuple[str, dict]], meta: dict | None = None) -> str:
         with self.lock:
-            job_id = f"{prefix}{len(self.batches) + 1}"
-            self.batches[job_id] = {"items": items, "polls": 0}
+            self._batch_seq += 1
+            job_id = f"{prefix}{self._batch_seq}"
+            self.batches[job_id] = {"items": items, "polls": 0, "meta": meta or {}, "created": time.time()}
         return job_id
+
+    def lose_batch(self, job_id: str) -> None:
+        """The vendor forgets a job (deleted, or past its retention): polls answer 404 from now on."""
+        with self.lock:
+            self.lost_batches[job_id] = self.batches.pop(job_id)
+
+    def known_batch(self, job_id: str) -> bool:
+        if self.lose_batches and job_id in self.batches:
+            self.lose_batch(job_id)
+        return job_id in self.batches
+
+    def batch_create_fault(self):
+        """The response to a creation that just made its job when a fault is scripted: (code, body, headers),
+        or "drop" (close the connection); None: answer as usual."""
+        with self.lock:
+            fault = self.batch_create_faults.pop(0) if self.batch_create_faults else None
+            if fault and fault[0] == "hold":
+                self.held += 1
+        if fault is None:
+            return None
+        if fault[0] == "hold":
+            self._released.wait()
+            return "drop"  # the client that sent it is gone
+        if fault[0] == "sleep":
+            time.sleep(fault[1])
+            return None
+        return fault[1], self.error_body(fault[1]), {}
 
     def poll_batch(self, job_id: str) -> bool:
         """Count one status poll; True once the job is done."""

@@ -87,13 +87,27 @@ def test_unusable_judgments_are_reasked_then_recorded(tmp_path):
         out, usage = ask(provider, reqs, parse_judgment, retries=2, cache=cache, desc="t", reask=REASK)
         assert [(o.error is None, o.attempts) for o in out[0]] == [(True, 1), (True, 1)]
         assert [(o.value["precision"], o.attempts) for o in out[1]] == [(20.0, 2), (20.0, 2)]
-        assert all(o.value is None and o.error == "`similarity` 150 outside 0-100" and o.attempts == 3 for o in out[2])
+        assert all(o.value is None and o.error == "`similarity` outside 0-100 (150)" and o.attempts == 3 for o in out[2])
         # 3 first calls; FLAKY and BAD re-asked once (n=2 each), BAD once more: 6 calls
         assert len(fake.requests) == 6 and usage.calls == 6
         assert [r["n"] for r in fake.requests[3:]] == [2, 2, 2]
-        assert "`similarity` 150 outside 0-100" in fake.requests[-1]["messages"][0]["content"]
+        assert "`similarity` outside 0-100 (150)" in fake.requests[-1]["messages"][0]["content"]
         # a rerun is answered from the cache, re-asks included
         out2, usage2 = ask(provider, reqs, parse_judgment, retries=2, cache=cache, desc="t", reask=REASK)
         assert usage2.calls == 0 and len(fake.requests) == 6
         assert [[o.error for o in s] for s in out2] == [[o.error for o in s] for s in out]
         cache.close()
+
+
+def test_a_call_rejected_for_good_is_a_failed_row_with_its_reason():
+    """The call engine returns a 400 (a prompt past the judge's context) as Outcomes with `error` set: failed rows
+    keeping the provider's words, never a score, for every repeat and for the pairwise comparison."""
+    err = "request failed: provider `j` (model m): HTTP 400: maximum context length is 8192 tokens; you asked 9000"
+    responses = [{"prompt_id": "a", "task": "t", "sample": 0, "answer": "x"}]
+    rows = judgment_rows(responses, [[Outcome(None, err, 1, call_failed=True)] * 2], record=RECORD, m=2, prompt_dir=PROMPTS)
+    assert [(r["ok"], r["precision"], r["similarity"], r["reason"], r["error"], r["attempts"]) for r in rows] == \
+        [(False, None, None, None, err, 1)] * 2
+    pair = [({"prompt_id": "a", "task": "t", "sample": 0}, {"service": "svc", "sample": 0})]
+    (row,) = pairwise_rows(pair, [[Outcome(None, err, 1, call_failed=True)],
+                                  [Outcome({"winner": "A", "reason": "r"}, None, 1)]], record=RECORD, prompt_dir=PROMPTS)
+    assert not row["ok"] and row["outcome"] is None and row["error"] == f"local first: {err}"

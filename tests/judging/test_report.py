@@ -70,6 +70,10 @@ def test_eval_report_puts_the_reference_metrics_beside_the_judge():
     r = ev["reference"]
     assert r["metrics"] == ["rouge_l", "chrf", "exact_match"]
     assert r["answers"] == 4 and r["rouge_l"]["mean"] == 25.0 and r["chrf"]["mean"] == 12.5   # every local answer, judged or not
+    assert r["scored_fraction"] == 1.0 and ev["scored_fraction"] == round(5 / 7, 4)
+    # an answer the judge saw but the reference table lacks is one not scored
+    assert eval_report(judgments=LOCAL, pairwise=[], baseline_judgments=base, usages={}, test=[], judge_params=jp,
+                       reference=reference[1:])["reference"]["scored_fraction"] == 0.75
     assert r["rouge_l"]["ci95_low"] <= 25.0 <= r["rouge_l"]["ci95_high"]
     assert r["services"]["svc"]["rouge_l"]["mean"] == 80.0 and r["services"]["svc"]["exact_match"]["mean"] == 50.0
     assert r["p_match"]["rouge_l"]["mean"] == round(25 / 80, 4) and r["p_match"]["exact_match"]["mean"] == 0.0

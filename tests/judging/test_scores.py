@@ -13,6 +13,7 @@ LOCAL = hand_judgments()
 def test_means_coverage_median_and_failures():
     s = summarize(LOCAL, [50, 70])
     assert s["answers"] == 4 and s["judgments"] == 7 and s["failed_judgments"] == 2
+    assert s["scored_fraction"] == round(5 / 7, 4)  # what `gate.min_scored_fraction` bars
     assert s["failure_reasons"] == {"not JSON": 1, "refused": 1}
     assert s["retried_judgments"] == 1 and s["recovered_by_retry"] == 0
     # precision V over 3 answers: 70, 30, 50
@@ -27,6 +28,7 @@ def test_all_failed_gives_none_not_zero():
     s = summarize([J("a", 0, None, None, ok=False, error="not JSON")], [50], resamples=100)
     assert s["precision"]["mean"] is None and s["precision"]["coverage_50"] is None
     assert s["precision"]["ci95_low"] is None
+    assert s["scored_fraction"] == 0.0 and summarize([], [50])["scored_fraction"] is None
 
 
 def test_bootstrap_interval_brackets_the_mean():
@@ -123,3 +125,21 @@ def test_judge_vs_reference_spearman():
     # answerers are kept apart: the service's answer to a0 is another point
     svc = judge_vs_reference(js + [J("a", 0, 90, 10, answerer="svc")], ref + [_ref("a", 0, 99, 99, 100, "svc")])
     assert svc["precision"]["answers"] == 5 and svc["precision"]["spearman"]["rouge_l"] == 1.0
+
+
+def test_failure_kinds_group_by_problem_not_by_value_or_vendor_text():
+    from llamaduo.judging.scores import _failure_kind
+
+    assert _failure_kind("not JSON (Expecting value at char 0)") == "not JSON"
+    assert _failure_kind("`precision` outside 0-100 (150)") == _failure_kind("`precision` outside 0-100 (-3)")
+    assert _failure_kind("request failed: provider `j` (model m): HTTP 400: prompt too long (9000 > 8192); shorten it") == \
+        "request failed: HTTP 400"
+    assert _failure_kind("service first: request failed: provider `j` (model m): HTTP 413: big") == \
+        "service first: request failed: HTTP 413"
+    assert _failure_kind("request failed: connection reset") == "request failed"
+    assert len(_failure_kind("x" * 500)) == 83
+    # a vendor text with "; " in it stays one failure of one order
+    rows = [P(None, ok=False, error="local first: request failed: provider `j` (model m): HTTP 400: a; b; c"
+                                    "; service first: refused (no)")]
+    assert pairwise_summary(rows)["failure_reasons"] == {"local first: request failed: HTTP 400": 1,
+                                                         "service first: refused": 1}

@@ -70,7 +70,8 @@ def test_baseline_and_judge_count_failures_and_never_average_them(tmp_path):
     assert ev["precision"]["scored_answers"] == 3 and ev["precision"]["mean"] == 40.0
     assert ev["similarity"]["mean"] == 30.0 and ev["precision"]["coverage_50"] == 0.0
     assert ev["failed_judgments"] == 6
-    assert ev["failure_reasons"] == {"`similarity` 150 outside 0-100": 2, "not JSON": 2, "refused": 2}
+    assert ev["failure_reasons"] == {"`similarity` outside 0-100": 2, "not JSON": 2, "refused": 2}
+    assert ev["scored_fraction"] == 0.5  # 6 of 12 judgments
     assert ev["retried_judgments"] == 6 and ev["recovered_by_retry"] == 0
     assert ev["p_match"]["precision"]["mean"] == 0.5 and ev["p_match"]["similarity"]["mean"] == 0.5
     # the judge always picks position A: every judged comparison flips, so every one is a tie
@@ -136,3 +137,102 @@ def test_a_panel_of_two_judges_reports_each_and_their_agreement(tmp_path):
     assert {(r["judge"], r["primary"], r["judge_model"]) for r in rows} == {("fake", True, "fake-judge"),
                                                                           ("fake2", False, "fake-judge-2")}
     assert json.loads((proj / "baseline.json").read_text())["services"]["fake"]["by_judge"]["fake2"]["precision"]["mean"] == 80.0
+
+
+# ---- faults a judge run must survive: odd reasons, a broken schema, a 400 --------------------------------------
+
+ODD_REASON = 'It\'s "close", but `eval()` isn\'t the reference\'s; see {"precision": 100} -- ```json```'
+FAULTY = {("p0", 0): "fine answer", ("p1", 0): "fine answer", ("p2", 0): "NOPRECISION answer",
+          ("p3", 0): "TOOLONG answer", ("p4", 0): "fine answer"}
+
+
+class RejectingJudge(JudgeFake):
+    """Answers 400 (as for a prompt past the judge's context) to every prompt holding TOOLONG."""
+
+    def generate(self, handler, body):
+        if "TOOLONG" in self.prompt_of(body):
+            with self.lock:
+                self.requests.append(body)
+                self.prompts.append(self.prompt_of(body))
+            return 400, {"error": {"message": "This model's maximum context length is 8192 tokens (you asked for 9000)",
+                                   "type": "invalid_request_error", "code": "context_length_exceeded"}}, {}
+        return super().generate(handler, body)
+
+
+def faulty_judge(body, k):
+    schema = (body.get("response_format") or {}).get("json_schema", {}).get("name")
+    prompt = body["messages"][-1]["content"]
+    if schema is None:
+        return f"Service summary of {prompt}"
+    if schema == "verdict":
+        return json.dumps({"reason": ODD_REASON, "winner": "B"})
+    if "NOPRECISION" in prompt.split("Model answer:")[1]:
+        return json.dumps({"reason": "no precision given", "similarity": 50})  # re-asked, the same again
+    return json.dumps({"reason": ODD_REASON, "similarity": 70, "precision": 80})
+
+
+def test_odd_reasons_a_broken_schema_and_a_400_become_counted_rows_and_the_gate_refuses(tmp_path):
+    from llamaduo.config import GateParams
+    from llamaduo.cycle.report import summary
+
+    test = [dict(TEST[0], id=f"p{i}", instruction=f"Summarize note {i}.", response=f"Note {i}.") for i in range(5)]
+    with RejectingJudge(answer=faulty_judge) as fake:
+        proj = project(tmp_path, fake.base_url)
+        tables.write(proj / "test.parquet", "split", test)
+        tables.write(proj / "responses.parquet", "responses", [
+            {"prompt_id": p, "task": "summarize", "sample": s, "answer": a, "tokens": 3, "finish_reason": "stop",
+             "engine": "x", "latency_s": 0.1} for (p, s), a in FAULTY.items()])
+        run_baseline_and_judge(proj)  # finishes: neither the 400 nor the bad judgments stop the stage
+        rejected = sum("TOOLONG" in p for p in fake.prompts)
+    # the 400 prompt was sent once per request (grade, both pairwise orders) and never re-asked: no re-ask fixes it
+    assert rejected == 3
+
+    rows = tables.read(proj / "judgments.parquet", "judgments")
+    by = {(r["prompt_id"], r["repeat"]): r for r in rows}
+    assert len(rows) == 10 and sum(not r["ok"] for r in rows) == 4
+    for rep in (0, 1):
+        missing, too_long = by[("p2", rep)], by[("p3", rep)]
+        assert (missing["ok"], missing["precision"], missing["similarity"], missing["error"], missing["attempts"]) == \
+            (False, None, None, "missing precision", 2)  # re-asked once (judge.retries), then a failed row
+        assert not too_long["ok"] and too_long["precision"] is None and too_long["attempts"] == 1
+        assert "400" in too_long["error"] and "maximum context length" in too_long["error"]
+    # the judge's reason is data: stored as it came, quotes, backticks and braces included
+    assert {r["reason"] for r in rows if r["ok"]} == {ODD_REASON}
+
+    ev = json.loads((proj / "eval.json").read_text())
+    assert ev["judgments"] == 10 and ev["failed_judgments"] == 4 and ev["scored_fraction"] == 0.6
+    assert ev["precision"]["scored_answers"] == 3 and ev["precision"]["mean"] == 80.0
+    # counted by kind: the 400 by its status, not by the vendor's text
+    assert ev["failure_reasons"] == {"missing precision": 2, "request failed: HTTP 400": 2}
+    pw = ev["pairwise"]
+    assert (pw["comparisons"], pw["judged"], pw["failed"]) == (5, 4, 1)
+    assert pw["failure_reasons"] == {"local first: request failed: HTTP 400": 1, "service first: request failed: HTTP 400": 1}
+    assert {r["reason_local_first"] for r in tables.read(proj / "pairwise.parquet", "pairwise") if r["ok"]} == {ODD_REASON}
+
+    # the gate: a mean of 80 over 60% of the judgments does not pass a threshold of 70
+    files = {"prepare": {}, "curate": {"rows_out": 0}, "train": {"rows": 1, "train_loss": 1.0},
+             "infer": {"tokens_per_s": 1.0}, "champion": {}}
+    for name, body in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(body))
+    s = summary(**{name: str(tmp_path / f"{name}.json") for name in files}, eval=str(proj / "eval.json"),
+                p=GateParams(threshold=70))
+    assert s["gate"]["score"] == 80.0 and s["gate"]["scored_fraction"] == 0.6 and s["gate"]["passed"] is False
+    assert s["gate"]["reason"] == "only 60% of judgments scored for `precision`, `gate.min_scored_fraction` is 0.9"
+    assert summary(**{name: str(tmp_path / f"{name}.json") for name in files}, eval=str(proj / "eval.json"),
+                   p=GateParams(threshold=70, min_scored_fraction=0.5))["gate"]["passed"] is True
+
+
+def test_a_prompt_the_service_rejects_has_no_baseline_answer_and_the_others_are_kept(tmp_path):
+    from llamaduo.config import load_params
+    from llamaduo.judging.baseline import answer_with_services, open_providers
+    from llamaduo.providers.cache import CallCache
+
+    test = [dict(TEST[0], id=f"p{i}", instruction=f"Summarize note {i}{' TOOLONG' * (i == 1)}.") for i in range(3)]
+    with RejectingJudge(answer=faulty_judge) as fake:
+        proj = project(tmp_path, fake.base_url)
+        params = load_params(proj / "params.yaml")
+        cache = CallCache(tmp_path / "calls.sqlite")
+        with open_providers(params, ["fake"]) as providers:
+            rows, usage = answer_with_services(providers, test, params, cache=cache)
+        cache.close()
+    assert [r["prompt_id"] for r in rows] == ["p0", "p2"] and usage["fake"]["failed"] == 1 and usage["fake"]["calls"] == 2

@@ -157,3 +157,150 @@ def test_killed_batch_run_resumes_polling_the_recorded_job(tmp_path):
         assert out["texts"][5] == [json.dumps({"a": "q5#0"}), json.dumps({"a": "q5#1"})]
         assert fake.hits["POST batches"] == 1 and fake.hits["POST files"] == 1 and fake.requests == []
         assert out["usage"]["batch_calls"] == 6 and rows(cache, "batch_jobs", "WHERE state = 'completed'") == 1
+
+
+# -- two processes sharing one cache: an in-flight call is claimed, the other process waits for its answer
+
+
+def test_two_processes_sharing_a_cache_pay_each_call_once(tmp_path):
+    with FakeOpenAI(answer=lambda req, k: json.dumps({"a": prompt_text(req)}), latency=0.02) as fake:
+        params = {"kind": "openai", "model": "m-1", "base_url": fake.base_url, "concurrency": 4}
+        cache, go = tmp_path / "calls.sqlite", tmp_path / "go"
+        procs = [subprocess.Popen([sys.executable, str(CLIENT), json.dumps(params), str(cache), "100", "1", str(go)],
+                                  env=client_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        wait_for(lambda: len(list(tmp_path.glob("go.ready.*"))) == 2, procs[0])
+        go.touch()  # both start asking at once: every key is a miss for both
+        outs = [finish(p) for p in procs]
+        assert len(fake.requests) == 100 and collections.Counter(fake.prompts) == {f"q{i}": 1 for i in range(100)}
+        for out in outs:
+            assert out["texts"] == [[json.dumps({"a": f"q{i}"})] for i in range(100)]
+        assert sum(o["usage"]["calls"] for o in outs) == 100 and sum(o["usage"]["cached"] for o in outs) == 100
+        assert all(o["usage"]["calls"] > 0 for o in outs)  # claimed as they are sent: the two share the work
+        assert rows(cache, "claims") == 0
+
+
+# -- a request that fails on its own does not fail the stage; errors no request can pass still do
+
+
+def judge_parse(text, finish, refusal):
+    return ({"a": text}, None) if text == "ok" else (None, f"unusable: {text!r}")
+
+
+def test_a_400_is_a_failed_outcome_and_the_rest_goes_on(tmp_path):
+    from llamaduo.providers.engine import ask
+
+    with FakeOpenAI(answer=lambda req, i: "ok", faults=[("status", 400)]) as fake:
+        cache = CallCache(tmp_path / "c.sqlite")
+        p = provider(fake.base_url, concurrency=1)
+        out, usage = ask(p, reqs(3), judge_parse, retries=2, reask=lambda r, cause, n, a: r, cache=cache, desc="judge")
+        failed = [o for slots in out for o in slots if o.error]
+        assert len(failed) == 2 and all(o.call_failed and o.value is None for o in failed)  # both samples of one request
+        assert "HTTP 400" in failed[0].error and "injected 400" in failed[0].error
+        assert [o.value for o in out[1] + out[2]] == [{"a": "ok"}] * 4
+        assert usage.failed == 1 and usage.calls == 2 and len(fake.requests) == 3  # no re-ask of a failed call
+        assert len(cache) == 2  # not cached: a rerun asks it again
+        out2, usage2 = ask(p, reqs(3), judge_parse, retries=2, reask=lambda r, cause, n, a: r, cache=cache, desc="judge")
+        assert all(o.error is None for slots in out2 for o in slots) and usage2.calls == 1 and len(fake.requests) == 4
+
+
+def test_run_calls_returns_failed_results_only_when_asked(tmp_path):
+    with FakeOpenAI(answer=lambda req, i: "ok", faults=[("status", 422)]) as fake:
+        results, usage = run_calls(provider(fake.base_url, concurrency=1), reqs(2), cache=CallCache(tmp_path / "c"), desc="t",
+                                   keep_failed=True)
+        assert results[0].error and "HTTP 422" in results[0].error and results[0].extra["status"] == 422
+        assert [c.finish_reason for c in results[0].choices] == ["error", "error"]
+        assert results[1].error is None and results[1].choices[0].text == "ok" and usage.failed == 1
+
+
+@pytest.mark.parametrize("faults,match", [
+    ([("status", 401)], "HTTP 401"),                       # no request can pass: stop at once
+    ([("status", 405)], "HTTP 405"),
+    ([("status", 500)] * 2, "gave up after 1 retries"),    # a rerun may pass: no output may record it
+])
+def test_errors_that_stop_the_stage_still_raise_after_caching(tmp_path, faults, match):
+    from llamaduo.providers.engine import ask
+
+    with FakeOpenAI(answer=lambda req, i: "ok", faults=[("sleep", 0), *faults]) as fake:  # the first request is answered
+        cache = CallCache(tmp_path / "c.sqlite")
+        p = provider(fake.base_url, concurrency=1, max_retries=1, retry_base_s=0.01)
+        with pytest.raises(ProviderError, match=match):
+            ask(p, reqs(3), judge_parse, retries=0, reask=lambda r, cause, n, a: r, cache=cache, desc="judge")
+        assert len(cache) == len(fake.answered) >= 1  # what was paid is kept
+
+
+def test_costs_are_recorded_per_call_in_the_cache(tmp_path):
+    with FakeOpenAI(answer=lambda req, i: "ok") as fake:
+        cache = CallCache(tmp_path / "c.sqlite")
+        since = time.time()
+        p = provider(fake.base_url, price={"input_per_mtok": 2.5, "output_per_mtok": 10.0})
+        _, usage = run_calls(p, reqs(4), cache=cache, desc="t")
+        run_calls(p, reqs(4), cache=cache, desc="t")  # cached: nothing more paid
+        assert cache.paid(since) == {"calls": 4, "cost_usd": pytest.approx(usage.cost_usd), "input_tokens": 40,
+                                     "output_tokens": 40}
+        assert cache.paid(time.time() + 1)["calls"] == 0
+
+
+# -- Batch API submissions are idempotent: recorded before they are sent, looked up before they are sent again
+
+
+def batch_params(fake, **kw):
+    return {"kind": "openai", "model": "m-1", "base_url": fake.base_url, "batch": True, "batch_poll_s": 0.05,
+            "retry_base_s": 0.01} | kw
+
+
+def batch_run(params, cache, k=6):
+    p = get_provider("svc", ProviderParams.model_validate(params))
+    return run_calls(p, reqs(k), cache=cache, desc="t", progress=False)
+
+
+@pytest.mark.parametrize("fault", [("sleep", 1.5), ("status", 503)])
+def test_a_submission_that_timed_out_after_the_job_was_made_is_not_sent_again(tmp_path, monkeypatch, fault):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    answer = lambda req, k: f"{prompt_text(req)}#{k}"  # noqa: E731
+    with FakeOpenAI(answer=answer, batch_create_faults=[fault]) as fake:
+        results, usage = batch_run(batch_params(fake, timeout_s=0.5), CallCache(tmp_path / "c.sqlite"))
+        assert len(fake.batches) == 1 and fake.hits["POST batches"] == 1  # one job holds these requests
+        assert [r.choices[1].text for r in results] == [f"q{i}#1" for i in range(6)] and usage.batch_calls == 6
+        [job] = fake.batches.values()
+        assert job["meta"]["llamaduo_tag"].startswith("llamaduo-")
+        assert rows(tmp_path / "c.sqlite", "batch_submissions") == 0
+
+
+def test_a_run_killed_right_after_submitting_resumes_the_job_it_never_heard_of(tmp_path):
+    with FakeOpenAI(answer=lambda req, k: json.dumps({"a": f"{prompt_text(req)}#{k}"}), batch_create_faults=[("hold",)]) as fake:
+        params, cache = batch_params(fake), tmp_path / "calls.sqlite"
+        proc = start_client(params, cache, 6, 2)
+        # the vendor made the job; the client is killed before the job id reaches it
+        wait_for(lambda: fake.held == 1 and len(fake.batches) == 1, proc)
+        assert rows(cache, "batch_submissions") == 1 and rows(cache, "batch_jobs") == 0
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        fake.release()
+        out = finish(start_client(params, cache, 6, 2))
+        assert out["texts"][5] == [json.dumps({"a": "q5#0"}), json.dumps({"a": "q5#1"})]
+        assert fake.hits["POST batches"] == 1 and len(fake.batches) == 1 and fake.requests == []
+        assert out["usage"]["batch_calls"] == 6 and rows(cache, "batch_jobs", "WHERE state = 'completed'") == 1
+
+
+def test_a_recorded_job_the_vendor_lost_is_submitted_once_more(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    with FakeOpenAI(answer=lambda req, k: f"{prompt_text(req)}#{k}", batch_polls=10**6) as fake:
+        cache = CallCache(tmp_path / "c.sqlite")
+        with pytest.raises(ProviderError, match="still running"):
+            batch_run(batch_params(fake, batch_wait_s=0.2), cache)
+        [lost] = list(fake.batches)
+        fake.lose_batch(lost)  # the vendor no longer knows it: 404
+        fake.batch_polls = 0
+        results, usage = batch_run(batch_params(fake), cache)
+        assert [r.choices[0].text for r in results] == [f"q{i}#0" for i in range(6)] and usage.batch_calls == 6
+        assert fake.hits["POST batches"] == 2
+        assert rows(tmp_path / "c.sqlite", "batch_jobs", "WHERE state = 'missing'") == 1
+        assert rows(tmp_path / "c.sqlite", "batch_jobs", "WHERE state = 'completed'") == 1
+
+
+def test_a_resubmitted_job_lost_again_fails_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    with FakeOpenAI(answer=lambda req, k: "ok", lose_batches=True) as fake:
+        with pytest.raises(ProviderError, match=r"unknown to the vendor, and so was batch_1"):
+            batch_run(batch_params(fake), CallCache(tmp_path / "c.sqlite"))
+        assert fake.hits["POST batches"] == 2  # submitted once more, never a third time

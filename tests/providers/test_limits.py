@@ -71,3 +71,45 @@ def test_backoff_grows_is_capped_jittered_and_yields_to_retry_after():
 ])
 def test_retry_after_forms(headers, expected):
     assert retry_after_seconds(headers) == expected
+
+
+@pytest.mark.parametrize("retry_after", [86400.0, float("inf")])
+def test_a_huge_retry_after_is_capped(retry_after):
+    assert backoff_delay(0, base=1, cap=8, retry_after=retry_after, retry_after_cap=120) == 120
+
+
+@pytest.mark.parametrize("retry_after", [float("nan"), -5.0, float("-inf")])
+def test_a_meaningless_retry_after_falls_back_to_the_backoff(retry_after):
+    d = backoff_delay(2, base=1, cap=8, retry_after=retry_after, retry_after_cap=120, rng=random.Random(0))
+    assert 2 <= d <= 4
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-3", "Infinity"])
+def test_retry_after_headers_that_mean_nothing(value):
+    assert retry_after_seconds({"retry-after": value}) is None and retry_after_seconds({"retry-after-ms": value}) is None
+
+
+def test_a_far_http_date_is_capped_by_the_engine():
+    far = retry_after_seconds({"retry-after": "Fri, 01 Jan 2100 00:00:00 GMT"})
+    assert far > 86400 * 365  # what the server said ...
+    assert backoff_delay(0, base=1, cap=8, retry_after=far, retry_after_cap=120) == 120  # ... and what we wait
+
+
+def test_the_engine_waits_at_most_retry_after_max_s(tmp_path):
+    """A 429 saying `Retry-After: 86400` costs the run retry_after_max_s, not a day."""
+    import time
+
+    from fakes.openai_server import FakeOpenAI
+    from llamaduo.config import ProviderParams
+    from llamaduo.providers import ChatRequest, get_provider
+    from llamaduo.providers.cache import CallCache
+    from llamaduo.providers.engine import run_calls
+
+    with FakeOpenAI(answer=lambda req, i: "ok", faults=[("status", 429, {"Retry-After": "86400"})]) as fake:
+        p = get_provider("svc", ProviderParams(kind="openai_compatible", model="m", base_url=fake.base_url,
+                                               retry_after_max_s=0.3, retry_base_s=0.1, retry_max_s=1))
+        t0 = time.monotonic()
+        results, usage = run_calls(p, [ChatRequest(messages=(("user", "q"),), temperature=0, max_tokens=5)],
+                                   cache=CallCache(tmp_path / "c"), desc="t", progress=False)
+        assert results[0].choices[0].text == "ok" and usage.retries == 1
+        assert 0.3 <= time.monotonic() - t0 < 5

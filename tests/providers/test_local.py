@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from llamaduo import vllm_cpu
+from llamaduo.atomic import pid_alive as alive
 from llamaduo.config import Params, services
 from llamaduo.cycle import serving
 from llamaduo.hardware import compute_dtype
 from llamaduo.inference.engines import vllm_kwargs
 from llamaduo.providers import local
-from llamaduo.providers.local import LocalVLLMProvider, ServerState, alive, starts, stop_all
+from llamaduo.providers.local import LocalVLLMProvider, ServerState, starts, stop_all
 
 FAKE = '''
 import sys
@@ -244,3 +245,20 @@ def test_state_lock_is_exclusive_across_processes(tmp_path):
     assert out.strip() == "busy"
     out = subprocess.run([sys.executable, "-c", code, str(st.lock_path)], capture_output=True, text=True).stdout
     assert out.strip() == "got"
+
+
+SENTINEL = "sk-SENTINEL-4f9a1c"
+VENDOR_VARS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "AZURE_OPENAI_API_KEY",
+               "AZURE_CLIENT_SECRET", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MISTRAL_API_KEY"]
+
+
+def test_the_vllm_child_gets_no_vendor_key(monkeypatch):
+    for name in VENDOR_VARS:
+        monkeypatch.setenv(name, SENTINEL)
+    monkeypatch.setenv("LLAMADUO_KEEP_ME", "1")
+    env = _local(threads=1).env()
+    assert SENTINEL not in json.dumps(env)
+    assert not set(VENDOR_VARS) & set(env)
+    # the rest of the environment is inherited (paths, the settings vLLM needs)
+    assert env["LLAMADUO_KEEP_ME"] == "1" and env["PATH"] == os.environ["PATH"] and env["OMP_NUM_THREADS"] == "1"
+    assert local.child_env({"AWS_ACCESS_KEY_ID": "id", "HOME": "/h", "openai_api_key": "x"}) == {"AWS_ACCESS_KEY_ID": "id", "HOME": "/h"}

@@ -197,3 +197,59 @@ def test_every_kind_is_registered_and_buildable():
     assert set(REGISTRY) == set(ProviderParams.model_fields["kind"].annotation.__args__)
     Params.model_validate({"providers": {"service": {"kind": "local", "model": "m"},
                                          **{k: {"kind": k, "model": "m"} for k in FAKES}}})
+
+
+def test_credentials_in_base_url_are_refused_in_params_and_read_from_the_environment(tmp_path, monkeypatch):
+    from llamaduo.providers.base import mask_url
+
+    secret = "SENTINELkey-9d2e"
+    url = f"https://user:{secret}@llm.example.com/v1?api-key={secret}&api-version=2024-10-21"
+    assert mask_url(url) == "https://***@llm.example.com/v1?api-key=***&api-version=2024-10-21"
+    # a literal credential never gets into params (committed, in dvc.lock and MLflow): the error says what to write
+    with pytest.raises(ValueError, match=r"`base_url` carries a credential.*\$\{VAR\}"):
+        ProviderParams(kind="openai_compatible", model="m", base_url=url)
+    with pytest.raises(ValueError, match="carries a credential"):
+        ProviderParams(kind="openai", model="m", base_url="https://gw.example/v1?token=abc123")
+    ProviderParams(kind="openai", model="m", base_url="https://gw.example/v1?api-version=2024-10-21")  # not a credential
+
+    ref = "https://user:${GW_TOKEN}@llm.example.com/v1?api-key=${GW_TOKEN}&api-version=2024-10-21"
+    monkeypatch.setenv("GW_TOKEN", secret)
+    p = get_provider("svc", ProviderParams(kind="openai_compatible", model="m", base_url=ref))
+    assert p.base_url == url  # requests go to the real URL, the value from the environment
+    assert secret not in p.identity() and "llm.example.com/v1" in p.identity()
+    # nor in data/services.json (committed; the service stages depend on it)
+    from llamaduo.config import services
+    svc = services(Params.model_validate({"providers": {"service": {"kind": "openai_compatible", "model": "m", "base_url": ref}}}))
+    assert secret not in json.dumps(svc)
+    err = p.error(f"Connection error to {url}", status=400)
+    assert secret not in str(err)
+    monkeypatch.delenv("GW_TOKEN")
+    with pytest.raises(ProviderError, match=r"`providers.svc.base_url` refers to \$\{GW_TOKEN\}, which is not set"):
+        get_provider("svc", ProviderParams(kind="openai_compatible", model="m", base_url=ref))
+    # a real failing call: whatever the SDK says about the URL is redacted
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    monkeypatch.setenv("GW_TOKEN", secret)
+    with FakeOpenAI() as fake:
+        ref = fake.base_url.replace("http://", "http://u:${GW_TOKEN}@") + "?key=${GW_TOKEN}"
+        p = get_provider("svc", ProviderParams(kind="openai_compatible", model="m", base_url=ref, max_retries=0))
+        with pytest.raises(ProviderError) as exc_info:
+            run(p, reqs(1), tmp_path)
+        assert secret not in str(exc_info.value)
+
+
+@pytest.mark.parametrize("fault", [("sleep", 1.5), ("status", 503)])
+def test_a_batch_submission_that_timed_out_is_found_not_paid_twice(kind, tmp_path, fault):
+    """Each vendor's job made although the client never heard back is found (OpenAI: metadata tag; Gemini:
+    display name; Anthropic: its custom ids / request count) instead of submitted again."""
+    with FAKES[kind](answer=echo, batch_create_faults=[fault]) as fake:
+        p = make(kind, fake, batch=True, batch_poll_s=0.05, timeout_s=0.5)
+        results, usage = run(p, reqs(3), tmp_path)
+        assert len(fake.batches) == 1 and usage.batch_calls == usage.calls > 0
+        assert [json.loads(r.choices[0].text)["a"] for r in results] == [f"q{i}#0" for i in range(3)]
+
+
+def test_a_lost_batch_job_is_resubmitted_once(kind, tmp_path):
+    with FAKES[kind](answer=echo, lose_batches=True) as fake:
+        with pytest.raises(ProviderError, match="unknown to the vendor"):
+            run(make(kind, fake, batch=True, batch_poll_s=0.05), reqs(2), tmp_path)
+        assert len(fake.lost_batches) == 2 and not fake.batches

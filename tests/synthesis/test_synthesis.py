@@ -155,3 +155,17 @@ def test_the_seed_system_prompt_is_in_the_request_and_kept_by_the_synthetic_rows
 
     _parse_into(rows, 0, plan, ChatResult([Choice(answer, "stop")]), Provider, stats)
     assert [(r["instruction"], r["system"], r["history"]) for r in rows] == [("Say bye", "You are a terse pirate.", None)]
+
+
+def test_a_request_the_service_rejects_gives_no_pairs_and_the_stage_goes_on(tmp_path, in_project, capsys):
+    test = [{"id": "e0", "task": "summarize", "instruction": "Summarize nothing at all here.", "response": "Nothing."}]
+    with FakeOpenAI(answer=distinct_pairs, faults=[("status", 400)]) as fake:
+        rows, stats = synthesize(train=TRAIN, test=test, params=params(tmp_path, fake.base_url, volume=10))
+        assert stats["failed_requests"] == 1 and stats["failure_reasons"] == {"request failed: HTTP 400": 1}
+        assert stats["curated"] == 10 and stats["usage"]["failed"] == 1
+        failed_prompt = fake.prompts[0]  # the first to arrive got the 400
+        assert all(r["request_id"] for r in rows) and len(rows) >= 12
+        # not cached: a rerun asks that request again (and only it)
+        sent = len(fake.requests)
+        rows2, stats2 = synthesize(train=TRAIN, test=test, params=params(tmp_path, fake.base_url, volume=10))
+        assert stats2["failed_requests"] == 0 and fake.prompts[sent:] == [failed_prompt] and stats2["usage"]["calls"] == 1

@@ -7,18 +7,20 @@ cycle it was in; stages already done are skipped by DVC and service answers come
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from llamaduo import paths
-from llamaduo.atomic import write_json
+from llamaduo import faults, paths
+from llamaduo.atomic import replacing, write_json
 from llamaduo.config import load_params
 from llamaduo.cycle import cost, model_registry, tracking
 from llamaduo.errors import LoopError
-from llamaduo.providers.engine import total
 from llamaduo.providers.local import stop_all
 
 
@@ -47,7 +49,7 @@ def _set_cycle_params(params_file: str, *, cycle: int, volume: int, previous: li
     doc["synth"]["volume"] = volume
     doc["synth"]["cycle"] = cycle
     doc["synth"]["previous_volumes"] = previous
-    with path.open("w") as fh:
+    with replacing(path) as tmp, open(tmp, "w") as fh:  # a kill mid-write leaves the old file, never half of one
         y.dump(doc, fh)
 
 
@@ -55,20 +57,12 @@ def _load_json(path: Path, default):
     return json.loads(path.read_text()) if path.exists() else default
 
 
-def _leaf_usages(u: dict) -> list[dict]:
-    """The call-engine Usage dicts inside a stage's `usage` entry (flat, per provider, or with a `total`)."""
-    if "calls" in u:
-        return [u]
-    if "total" in u:
-        return _leaf_usages(u["total"])
-    return [leaf for v in u.values() if isinstance(v, dict) for leaf in _leaf_usages(v)]
-
-
 def _usage(metrics_dir: Path) -> dict:
     """The service calls of this cycle's stages, added up."""
-    leaves = [u for name in ("synthesize", "baseline", "eval")
-              for u in _leaf_usages(_load_json(metrics_dir / f"{name}.json", {}).get("usage", {}))]
-    return {"calls": 0, "cached": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0} | total(leaves)
+    from llamaduo.cycle.report import usage
+
+    found = [_load_json(metrics_dir / f"{name}.json", {}) for name in ("synthesize", "baseline", "eval")]
+    return {"cached": 0, "input_tokens": 0, "output_tokens": 0} | usage(found)
 
 
 def _data_versions() -> dict:
@@ -87,69 +81,170 @@ def _say(msg: str) -> None:
     print(f"[llamaduo loop] {msg}", file=sys.stderr, flush=True)
 
 
-def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",)) -> dict:
-    """Run cycles until the gate passes or a limit stops; return the final state (with `stopped_by`)."""
+# what the loop itself writes and commits: a tree dirty only here is a loop that was interrupted, not user edits
+def _loop_paths(params_file: str) -> list[str]:
+    ignores = [f for f in _git("ls-files", "-om", "--exclude-standard").stdout.split() if f.endswith(".gitignore")]
+    return [params_file, "dvc.lock", str(paths.METRICS_DIR), *ignores]
+
+
+def _dirty(params_file: str) -> list[str]:
+    """Changed, staged or untracked files (git's ignores apply) outside what the loop writes."""
+    ours = _loop_paths(params_file)
+    out = []
+    for line in _git("status", "--porcelain", "--untracked-files=all").stdout.splitlines():
+        path = line[3:].split(" -> ")[-1].strip('"')
+        if not any(path == p or path.startswith(p.rstrip("/") + "/") for p in ours):
+            out.append(path)
+    return out
+
+
+@contextlib.contextmanager
+def _lock():
+    """One loop per repository: an exclusive lock held for the loop's lifetime. A second `llamaduo loop` exits at once,
+    naming the holder; the kernel drops the lock when its holder dies, so a killed loop never blocks a restart."""
+    import fcntl
+
+    paths.LOOP_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(paths.LOOP_LOCK, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise LoopError(f"another `llamaduo loop` is running in this repository (holder: {holder}; lock {paths.LOOP_LOCK}); "
+                        "wait for it, or stop it and rerun: the loop resumes where it stopped") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _spent(params, state: dict) -> float:
+    """What this loop's service calls cost so far: the call cache records each paid call with its price, so calls paid
+    in a stage that later crashed count too (the metrics files only hold the last successful run's usage)."""
+    from llamaduo.providers.cache import CallCache
+
+    cache = CallCache(params.cache.path)
+    try:
+        return cache.paid(since=state["started_at"])["cost_usd"]
+    finally:
+        cache.close()
+
+
+def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",), allow_dirty: bool = False) -> dict:
+    """Run cycles until the gate passes or a limit stops; return the final state (with `stopped_by`).
+
+    Every side effect of a cycle (the commit, the MLflow child run, the registry version, the promotion) is recorded
+    in the loop state the moment it is done, and a restart checks that record (or finds the effect by its tags)
+    instead of doing it again: a kill at any point resumes with one commit, one child run and one version per cycle."""
     if _git("rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         raise LoopError("`llamaduo loop` commits each cycle: run it inside a git repository (`git init`, `dvc init`)")
     params = load_params(params_file)
-    state = _load_json(paths.LOOP_STATE, {"cycle": 0, "parent_run_id": None, "stopped_by": None})
-    if state.get("stopped_by"):
-        _say(f"the last loop stopped ({state['stopped_by']}); starting a new loop at cycle 0")
-        state = {"cycle": 0, "parent_run_id": None, "stopped_by": None}
+    with _lock():
+        dirty = _dirty(params_file)
+        if dirty and not allow_dirty:
+            raise LoopError(f"the working tree has changes the loop did not make: {', '.join(dirty[:5])}"
+                            f"{' ...' if len(dirty) > 5 else ''}. Each cycle's commit names the code it ran, so commit or "
+                            "stash them first, or pass `--allow-dirty` (they are never committed by the loop)")
+        return _run(params, params_file, dvc)
+
+
+def _run(params, params_file: str, dvc: tuple[str, ...]) -> dict:
+    state = _load_json(paths.LOOP_STATE, None)
+    if state is None or state.get("stopped_by"):
+        if state:
+            _say(f"the last loop stopped ({state['stopped_by']}); starting a new loop at cycle 0")
+        state = {"cycle": 0, "parent_run_id": None, "stopped_by": None, "started_at": time.time(), "cycles": {}}
+    state.setdefault("started_at", time.time())
+    state.setdefault("cycles", {})
     parent = tracking.start_parent(params.mlflow, resume_id=state["parent_run_id"], tags={"llamaduo.tasks": ",".join(params.data.tasks)})
     state["parent_run_id"] = parent
     write_json(paths.LOOP_STATE, state)
     name = model_registry.model_name(params.mlflow.model_prefix, params.data.tasks)
-    history = _load_json(paths.HISTORY, [])
 
     for cycle in range(state["cycle"], params.loop.max_cycles):
-        spent = sum(h.get("cost_usd", 0) for h in history if h["cycle"] < cycle)
-        if params.loop.max_cost_usd is not None and spent >= params.loop.max_cost_usd:
-            return _stop(state, f"cost budget: ${spent:.2f} spent of `loop.max_cost_usd` {params.loop.max_cost_usd}")
-        volume = volume_for(cycle, params.loop)
-        if cycle > 0:
-            _check_readable(params, volume)
+        rec = state["cycles"].setdefault(str(cycle), {})
         state["cycle"] = cycle
+        if not rec.get("commit"):
+            rec["commit"] = _find_commit(parent, cycle, "cycle")  # committed, then killed before recording it
+        if not rec.get("commit"):
+            spent = _spent(params, state)
+            if params.loop.max_cost_usd is not None and spent >= params.loop.max_cost_usd:
+                return _stop(state, f"cost budget: ${spent:.2f} spent of `loop.max_cost_usd` {params.loop.max_cost_usd}")
+            write_json(paths.LOOP_STATE, state)
+            rec["commit"] = _cycle(params, params_file, dvc, parent, cycle)
         write_json(paths.LOOP_STATE, state)
-        _set_cycle_params(params_file, cycle=cycle, volume=volume,
-                          previous=[volume_for(c, params.loop) for c in range(cycle)])
-        _say(f"cycle {cycle} of at most {params.loop.max_cycles - 1}: synthetic volume {volume}; dvc repro")
-        start = time.monotonic()
-        try:
-            rc = subprocess.call([*dvc, "repro"])
-        finally:  # the service stages share one vLLM server per cycle; it never outlives the cycle
-            stop_all()
-        if rc != 0:
-            raise LoopError(f"`dvc repro` failed in cycle {cycle} (exit {rc}); fix the cause and rerun `llamaduo loop`: "
-                            f"it resumes at cycle {cycle} and pays for no service call twice")
-        summary = _load_json(paths.SUMMARY, {})
-        usage = _usage(paths.METRICS_DIR)
-        g = summary["gate"]
-        entry = {"cycle": cycle, "volume": volume, "synthetic_curated": summary.get("synthetic_curated"),
-                 "train_rows": summary.get("train_rows"), "metric": g["metric"], "score": g["score"],
-                 "ci95": g.get("ci95"), "precision": summary["precision"].get("mean"),
-                 "similarity": summary["similarity"].get("mean"), "judge": params.judge.provider,
-                 "wall_s": round(time.monotonic() - start, 1), **{k: usage[k] for k in ("calls", "cached", "cost_usd")},
-                 "tokens": usage["input_tokens"] + usage["output_tokens"]}
-        history = [h for h in history if h["cycle"] != cycle] + [entry]
-        write_json(paths.HISTORY, history)
-        rep = cost.write(params=params, baseline=_load_json(paths.BASELINE, {}),
-                         loop_cost_usd=sum(h.get("cost_usd", 0) for h in history),
-                         json_out=paths.COST, plot_out=paths.COST_PLOT)
-        if rep is not None:
-            _say(f"cost: service ${rep['service_usd_per_month']:.2f}/month vs local ${rep['local_usd_per_month']:.2f}/month; "
-                 f"break-even month: {rep['break_even_month']}")
-        commit = _commit(f"llamaduo cycle {cycle}: volume {entry['volume']}, {entry['metric']} {entry['score']}, "
-                         f"{entry['calls']} paid calls")
-        _record(params, parent, name, cycle, entry, commit, params_file)
-        _say(f"cycle {cycle}: {entry['train_rows']} train rows ({entry['synthetic_curated']} synthetic), "
-             f"{g['metric']} {g['score']} (95% CI {g.get('ci95')}), {usage['calls']} paid calls, "
-             f"{entry['tokens']} tokens, ${usage['cost_usd']:.4f}, {entry['wall_s']} s")
-        if _gate_and_promote(params, name, cycle):
+        faults.point("loop:after_commit")
+        entry = next(h for h in _load_json(paths.HISTORY, []) if h["cycle"] == cycle)
+        if params.loop.push and not rec.get("pushed"):
+            from llamaduo.cycle import remote
+
+            pushed = remote.push()
+            rec["pushed"] = pushed["pushed"]
+            if pushed["pushed"]:
+                _say(f"cycle {cycle}: pushed the outputs to DVC remote {pushed['remote']!r}")
+            write_json(paths.LOOP_STATE, state)
+        _record(params, parent, name, cycle, entry, rec, params_file, state)
+        if _gate_and_promote(params, params_file, name, cycle, rec, state, parent):
             return _stop(state, f"gate passed at cycle {cycle}")
         state["cycle"] = cycle + 1
         write_json(paths.LOOP_STATE, state)
     return _stop(state, f"max cycles: `loop.max_cycles` is {params.loop.max_cycles}")
+
+
+def _cycle(params, params_file: str, dvc: tuple[str, ...], parent: str, cycle: int) -> str:
+    """One cycle's pipeline: params for its volume, `dvc repro`, the history row and cost report; commit them."""
+    volume = volume_for(cycle, params.loop)
+    if cycle > 0:
+        _check_readable(params, volume)
+    _set_cycle_params(params_file, cycle=cycle, volume=volume, previous=[volume_for(c, params.loop) for c in range(cycle)])
+    _say(f"cycle {cycle} of at most {params.loop.max_cycles - 1}: synthetic volume {volume}; dvc repro")
+    start = time.monotonic()
+    try:
+        rc = subprocess.call([*dvc, "repro"])
+    finally:  # the service stages share one vLLM server per cycle; it never outlives the cycle
+        stop_all()
+    if rc != 0:
+        raise LoopError(f"`dvc repro` failed in cycle {cycle} (exit {rc}); fix the cause and rerun `llamaduo loop`: "
+                        f"it resumes at cycle {cycle} and pays for no service call twice")
+    faults.point("loop:after_stages")
+    summary = _load_json(paths.SUMMARY, {})
+    usage = _usage(paths.METRICS_DIR)
+    g = summary["gate"]
+    entry = {"cycle": cycle, "volume": volume, "synthetic_curated": summary.get("synthetic_curated"),
+             "train_rows": summary.get("train_rows"), "metric": g["metric"], "score": g["score"],
+             "ci95": g.get("ci95"), "precision": summary["precision"].get("mean"),
+             "similarity": summary["similarity"].get("mean"), "judge": params.judge.provider,
+             "wall_s": round(time.monotonic() - start, 1), **{k: usage[k] for k in ("calls", "cached", "cost_usd")},
+             "tokens": usage["input_tokens"] + usage["output_tokens"],
+             # every judge's figures with their intervals (the report's Figure 2 draws one line per judge and metric)
+             "judges": _load_json(paths.METRICS_DIR / "headline.json", {}).get("judge")}
+    history = [h for h in _load_json(paths.HISTORY, []) if h["cycle"] != cycle] + [entry]
+    write_json(paths.HISTORY, history)
+    rep = cost.write(params=params, baseline=_load_json(paths.BASELINE, {}),
+                     loop_cost_usd=sum(h.get("cost_usd", 0) for h in history),
+                     json_out=paths.COST, plot_out=paths.COST_PLOT)
+    if rep is not None:
+        _say(f"cost: service ${rep['service_usd_per_month']:.2f}/month vs local ${rep['local_usd_per_month']:.2f}/month; "
+             f"break-even month: {rep['break_even_month']}")
+    _report()
+    _say(f"cycle {cycle}: {entry['train_rows']} train rows ({entry['synthetic_curated']} synthetic), "
+         f"{g['metric']} {g['score']} (95% CI {g.get('ci95')}), {usage['calls']} paid calls, "
+         f"{entry['tokens']} tokens, ${usage['cost_usd']:.4f}, {entry['wall_s']} s")
+    return _commit(f"llamaduo cycle {cycle}: volume {entry['volume']}, {entry['metric']} {entry['score']}, "
+                   f"{entry['calls']} paid calls", params_file, loop=parent, cycle=cycle, step="cycle")
+
+
+def _report() -> None:
+    """metrics/report.html with this cycle's history (the report stage wrote it before the history row existed)."""
+    from llamaduo.cycle import html_report
+
+    html_report.write(paths.REPORT, paths.METRICS_DIR)
 
 
 def _check_readable(params, volume: int) -> None:
@@ -171,54 +266,70 @@ def _check_readable(params, volume: int) -> None:
                         f"`loop.allow_unread_rows: true` to pay for rows that are never trained on")
 
 
-def _commit(message: str) -> str:
-    """Commit params, lock and metrics (and the .gitignore files DVC writes); idempotent on resume."""
-    ignores = [f for f in _git("ls-files", "-om", "--exclude-standard").stdout.split() if f.endswith(".gitignore")]
-    _git("add", "params.yaml", "dvc.lock", str(paths.METRICS_DIR), *ignores)
-    if _git("diff", "--cached", "--quiet", check=False).returncode != 0:
-        _git("commit", "-q", "-m", message)
+def _find_commit(loop: str, cycle: int, step: str) -> str | None:
+    """The commit this loop made for `cycle`'s `step`, found by its trailers (a kill after committing and before
+    recording the sha must not make a second commit)."""
+    res = _git("log", "--all-match", f"--grep=^Llamaduo-Loop: {loop}$", f"--grep=^Llamaduo-Cycle: {cycle}$",
+               f"--grep=^Llamaduo-Step: {step}$", "--format=%H", "-n", "1", check=False)
+    return res.stdout.strip() or None
+
+
+def _commit(message: str, params_file: str, *, loop: str, cycle: int, step: str) -> str:
+    """Commit only what the loop wrote (params, lock, metrics and the .gitignore files DVC writes), naming the paths:
+    whatever else the user has staged stays staged and out of the cycle's commit. Trailers identify the commit."""
+    ours = _loop_paths(params_file)
+    _git("add", "-A", "--", *ours)
+    trailers = f"Llamaduo-Loop: {loop}\nLlamaduo-Cycle: {cycle}\nLlamaduo-Step: {step}"
+    _git("commit", "-q", "--allow-empty", "-m", message, "-m", trailers, "--", *ours)
     return _git("rev-parse", "HEAD").stdout.strip()
 
 
-def _record(params, parent: str, name: str, cycle: int, entry: dict, commit: str, params_file: str) -> None:
+def _record(params, parent: str, name: str, cycle: int, entry: dict, rec: dict, params_file: str, state: dict) -> None:
+    """The cycle's MLflow child run, then its registry version, each recorded in the loop state as soon as it exists."""
     import mlflow
 
     tracking.connect(params.mlflow)
-    if cycle in tracking.logged_cycles(parent):
-        return  # logged before an interruption
     versions = _data_versions()
-    tags = {"git_commit": commit, **versions}
-    child = tracking.log_cycle(parent_id=parent, cycle=cycle, params_file=params_file, metrics_dir=str(paths.METRICS_DIR),
-                               tags=tags)
-    with mlflow.start_run(run_id=child):
-        ci = entry.get("ci95") or (None, None)
-        merged = str(paths.MERGED) if (paths.MERGED / "config.json").is_file() else None
-        model_registry.log_and_register(
-            name=name, adapter_dir=str(paths.ADAPTER), base_dir=str(paths.BASE_MODEL), merged_dir=merged,
-            base_md5=versions.get(f"dvc.{paths.BASE_MODEL}", ""),
-            tags={"cycle": cycle, "metric": entry["metric"], "score": entry["score"], "ci_low": ci[0], "ci_high": ci[1],
-                  "volume": entry["volume"], "git_commit": commit, "run_id": child})
+    if not rec.get("run_id"):
+        rec["run_id"] = tracking.find_cycle_run(parent, cycle) or tracking.log_cycle(
+            parent_id=parent, cycle=cycle, params_file=params_file, metrics_dir=str(paths.METRICS_DIR),
+            tags={"git_commit": rec["commit"], **versions})
+        write_json(paths.LOOP_STATE, state)
+        faults.point("loop:after_child_run")
+    if not rec.get("version"):
+        with mlflow.start_run(run_id=rec["run_id"]):
+            ci = entry.get("ci95") or (None, None)
+            merged = str(paths.MERGED) if (paths.MERGED / "config.json").is_file() else None
+            rec["version"] = model_registry.log_and_register(
+                name=name, adapter_dir=str(paths.ADAPTER), base_dir=str(paths.BASE_MODEL), merged_dir=merged,
+                base_md5=versions.get(f"dvc.{paths.BASE_MODEL}", ""),
+                tags={"cycle": cycle, "loop": parent, "metric": entry["metric"], "score": entry["score"], "ci_low": ci[0],
+                      "ci_high": ci[1], "volume": entry["volume"], "git_commit": rec["commit"], "run_id": rec["run_id"]})
+        write_json(paths.LOOP_STATE, state)
+        faults.point("loop:after_register")
 
 
-def _gate_and_promote(params, name: str, cycle: int) -> bool:
+def _gate_and_promote(params, params_file: str, name: str, cycle: int, rec: dict, state: dict, parent: str) -> bool:
     """Tag this cycle's version with the gate's decision; when it passed, move the alias and commit the champion."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    versions = client.search_model_versions(f"name = '{name}' and tag.cycle = '{cycle}'")
-    if not versions:
-        raise LoopError(f"no registry version of {name} for cycle {cycle}")
-    version = max(versions, key=lambda v: int(v.version))
-    # the report stage decided, against the champion in metrics/champion.json (one decision, in one place)
-    g = _load_json(paths.SUMMARY, {})["gate"]
+    # the report stage decided, against the champion in metrics/champion.json (one decision, in one place);
+    # the cycle's commit holds that decision even if the working tree moved on after a kill
+    g = json.loads(_git("show", f"{rec['commit']}:{paths.SUMMARY}").stdout)["gate"]
     passed, reason = g["passed"], g["reason"]
-    client.set_model_version_tag(name, version.version, "gate", reason)
-    _say(f"gate: {'PASS' if passed else 'not yet'}: {reason}")
-    if passed:
+    if "gate" not in rec:
+        mlflow.MlflowClient().set_model_version_tag(name, rec["version"], "gate", reason)
+        rec["gate"] = passed
+        write_json(paths.LOOP_STATE, state)
+        _say(f"gate: {'PASS' if passed else 'not yet'}: {reason}")
+    if passed and not rec.get("promoted"):
         alias = params.mlflow.champion_alias
-        model_registry.promote(name, version.version, alias=alias, reason=f"gate, cycle {cycle}: {reason}")
+        model_registry.promote(name, rec["version"], alias=alias, reason=f"gate, cycle {cycle}: {reason}")
         model_registry.save_champion(name, alias, paths.CHAMPION)
-        _commit(f"llamaduo cycle {cycle}: v{version.version} is now {alias!r} ({reason})")
+        rec["promoted"] = _find_commit(parent, cycle, "promotion") or _commit(
+            f"llamaduo cycle {cycle}: v{rec['version']} is now {alias!r} ({reason})", params_file,
+            loop=parent, cycle=cycle, step="promotion")
+        write_json(paths.LOOP_STATE, state)
     return passed
 
 

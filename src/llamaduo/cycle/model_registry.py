@@ -49,28 +49,49 @@ class LocalModel(mlflow.pyfunc.PythonModel):
         return [self.tokenizer.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True) for o in out]
 
 
+def _signature():
+    """A `prompt` column in, one string per row out, and `max_new_tokens` as a predict param: MLflow passes a
+    param to `predict` only when the signature declares it."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 128)]))
+
+
 def model_name(prefix: str, tasks: list[str]) -> str:
     return prefix + "+".join(tasks)
 
 
 def log_and_register(*, name: str, adapter_dir: str, base_dir: str, base_md5: str, tags: dict,
                      merged_dir: str | None = None) -> str:
-    """Inside the active run: log the pyfunc model and register it; return the new version number.
-    With `merged_dir` (sub-models merged) the full merged model is logged instead of the adapter."""
+    """Inside the active run: log the pyfunc model and register it as a version carrying `tags`; return its number.
+    With `merged_dir` (sub-models merged) the full merged model is logged instead of the adapter.
+
+    Idempotent per run: when this run already has a registered version (a restart after a kill between registering
+    and recording it), that version is returned and nothing is registered twice."""
+    run_id = mlflow.active_run().info.run_id
+    existing = version_of_run(name, run_id)
+    if existing is not None:
+        return existing
     artifacts = {"merged": merged_dir} if merged_dir else {"adapter": adapter_dir}
     info = mlflow.pyfunc.log_model(
         name="model", python_model=LocalModel(), artifacts=artifacts,
         model_config={"base_path": str(Path(base_dir).resolve()), "base_md5": base_md5},
         # listed, not inferred: inference imports the model and probes the environment (slow, and not needed)
         pip_requirements=["torch", "transformers", "peft", "mlflow"],
-        registered_model_name=name,
+        signature=_signature(),
     )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    for k, v in tags.items():
-        if v is not None:  # an absent figure is an absent tag, never the string "None"
-            client.set_model_version_tag(name, version, k, str(v))
-    return version
+    # the tags are created with the version (one call), so no version exists without its cycle and run;
+    # an absent figure is an absent tag, never the string "None"
+    mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items() if v is not None})
+    return str(mv.version)
+
+
+def version_of_run(name: str, run_id: str) -> str | None:
+    """The registry version of `name` registered from run `run_id`, or None."""
+    found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return str(min(int(v.version) for v in found)) if found else None
 
 
 def champion(name: str, alias: str) -> dict | None:
@@ -102,6 +123,10 @@ def history(name: str) -> list[dict]:
 
 
 def promote(name: str, version: str | int, *, alias: str, reason: str) -> None:
+    """Point `alias` at `version` and add the move to the history tag. Safe to repeat after a kill: the alias is set
+    again and a promotion already at the end of the history is not written twice."""
+    from llamaduo import faults
+
     version = str(version)
     client = mlflow.MlflowClient()
     try:
@@ -110,7 +135,12 @@ def promote(name: str, version: str | int, *, alias: str, reason: str) -> None:
         raise UserError(f"cannot promote {name} v{version}: {exc.message}") from None
     client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, "promotion_reason", reason)
-    entries = history(name) + [{"version": version, "reason": reason, "time": time.time(), "action": "promote"}]
+    faults.point("promote:after_alias")
+    entries = history(name)
+    last = entries[-1] if entries else {}
+    if (last.get("action"), last.get("version"), last.get("reason")) == ("promote", version, reason):
+        return
+    entries.append({"version": version, "reason": reason, "time": time.time(), "action": "promote"})
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(entries))
 
 

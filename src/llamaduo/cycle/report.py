@@ -23,7 +23,9 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, cha
     # the interval as the judge stage computed it (judge.bootstrap, judge.seed)
     low, high = gated.get("ci95_low"), gated.get("ci95_high")
     ci = [low, high] if low is not None else None
-    passed, reason = decide({"score": score}, _load(champion), p)
+    # the share of judgments (or answers) scored: `gate.min_scored_fraction` bars a mean over a few of them
+    fraction = gated["scored_fraction"]
+    passed, reason = decide({"score": score, "scored_fraction": fraction}, _load(champion), p)
     return {
         "split": _load(prepare),
         "synthetic_curated": _load(curate)["rows_out"],
@@ -35,8 +37,8 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, cha
         "failed_judgments": ev["failed_judgments"],
         # the reference metrics' figures (mean, interval) beside the judge's; absent from an older eval.json
         **({"reference": {m: ev["reference"][m] for m in ev["reference"]["metrics"]}} if "reference" in ev else {}),
-        "gate": {"metric": p.metric, "threshold": p.threshold, "score": score, "ci95": ci, "passed": passed,
-                 "reason": reason},
+        "gate": {"metric": p.metric, "threshold": p.threshold, "score": score, "scored_fraction": fraction, "ci95": ci,
+                 "passed": passed, "reason": reason},
     }
 
 
@@ -50,3 +52,48 @@ def score_points(judgments: list[dict]) -> list[dict]:
 def _primary(judgments: list[dict]) -> list[dict]:
     """The primary judge's rows (judgments.parquet holds every judge of the panel)."""
     return select(judgments, primary=True)
+
+
+def usage(metrics: list[dict]) -> dict:
+    """The service calls of a cycle's stages (their metrics files' `usage` entries: flat, per provider, or with a
+    `total`), added up."""
+    from llamaduo.providers.engine import total
+
+    def leaves(u: dict) -> list[dict]:
+        if "calls" in u:
+            return [u]
+        if "total" in u:
+            return leaves(u["total"])
+        return [leaf for v in u.values() if isinstance(v, dict) for leaf in leaves(v)]
+
+    return {"calls": 0, "cost_usd": 0.0} | total([u for m in metrics for u in leaves(m.get("usage") or {})])
+
+
+def headline(s: dict, *, eval: dict, train: dict, spend: dict) -> dict:
+    """metrics/headline.json, the one file `dvc metrics show`/`diff` print: the figures a reviewer compares between
+    cycles and nothing else (~25 values with one judge; the usage counters, latencies and per-task internals stay
+    in the other metrics files, which the loop, MLflow and the HTML report read). `s` is summary(), `spend`
+    usage() of the cycle's service stages."""
+    judges = eval.get("per_judge") or {eval["judge"]: eval}
+    per_judge = {}
+    for name, e in judges.items():
+        per_judge[name] = {}
+        for m in ("precision", "similarity"):
+            f = e.get(m) or {}
+            per_judge[name][m] = {k: v for k, v in f.items() if k in ("mean", "ci95_low", "ci95_high") or k.startswith("coverage_")}
+            # P-Match of the mean (local over the best service); absent without a service baseline
+            pm = ((e.get("p_match") or {}).get(m) or {}).get("mean")
+            if pm is not None:
+                per_judge[name][m]["p_match"] = pm
+    g = s["gate"]
+    out = {
+        "gate": {"metric": g["metric"], "passed": g["passed"], "threshold": g["threshold"],
+                 "scored_fraction": g.get("scored_fraction"), "reason": g["reason"]},
+        "judge": per_judge,
+        "rows": {"train": s["train_rows"], "synthetic_curated": s["synthetic_curated"], "answers": eval.get("answers")},
+        "loss": {"train": train.get("train_loss"), "validation": train.get("val_loss")},
+        "cost": {"paid_calls": spend["calls"], "usd": round(spend["cost_usd"], 4)},
+    }
+    if "reference" in s:
+        out["reference"] = {m: f["mean"] for m, f in s["reference"].items()}
+    return out

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
 
 CYCLE_TAG = "llamaduo.cycle"
 LOOP_TAG = "llamaduo.loop"
+DONE_TAG = "llamaduo.logged"  # set last: a child run without it was cut short and is logged again
+VERSION_TAG = "llamaduo.version"
+# what MLflow accepts in a metric or param name (mlflow.utils.validation); anything else becomes "_"
+_UNSAFE = re.compile(r"[^\w\-. /:]")
 
 
 def connect(p) -> None:
@@ -41,8 +47,18 @@ def flatten(obj, prefix: str = "") -> dict:
     return out
 
 
+def safe_name(name: str) -> str:
+    """A metric or param name MLflow accepts. Names come from metrics files whose keys can be free text (a failure
+    reason, a category): one apostrophe would make `log_metrics` raise half-way through a cycle's logging. A name
+    that had to change gets a short hash of the original, so two different names never collide."""
+    clean = _UNSAFE.sub("_", name).replace("..", "._").lstrip("/")[:200]
+    if clean == name:
+        return name
+    return f"{clean}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+
+
 def numeric(d: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {safe_name(k): float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def start_parent(p, *, resume_id: str | None, tags: dict) -> str:
@@ -56,27 +72,39 @@ def start_parent(p, *, resume_id: str | None, tags: dict) -> str:
     return run.info.run_id
 
 
-def logged_cycles(parent_id: str) -> set[int]:
+def find_cycle_run(parent_id: str, cycle: int) -> str | None:
+    """The complete child run of `cycle` under this loop's parent, or None. A child cut short (the process died
+    while logging) is deleted, so the cycle is logged again in full and exactly one child per cycle remains."""
     import mlflow
 
-    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list")
-    return {int(r.data.tags[CYCLE_TAG]) for r in runs if CYCLE_TAG in r.data.tags}
+    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{CYCLE_TAG}` = '{cycle}'",
+                              output_format="list")
+    done = [r for r in runs if r.data.tags.get(DONE_TAG) == "true"]
+    for r in runs:
+        if r not in done:
+            mlflow.delete_run(r.info.run_id)
+    return done[0].info.run_id if done else None
 
 
 def log_cycle(*, parent_id: str, cycle: int, params_file: str, metrics_dir: str, tags: dict) -> str:
-    """A child run holding the cycle's flattened params, every metric (step = cycle), and the metrics files."""
+    """A child run holding the cycle's flattened params, every metric (step = cycle), and the metrics files; its
+    DONE_TAG is set last (see find_cycle_run)."""
     import mlflow
+
+    import llamaduo
 
     params = yaml.safe_load(Path(params_file).read_text())
     metrics = {}
     for f in sorted(Path(metrics_dir).glob("*.json")):
         metrics |= flatten(json.loads(f.read_text()), f"{f.stem}.")
+    tags = {CYCLE_TAG: str(cycle), VERSION_TAG: getattr(llamaduo, "__version__", "unknown"), **tags}
     with mlflow.start_run(run_id=parent_id):
-        with mlflow.start_run(run_name=f"cycle-{cycle}", nested=True, tags={CYCLE_TAG: str(cycle), **tags}) as child:
-            flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+        with mlflow.start_run(run_name=f"cycle-{cycle}", nested=True, tags=tags) as child:
+            flat = {safe_name(k): str(v)[:500] for k, v in flatten(params).items()}
             mlflow.log_params(flat)
             mlflow.log_metrics(numeric(metrics), step=cycle)
             mlflow.log_artifacts(metrics_dir, artifact_path="metrics")
+            mlflow.set_tag(DONE_TAG, "true")
         # the parent carries the history, one point per cycle
         mlflow.log_metrics({k: v for k, v in numeric(metrics).items() if k.startswith(("eval.", "summary.gate"))}, step=cycle)
     return child.info.run_id

@@ -32,8 +32,12 @@ def answer_with_services(providers: dict, test: list[dict], params, *, cache) ->
         # so both answer the same question in the same context (every service API has a system role)
         requests = [ChatRequest(messages=chat.as_request(chat.messages(r, response=False)), temperature=b.temperature,
                                 max_tokens=b.max_tokens, n=b.samples) for r in test]
-        results, usage = run_calls(provider, requests, cache=cache, desc=f"baseline answers ({name})")
+        # keep_failed: a prompt the service rejects on its own (a 400: too long for its context) has no baseline
+        # answer (counted in usage `failed`), and the rest of the baseline goes on
+        results, usage = run_calls(provider, requests, cache=cache, desc=f"baseline answers ({name})", keep_failed=True)
         for r, res in zip(test, results):
+            if res.error:
+                continue
             for k, c in enumerate(res.choices):
                 rows.append({"service": name, "service_model": provider.model, "served_model": res.model or None,
                              "prompt_id": r["id"], "task": r["task"],

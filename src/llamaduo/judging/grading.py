@@ -22,7 +22,7 @@ from llamaduo.judging.protocol import (
     PAIRWISE_TEMPLATE,
     TEMPLATE,
     build_requests,
-    context_block,
+    context_text,
     pairwise_request,
     parse_judgment,
     parse_verdict,
@@ -145,7 +145,7 @@ def compare(provider, responses: list[dict], service_answers: list[dict], test_b
         svc = theirs[r["sample"] % len(theirs)]
         ref = test_by_id[r["prompt_id"]]
         pairs.append((r, svc))
-        context = context_block(ref, prompt_dir)
+        context = context_text(ref)
         for a, b in ((r["answer"], svc["answer"]), (svc["answer"], r["answer"])):
             requests.append(pairwise_request(ref["instruction"], ref["response"], a, b, temperature=j.temperature,
                                              max_tokens=j.max_tokens, prompt_dir=prompt_dir, context=context))

@@ -50,7 +50,12 @@ def reference_report(reference: list[dict], *, primary_judgments: list[dict], bo
     answers, where the spread between answerers gives the judge more to track), and the figures per task."""
     local = [r for r in reference if r["answerer"] == LOCAL]
     services = sorted({r["answerer"] for r in reference} - {LOCAL})
-    out = {"metrics": list(REFERENCE_METRICS), **reference_summary(local, **boot)}
+    # every answer gets its reference metrics, so this is 1 unless answers the judge saw have none: the gate's
+    # `gate.min_scored_fraction` reads it when `gate.metric` is a reference metric
+    scored = {(r["prompt_id"], r["sample"]) for r in local}
+    answers = scored | {(j["prompt_id"], j["sample"]) for j in select(primary_judgments, answerer=LOCAL)}
+    out = {"metrics": list(REFERENCE_METRICS), **reference_summary(local, **boot),
+           "scored_fraction": round(len(scored) / len(answers), 4) if answers else None}
     agreement = {"local": judge_vs_reference(select(primary_judgments, answerer=LOCAL), local)}
     if services:
         svc = {s: reference_summary([r for r in reference if r["answerer"] == s], **boot) for s in services}

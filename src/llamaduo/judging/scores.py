@@ -8,6 +8,7 @@ judgment is left out of the scores, never scored as zero.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from itertools import combinations
 from statistics import fmean, median
@@ -44,9 +45,32 @@ def select(judgments: list[dict], *, judge: str | None = None, answerer: str | N
             and (primary is None or j.get("primary", True) == primary)]
 
 
+_ORDERS = ("local first: ", "service first: ")  # a pairwise row's error names the order that failed
+_HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+# "local first: X; service first: Y" (grading.pairwise_rows), split at the orders only: X may hold a "; " itself
+_PAIR_ERRORS = re.compile(r"; (?=(?:local|service) first: )")
+
+
 def _failure_kind(error: str) -> str:
-    # "not JSON (Expecting value at char 0)" and "not JSON (...at char 7)" are one kind
-    return error.split(" (")[0]
+    """The kind of failure an `error` is, for eval.json's `failure_reasons` counts: "not JSON (Expecting value at
+    char 0)" and "not JSON (... at char 7)" are one kind. A call that failed for good ("request failed: provider
+    `x` (model y): HTTP 400: <the vendor's text>", from the call engine) is counted by its status alone: the
+    vendor's text varies per request. Kinds stay free text all the same (a refusal, a vendor without a status):
+    fine as JSON keys, never an MLflow metric name as they stand."""
+    order = next((o for o in _ORDERS if error.startswith(o)), "")
+    body = error[len(order):]
+    if body.startswith("request failed"):
+        status = _HTTP_STATUS.search(body)
+        kind = "request failed" + (f": HTTP {status.group(1)}" if status else "")
+    else:
+        kind = body.split(" (")[0]
+    return order + (kind if len(kind) <= 80 else kind[:80] + "...")
+
+
+def scored_fraction(judgments: list[dict]) -> float | None:
+    """The share of judgments that gave a score (None without judgments): what `gate.min_scored_fraction` bars.
+    Judgments, not answers: an answer with one usable judgment of M is in the mean, on a third of the evidence."""
+    return round(sum(j["ok"] for j in judgments) / len(judgments), 4) if judgments else None
 
 
 def summarize(judgments: list[dict], zetas: list[int], *, resamples: int | None = None, seed: int = 0) -> dict:
@@ -57,6 +81,7 @@ def summarize(judgments: list[dict], zetas: list[int], *, resamples: int | None 
         "answers": len(answers),
         "judgments": len(judgments),
         "failed_judgments": sum(not j["ok"] for j in judgments),
+        "scored_fraction": scored_fraction(judgments),
         "failure_reasons": dict(sorted(Counter(_failure_kind(j["error"]) for j in judgments if not j["ok"]).items())),
     }
     retried = [j for j in judgments if j.get("attempts", 1) > 1]
@@ -203,7 +228,7 @@ def pairwise_summary(rows: list[dict]) -> dict:
     counts = Counter(r["outcome"] for r in ok)
     out = {"comparisons": len(rows), "judged": len(ok), "failed": len(rows) - len(ok),
            "failure_reasons": dict(sorted(Counter(_failure_kind(e) for r in rows if not r["ok"]
-                                                 for e in r["error"].split("; ")).items())),
+                                                 for e in _PAIR_ERRORS.split(r["error"])).items())),
            "wins": counts["win"], "ties": counts["tie"], "losses": counts["loss"],
            "flipped": sum(bool(r["flipped"]) for r in ok)}
     for name, key in (("win_rate", "win"), ("tie_rate", "tie"), ("loss_rate", "loss")):

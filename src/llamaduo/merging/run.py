@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
-from llamaduo.atomic import write_json
+from llamaduo.atomic import replacing_dir, write_json
 from llamaduo.errors import ParamsError
 from llamaduo.hardware import torch_dtype
 from llamaduo.merging import from_params
@@ -24,6 +23,28 @@ from llamaduo.training import holdout
 from llamaduo.weights import save_folded
 
 MANIFEST = "merge.json"
+
+
+SCRATCH_MARK = ".llamaduo-scratch"
+
+
+def scratch(folder: str | Path) -> Path:
+    """Empty `merge.work_dir` for this run and return it. It is deleted whole after a merge, so only a folder this
+    function created (it holds the mark file) or an empty one is ever emptied: `work_dir: .llamaduo` or `.` would
+    otherwise delete the paid call cache, the MLflow database or the project."""
+    work = Path(folder)
+    if work.exists():
+        if not work.is_dir():
+            raise ParamsError(f"`merge.work_dir` {str(folder)!r} is a file: give a folder llamaduo may empty")
+        if not (work / SCRATCH_MARK).is_file():
+            present = sorted(x.name for x in work.iterdir())
+            if present:
+                raise ParamsError(f"`merge.work_dir` {str(folder)!r} holds files llamaduo did not write ({', '.join(present[:3])}"
+                                  f"{' ...' if len(present) > 3 else ''}); it is emptied on every merge: give an empty or new folder")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / SCRATCH_MARK).write_text("llamaduo's merge scratch folder: emptied on every merge\n")
+    return work
 
 
 def merge(*, params, train_rows: list[dict], base: str, adapter: str, out: str) -> dict:
@@ -45,15 +66,13 @@ def merge(*, params, train_rows: list[dict], base: str, adapter: str, out: str) 
                           "set `train.submodels` >= 2")
     _, val = holdout(train_rows, t)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(p.work_dir)
-    shutil.rmtree(work, ignore_errors=True)
+    work = scratch(p.work_dir)
     full = []
     for i, a in enumerate(subs):
         full.append(work / f"sub-{i}")
         # the compute dtype: the folded sub-models and so the merged model are in it
         save_folded(base, a, full[-1], dtype=torch_dtype(params.compute.dtype))
-    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=".merged-"))
-    try:
+    with replacing_dir(out_path) as tmp:  # a failed merge leaves no half-written folder
         stats = merge_checkpoints(base, full, tmp, from_params(p), shard_mb=p.shard_mb)
         metrics = {"method": p.method, "resample": p.resample, "seed": p.seed, "submodels": len(subs), **stats}
         (tmp / MANIFEST).write_text(json.dumps({**metrics, "base": base, "adapters": [str(a) for a in subs]}, indent=1))
@@ -62,10 +81,5 @@ def merge(*, params, train_rows: list[dict], base: str, adapter: str, out: str) 
             metrics.update(val_rows=len(val), submodel_val_loss=sub_losses,
                            submodel_val_loss_mean=statistics.fmean(sub_losses), submodel_val_loss_best=min(sub_losses),
                            merged_val_loss=validation_loss(tmp, val, t, dtype=params.compute.dtype))
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        tmp.replace(out_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed merge leaves no half-written folder
     shutil.rmtree(work, ignore_errors=True)
     return metrics

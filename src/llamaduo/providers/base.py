@@ -10,8 +10,11 @@ from __future__ import annotations
 import abc
 import email.utils
 import json
+import math
 import os
+import re
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 
 from llamaduo.errors import ProviderError  # noqa: F401  (part of the provider interface)
@@ -21,26 +24,109 @@ RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 
 def retry_after_seconds(headers) -> float | None:
-    """Seconds the server asked us to wait (`retry-after-ms`, `Retry-After` as seconds or an HTTP date)."""
+    """Seconds the server asked us to wait (`retry-after-ms`, `Retry-After` as seconds or an HTTP date).
+
+    None when there is no usable value: `inf`, NaN and negative numbers are not a wait anyone meant (the
+    engine also caps what it obeys: `limits.backoff_delay`)."""
     if headers is None:
         return None
     try:
         ms = headers.get("retry-after-ms")
         if ms is not None:
-            return max(0.0, float(ms) / 1000)
+            return _sane(float(ms) / 1000)
         value = headers.get("retry-after")
     except (AttributeError, ValueError, TypeError):
         return None
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _sane(float(value))
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError):
             return None
         return max(0.0, when.timestamp() - time.time())
+
+
+def _sane(seconds: float) -> float | None:
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+# query parameter names whose values are credentials (Azure's `api-key`, `key=` of Google APIs, SAS `sig`, tokens)
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|sig|auth|credential", re.IGNORECASE)
+
+
+# `${VAR}` in a base_url: where a gateway wants a credential inside its URL, params name the variable that holds it
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def env_refs(url: str | None) -> list[str]:
+    """The environment variables `url` refers to as `${VAR}`."""
+    return _ENV_REF.findall(url or "")
+
+
+def expand_url(url: str | None, *, missing=None) -> str | None:
+    """`url` with each `${VAR}` replaced by that variable's value. params.yaml is committed every cycle and its
+    provider sections land in dvc.lock and MLflow, so a credential a URL must carry is written there as `${VAR}` and
+    only the request (never an identity, a row or a log: see mask_url) sees the value. `missing(name)` is called for an
+    unset variable (default: left as written)."""
+    if not url:
+        return url
+
+    def value(m: re.Match) -> str:
+        got = os.environ.get(m.group(1))
+        if got is None:
+            if missing is not None:
+                missing(m.group(1))
+            return m.group(0)
+        return got
+
+    return _ENV_REF.sub(value, url)
+
+
+def literal_credentials(url: str | None) -> list[str]:
+    """The credentials written out in `url` rather than as `${VAR}`: its password (or, alone, a user name, which may
+    be a token) and secret-looking query values. params must hold none (ProviderParams refuses them)."""
+    try:
+        parts = urllib.parse.urlsplit(url or "")
+    except ValueError:
+        return []
+    found = [parts.password] if parts.password else [parts.username] if parts.username else []
+    found += [v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if v and _SECRET_PARAM.search(k)]
+    return [v for v in found if not _ENV_REF.fullmatch(v)]
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials written into `url`: its userinfo (user and password) and secret-looking query values."""
+    if not url:
+        return []
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # not a URL the SDKs could use either; nothing to find
+        return []
+    found = [v for v in (parts.username, parts.password) if v]
+    found += [v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if v and _SECRET_PARAM.search(k)]
+    return found
+
+
+def mask_url(url: str | None) -> str | None:
+    """`url` fit to print, log or key a cache on: userinfo and secret-looking query values become `***`.
+    Requests still go to the real URL; this is only what a URL may say about itself anywhere else."""
+    if not url:
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # unparseable: say nothing of it rather than risk a key
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = urllib.parse.urlencode([(k, "***" if v and _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -80,6 +166,9 @@ class ChatResult:
     extra: dict = field(default_factory=dict)  # not stored: per-run facts (e.g. {"batch": True})
     # the model the service says answered: often a dated snapshot behind the alias in params ("" if it names none)
     model: str = ""
+    # set when the call failed for good with an error no retry can fix (e.g. a 400: prompt too long): the
+    # choices are then placeholders (finish_reason "error"). Never stored: a rerun asks again.
+    error: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({"choices": [asdict(c) for c in self.choices], "input_tokens": self.input_tokens,
@@ -119,6 +208,14 @@ class Provider(abc.ABC):
         """What the call cache keys on besides the request: kind and model (and, for local weights, their content)."""
         return f"{self.params.kind}:{self.params.model}"
 
+    def request_url(self) -> str | None:
+        """`base_url` as requests use it: `${VAR}` filled from the environment (an unset one is a fatal error)."""
+        def missing(var: str):
+            raise ProviderError(f"provider `{self.name}`: `providers.{self.name}.base_url` refers to ${{{var}}}, which is not set "
+                                "in the environment", fatal=True)
+
+        return expand_url(self.params.base_url, missing=missing)
+
     @property
     def native_n(self) -> bool:
         return self.supports_n if self.params.native_n is None else self.params.native_n
@@ -138,10 +235,11 @@ class Provider(abc.ABC):
         return None
 
     def redact(self, text: str) -> str:
-        """`text` with any API key this provider could use blanked (SDK messages can echo request details)."""
+        """`text` with any API key this provider could use, and any credential in its `base_url`, blanked (SDK
+        messages can echo request details and URLs)."""
         names = (self.params.api_key_env,) if self.params.api_key_env else self.default_key_env
-        for env in names:
-            key = os.environ.get(env)
+        secrets = [os.environ.get(env) for env in names] + url_secrets(expand_url(self.params.base_url))
+        for key in secrets:
             if key and len(key) >= 4:
                 text = text.replace(key, "***")
         return text
@@ -150,7 +248,8 @@ class Provider(abc.ABC):
         """A ProviderError naming provider, model and cause; retryable and fatal follow the HTTP status."""
         if retryable is None:
             retryable = status is None or status in RETRYABLE_STATUS
-        fatal = status in (401, 403, 404)
+        # no request can get past these (key, access, unknown model or path, method not served): the stage stops
+        fatal = status in (401, 403, 404, 405)
         where = f"provider `{self.name}` (model {self.model})"
         prefix = f"HTTP {status}: " if status is not None else ""
         return ProviderError(self.redact(f"{where}: {prefix}{cause}"), status=status, retryable=retryable,
@@ -174,9 +273,16 @@ class Provider(abc.ABC):
 
     # -- the Batch API (hosted kinds): submit, poll, collect. The engine persists ids and drives the loop.
 
-    async def batch_submit(self, items: list[tuple[str, ChatRequest]]) -> str:
-        """Submit (custom_id, request) pairs as one job; return the vendor's job id."""
+    async def batch_submit(self, items: list[tuple[str, ChatRequest]], tag: str = "") -> str:
+        """Submit (custom_id, request) pairs as one job; return the vendor's job id. `tag` is the submission's
+        idempotency tag: the job should carry it where the vendor keeps client data, for `batch_find`."""
         raise ProviderError(f"provider `{self.name}`: kind `{self.params.kind}` has no Batch API")
+
+    async def batch_find(self, tag: str, custom_ids: list[str], since: float) -> str | None:
+        """The id of a job submitted (at or after unix time `since`) with `tag` and these custom ids, or None if
+        the vendor holds none: asked before submitting again after a timeout, a 5xx or a kill, so that a job the
+        vendor created although we never heard back is not paid twice. Kinds that cannot tell return None."""
+        return None
 
     async def batch_status(self, job_id: str) -> BatchStatus:
         raise ProviderError(f"provider `{self.name}`: kind `{self.params.kind}` has no Batch API")

@@ -1,4 +1,8 @@
-"""Google Gemini through the google-genai SDK: JSON-schema output, `candidate_count` for n, and batch mode."""
+"""Google Gemini through the google-genai SDK: JSON-schema output, `candidate_count` for n, and batch mode.
+
+Routes: the Gemini API (an API key), a gateway at `base_url` (with the `api_version` it serves), or Vertex AI
+(`cloud: vertex`: project, region, Google application default credentials). The SDK builds every path.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,19 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from llamaduo.providers.base import BatchStatus, ChatRequest, ChatResult, Choice, Provider, ProviderError
+from llamaduo.providers.routes import cloud_identity, redact_cloud, wrong_path
 
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "PROHIBITED_CONTENT": "content_filter",
           "BLOCKLIST": "content_filter", "SPII": "content_filter", "RECITATION": "content_filter"}
 # the SDK warns on every multi-candidate response (meant for `.text` users); we read every candidate
 logging.getLogger("google_genai.types").setLevel(logging.ERROR)
 JOB_FINISHED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
+
+try:
+    from google.auth import exceptions as google_auth_errors  # Vertex AI: the credential chain's failures
+    _CREDENTIALS: tuple[type[Exception], ...] = (google_auth_errors.GoogleAuthError,)
+except ImportError:  # pragma: no cover
+    _CREDENTIALS = ()
 
 try:  # transport failures, whichever HTTP library the SDK picked (aiohttp when installed, else httpx)
     import aiohttp
@@ -36,13 +47,31 @@ class GeminiProvider(Provider):
     def __init__(self, name: str, params):
         super().__init__(name, params)
         self._client: genai.Client | None = None
+        if params.cloud == "vertex":
+            self.default_key_env = ()  # Vertex AI authenticates with Google credentials, not an API key
+
+    def identity(self) -> str:
+        return cloud_identity(self.params) or super().identity()
+
+    def redact(self, text: str) -> str:
+        return redact_cloud(self.params, super().redact(text))
 
     def client(self) -> genai.Client:
         if self._client is None:
-            # attempts=1: the call engine retries (this also stops the SDK's own implicit reconnect retry)
-            opts = types.HttpOptions(base_url=self.params.base_url, timeout=int(self.params.timeout_s * 1000),
-                                     retry_options=types.HttpRetryOptions(attempts=1))
-            self._client = genai.Client(api_key=self.api_key(), http_options=opts)
+            # attempts=1: the call engine retries (this also stops the SDK's own implicit reconnect retry);
+            # api_version None keeps the SDK's default (v1 on the Gemini API, v1beta1 on Vertex AI)
+            opts = types.HttpOptions(base_url=self.request_url(), api_version=self.params.api_version,
+                                     timeout=int(self.params.timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1))
+            try:
+                if self.params.cloud == "vertex":
+                    # credentials: google-auth's application default chain (GOOGLE_APPLICATION_CREDENTIALS, gcloud, the
+                    # metadata server), read by the SDK itself at the first call; never an API key from params
+                    self._client = genai.Client(vertexai=True, project=self.params.project, location=self.params.region,
+                                                http_options=opts)
+                else:
+                    self._client = genai.Client(api_key=self.api_key(), http_options=opts)
+            except ValueError as exc:  # e.g. Vertex AI without a project: the SDK says which setting is missing
+                raise ProviderError(self.redact(f"provider `{self.name}` (model {self.model}): {exc}"), fatal=True) from None
         return self._client
 
     async def aclose(self) -> None:
@@ -83,7 +112,12 @@ class GeminiProvider(Provider):
     def translate(self, exc: Exception) -> ProviderError:
         if isinstance(exc, genai_errors.APIError):
             headers = getattr(getattr(exc, "response", None), "headers", None)
-            return self.error(exc.message or str(exc), status=exc.code, headers=headers)
+            err = self.error(exc.message or str(exc), status=exc.code, headers=headers)
+            return wrong_path(self, err, exc, api_version=self.params.api_version)
+        if isinstance(exc, _CREDENTIALS):  # no credentials, or the token endpoint refused them: no call can pass
+            err = self.error(f"Google credentials: {type(exc).__name__}: {exc}", retryable=False)
+            err.fatal = True
+            return err
         if isinstance(exc, _TRANSPORT):
             return self.error(f"{type(exc).__name__}: {exc}", retryable=True)
         if isinstance(exc, json.JSONDecodeError):
@@ -96,23 +130,36 @@ class GeminiProvider(Provider):
             resp = await self.client().aio.models.generate_content(model=self.model, contents=contents, config=config)
         except ProviderError:
             raise
-        except (genai_errors.APIError, json.JSONDecodeError, *_TRANSPORT) as exc:
+        except (genai_errors.APIError, json.JSONDecodeError, *_TRANSPORT, *_CREDENTIALS) as exc:
             raise self.translate(exc) from None
         result = self.parse(resp)
         if not result.choices:
             raise self.error("the response has no candidates", retryable=True)
         return result
 
-    async def batch_submit(self, items: list[tuple[str, ChatRequest]]) -> str:
+    async def batch_submit(self, items: list[tuple[str, ChatRequest]], tag: str = "") -> str:
         src = []
         for cid, req in items:
             contents, config = self.contents_and_config(req)
             src.append({"contents": contents, "config": config, "metadata": {"key": cid}})
         try:
-            job = await self.client().aio.batches.create(model=self.model, src=src)
+            # the idempotency tag is the job's display name, where `batch_find` looks for it
+            job = await self.client().aio.batches.create(model=self.model, src=src,
+                                                         config={"display_name": tag} if tag else None)
         except (genai_errors.APIError, *_TRANSPORT) as exc:
             raise self.translate(exc) from None
         return job.name
+
+    async def batch_find(self, tag: str, custom_ids: list[str], since: float) -> str | None:
+        try:
+            async for job in await self.client().aio.batches.list(config={"page_size": 100}):
+                if job.display_name == tag:
+                    return job.name
+                if job.create_time and job.create_time.timestamp() < since:  # listed newest first
+                    return None
+        except (genai_errors.APIError, *_TRANSPORT) as exc:
+            raise self.translate(exc) from None
+        return None
 
     async def _job(self, job_id: str) -> types.BatchJob:
         try:

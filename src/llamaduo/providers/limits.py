@@ -36,11 +36,15 @@ class Pacer:
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None,
-                  rng: random.Random = random._inst) -> float:
+                  retry_after_cap: float = 120.0, rng: random.Random = random._inst) -> float:
     """Delay before retry number `attempt` (0-based): the server's Retry-After when it gave one, else
     exponential (base x 2^attempt, capped) with jitter over its upper half, so clients that failed together
-    do not retry together."""
-    if retry_after is not None:
-        return retry_after
+    do not retry together.
+
+    Retry-After is bounded by `retry_after_cap`: the engine pauses every request of the provider for it, so a
+    server (or a proxy) answering `86400`, a far date or `inf` would otherwise stall the whole run for a day.
+    NaN or a negative value means nothing: the exponential delay applies."""
+    if retry_after is not None and retry_after >= 0:  # False for NaN too
+        return min(retry_after, retry_after_cap)
     d = min(cap, base * (2 ** attempt))
     return d / 2 + rng.uniform(0, d / 2)

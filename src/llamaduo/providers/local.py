@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 from llamaduo import vllm_cpu
+from llamaduo.atomic import pid_alive
 from llamaduo.errors import ProviderError, require_vllm
 from llamaduo.hardware import compute_dtype
 from llamaduo.providers.openai_compatible import OpenAICompatibleProvider
@@ -45,26 +47,24 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): signal 0 succeeded
-
-
 def healthy(host: str, port: int, timeout: float = 5) -> bool:
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=timeout) as r:
             return r.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
+
+
+# vendor credentials the vLLM server (and its watchdog) never needs: a local child must not hold the keys of
+# the paid services (its log, a crash dump or a plugin could leak them)
+_VENDOR_KEYS = re.compile(r"^(OPENAI_API_KEY|ANTHROPIC_API_KEY|GEMINI_API_KEY|GOOGLE_API_KEY|AZURE_.*|AWS_SECRET_ACCESS_KEY"
+                          r"|AWS_SESSION_TOKEN|.*_API_KEY)$", re.IGNORECASE)
+
+
+def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) without vendor credentials, for local child processes."""
+    base = os.environ if base is None else base
+    return {k: v for k, v in base.items() if not _VENDOR_KEYS.match(k)}
 
 
 def _kill_group(pid: int, grace_s: float = 30) -> None:
@@ -78,7 +78,7 @@ def _kill_group(pid: int, grace_s: float = 30) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
-            if not alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.2)
 
@@ -116,7 +116,7 @@ class ServerState:
         """Stop the recorded server and remove the state (hold the lock). True when a live server was stopped."""
         state = state or self.read()
         stopped = False
-        if state and alive(state["pid"]):
+        if state and pid_alive(state["pid"]):
             _kill_group(state["pid"])
             stopped = True
         self.path.unlink(missing_ok=True)
@@ -178,7 +178,7 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
 
     def env(self) -> dict[str, str]:
         srv = self.params.server
-        env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), VLLM_NO_USAGE_STATS="1",
+        env = dict(child_env(), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), VLLM_NO_USAGE_STATS="1",
                    DO_NOT_TRACK="1")
         if srv.threads:
             env["OMP_NUM_THREADS"] = str(srv.threads)
@@ -224,10 +224,10 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
         state = ServerState(self.server_key(), self._state_dir)
         with state.locked():  # held through a start: a concurrent stage waits, then finds the server
             st = state.read()
-            if st and alive(st["pid"]) and healthy(st["host"], st["port"]):
+            if st and pid_alive(st["pid"]) and healthy(st["host"], st["port"]):
                 why = None
             else:
-                why = "none running" if st is None else ("it died" if not alive(st["pid"]) else "it is not healthy")
+                why = "none running" if st is None else ("it died" if not pid_alive(st["pid"]) else "it is not healthy")
                 if st is not None:
                     print(f"[{self.name}] replacing the vLLM server (pid {st['pid']}): {why}", file=sys.stderr, flush=True)
                     state.stop(st)
@@ -263,7 +263,7 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
         # the watchdog: its own session, so it outlives this stage and is not in the server's process group
         subprocess.Popen([sys.executable, "-m", "llamaduo.providers.local", "watch", str(state.path)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+                         start_new_session=True, env=child_env())
         return st
 
     def _wait_healthy(self, proc: subprocess.Popen, host: str, port: int, timeout: float, log: Path) -> None:
@@ -319,10 +319,10 @@ def watch(state_path: Path, poll_s: float | None = None) -> str:
             st = state.read()
             if st is None or st["pid"] != pid:
                 return "stopped or replaced"
-            if not alive(pid):
+            if not pid_alive(pid):
                 state.path.unlink(missing_ok=True)
                 return "server died"
-            if any(alive(u) for u in st.get("users", [])):
+            if any(pid_alive(u) for u in st.get("users", [])):
                 quiet_since = None
                 continue
             # idle since the last release, or since we first saw no live user (one died without releasing)

@@ -7,18 +7,19 @@ import json
 import openai
 from openai.types.chat import ChatCompletion
 
-from llamaduo.providers.base import ChatRequest, ChatResult, Choice, Provider, ProviderError
+from llamaduo.providers.base import ChatRequest, ChatResult, Choice, Provider, ProviderError, mask_url
 
 
 class OpenAICompatibleProvider(Provider):
     def __init__(self, name: str, params, base_url: str | None = None):
         super().__init__(name, params)
-        self.base_url = base_url or params.base_url
+        self.base_url = base_url or self.request_url()
         self._client: openai.AsyncOpenAI | None = None
 
     def identity(self) -> str:
-        # another server under the same model name is another model
-        return f"{self.params.kind}:{self.base_url}:{self.params.model}"
+        # another server under the same model name is another model; the identity is stored (cache, judgment rows),
+        # so credentials written into the URL are masked: the same server with a new key is the same model
+        return f"{self.params.kind}:{mask_url(self.base_url)}:{self.params.model}"
 
     def api_key(self) -> str:
         return super().api_key() or "unused"  # local servers accept any key; the SDK insists on one

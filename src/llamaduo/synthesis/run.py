@@ -9,6 +9,14 @@ from llamaduo.synthesis.requests import Plan, parse_pairs, plan_requests
 
 
 def _parse_into(rows: list[dict], index: int, plan: Plan, result, provider, stats: dict) -> None:
+    if result.error is not None:
+        # the call failed for good (e.g. HTTP 400): no pairs; counted by status (the vendor's text varies per
+        # request), and not cached, so a later run asks again
+        status = result.extra.get("status")
+        reason = f"request failed: HTTP {status}" if status is not None else "request failed"
+        stats["failed_requests"] = stats.get("failed_requests", 0) + 1
+        stats["failure_reasons"][reason] = stats["failure_reasons"].get(reason, 0) + 1
+        return
     j = 0
     for choice in result.choices:
         pairs, err = parse_pairs(choice.text if choice.finish_reason != "length" else "")
@@ -47,7 +55,7 @@ def synthesize(*, train: list[dict], test: list[dict], params) -> tuple[list[dic
     `synth.cycle`. That follows from params alone, so the lineage is the same on any machine."""
     s = params.synth
     stats = {"volume": s.volume, "requests": 0, "requests_sent": 0, "pairs": 0, "curated": 0, "failed_answers": 0,
-             "failure_reasons": {}, "stopped_by": "volume"}
+             "failed_requests": 0, "failure_reasons": {}, "stopped_by": "volume"}
     if s.volume == 0:
         stats["stopped_by"] = "volume is 0"
         return [], stats
@@ -75,7 +83,9 @@ def synthesize(*, train: list[dict], test: list[dict], params) -> tuple[list[dic
                 per_request = have / done if done and have else s.pairs_per_request
                 want = math.ceil((s.volume - have) / max(per_request, 0.25))
                 batch = plans[done:done + want]
-                results, u = run_calls(provider, [pl.request for pl in batch], cache=cache, desc=f"synthesize ({provider.name})")
+                # keep_failed: one request the service refuses with its own error (a 400) gives no pairs, not a failed stage
+                results, u = run_calls(provider, [pl.request for pl in batch], cache=cache, desc=f"synthesize ({provider.name})",
+                                       keep_failed=True)
                 usage.add(u)
                 for offset, (pl, res) in enumerate(zip(batch, results)):
                     _parse_into(rows, done + offset, pl, res, provider, stats)

@@ -16,10 +16,10 @@ import math
 import random
 import resource
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from llamaduo.atomic import replacing_dir
 from llamaduo.config import runtime_keys
 from llamaduo.errors import DataError
 from llamaduo.hardware import compute_dtype
@@ -260,18 +260,13 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
                                quantize=quantize, dtype=dt["dtype"], callbacks=callbacks))
 
     if state.is_main_process:
-        out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".adapter-"))
-        paths = []
-        for i in range(p.submodels):
-            dest = tmp if i == 0 else tmp / "submodels" / str(i)
-            shutil.copytree(root / f"sub-{i}" / "final", dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics.json"))
-            paths.append("." if i == 0 else f"submodels/{i}")
-        (tmp / SUBMODELS_FILE).write_text(json.dumps({"submodels": paths, "data_seeds": [s["data_seed"] for s in subs]}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
+        with replacing_dir(out_dir) as tmp:
+            paths = []
+            for i in range(p.submodels):
+                dest = tmp if i == 0 else tmp / "submodels" / str(i)
+                shutil.copytree(root / f"sub-{i}" / "final", dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics.json"))
+                paths.append("." if i == 0 else f"submodels/{i}")
+            (tmp / SUBMODELS_FILE).write_text(json.dumps({"submodels": paths, "data_seeds": [s["data_seed"] for s in subs]}, indent=1))
         shutil.rmtree(root, ignore_errors=True)  # the adapters are out: the checkpoints have served
     state.wait_for_everyone()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from pathlib import Path
 
+from llamaduo.atomic import replacing_dir
 from llamaduo.errors import ModelError
 
 
@@ -46,8 +46,7 @@ def _save_gguf_as_hf(gguf: Path, out: Path) -> None:
 def materialize(*, base: str, gguf_package: str, out: str | Path) -> dict:
     """Write the base model to `out` in HF format; return facts about it for metrics."""
     out = Path(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".base-"))
-    try:
+    with replacing_dir(out) as tmp:
         if base.endswith(".gguf"):
             source = resolve_gguf(base, gguf_package)
             _save_gguf_as_hf(source, tmp)
@@ -61,10 +60,4 @@ def materialize(*, base: str, gguf_package: str, out: str | Path) -> dict:
                 AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
             except OSError as exc:
                 raise ModelError(f"`model.base`: cannot load {base!r} ({exc})") from None
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {"base": base, "files": sorted(p.name for p in out.iterdir())}

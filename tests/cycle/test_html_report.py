@@ -1,0 +1,154 @@
+"""metrics/report.html: built from a small synthetic metrics folder (no pipeline run), opened in headless Chromium
+(screenshot not blank, the figures' titles in the DOM), text escaped, sections that say what to run when their
+file is missing."""
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+from report_fixtures import HOSTILE, write_project_outputs
+
+from llamaduo.cycle import html_report
+
+FIGURES = ["Judge score against synthetic volume", "Precision against similarity per answer",
+           "Cumulative cost and break-even"]
+
+
+class _Titles(HTMLParser):
+    """The text of each `h3.figure-title`, and how many images are inline PNGs or fetched from elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.titles, self.inline_png, self.remote, self._in = [], 0, [], False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self._in = tag == "h3" and "figure-title" in (a.get("class") or "")
+        if self._in:
+            self.titles.append("")
+        for key in ("src", "href"):
+            v = a.get(key) or ""
+            if v.startswith("data:image/png;base64,"):
+                self.inline_png += 1
+            elif v:
+                self.remote.append(v)
+
+    def handle_endtag(self, tag):
+        self._in = False if tag == "h3" else self._in
+
+    def handle_data(self, data):
+        if self._in:
+            self.titles[-1] += data
+
+
+def parse(text: str) -> _Titles:
+    p = _Titles()
+    p.feed(text)
+    return p
+
+
+@pytest.fixture
+def report(tmp_path):
+    write_project_outputs(tmp_path)
+    out = html_report.write(tmp_path / "metrics" / "report.html", metrics_dir=tmp_path / "metrics", data_dir=tmp_path / "data")
+    return out, out.read_text()
+
+
+def test_every_section_is_drawn_from_the_files_with_inline_figures(report):
+    path, text = report
+    assert path.name == "report.html"
+    page = parse(text)
+    assert page.titles == FIGURES and page.inline_png == 3 and page.remote == []
+    # the gate's decision and why, the per-judge table (both judges, coverage at each zeta, P-Match), the reference
+    # metrics of local and service answers, the break-even verdict, each cycle of the history
+    assert "PASS" in text and "precision 62.50 passes (threshold 60)" in text
+    assert re.search(r"<td>j2</td><td>similarity</td><td class=\"num\">45.00</td><td class=\"num\">37.50</td>"
+                     r"<td class=\"num\">52.00</td><td class=\"num\">0.33</td><td class=\"num\">0.00</td><td class=\"num\">0.77</td>", text)
+    assert "<td>gpt-svc</td><td>chrf</td><td class=\"num\">49.00</td>" in text
+    # $ a request: the service's (100 x 2.5 + 50 x 10) / 1e6, the local model's $100 a month over 100k requests
+    assert "no break-even within 12 months" in text and "<td class=\"num\">0.00075</td><td class=\"num\">0.001</td>" in text
+    assert len(re.findall(r"<tr><td>[012]</td><td>(0|50|100)</td><td>precision</td>", text)) == 3
+    assert "<tr><td>2</td><td>100</td><td>precision</td><td class=\"num\">62.50</td><td class=\"num\">55.00</td>" in text
+    # side by side: the first 5 prompts by id, the local model's sample 0 (not 1) beside the service's answer
+    assert "local answer p4/0" in text and "local answer p4/1" not in text and "service answer p4" in text
+    assert "Summarize note p5." not in text and "Reference for p0." in text
+    # the worst answer with the judge's reasons
+    assert "misses the point" in text and "Summarize the memo about room changes." in text
+
+
+def test_answers_and_reasons_are_escaped(report):
+    _, text = report
+    assert "<script>" not in text and "onerror=alert(1)>" not in text and HOSTILE not in text
+    assert text.count("&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;") == 3  # an answer, a reason, a local answer
+
+
+def test_missing_files_leave_sections_that_say_what_to_run(tmp_path):
+    out = html_report.write(tmp_path / "r.html", metrics_dir=tmp_path / "none", data_dir=tmp_path / "none")
+    text = out.read_text()
+    assert "no history yet: run <code>llamaduo loop</code>" in text
+    assert "no summary yet" in text and "no cost report yet" in text and "no local answers yet" in text
+    assert "no worst answers yet" in text and "no judgments yet" in text and "no reference metrics" in text
+    assert parse(text).titles == []
+
+
+def test_an_empty_history_and_one_without_every_judge_still_draw(tmp_path):
+    write_project_outputs(tmp_path, history=[])
+    text = html_report.write(tmp_path / "r.html", tmp_path / "metrics", tmp_path / "data").read_text()
+    assert "no history yet" in text and parse(text).titles == FIGURES[1:]
+    from report_fixtures import HISTORY
+
+    # a cycle entry written before `judges` was recorded: the primary judge's means, the gate metric's interval
+    series = html_report._history_series(HISTORY)
+    assert series[("j1", "precision")] == [(0, 40.0, 33.0, 47.0), (50, 52.0, 45.0, 59.0), (100, 62.5, 55.0, 70.0)]
+    assert series[("j1", "similarity")][:2] == [(0, 30.0, None, None), (50, 41.0, None, None)]
+    assert series[("j2", "similarity")] == [(100, 45.0, 37.5, 52.0)]
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:  # fail, not skip: the report's one real check is that a browser renders it
+        pytest.fail("headless Chromium is not installed: `apt-get install -y chromium` as root (scripts/test.sh "
+                    "installs it when it runs as root or with passwordless sudo)")
+    return exe
+
+
+def browse(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    # --no-sandbox: CI and this container run as root, where Chromium's sandbox refuses to start; the page is
+    # our own file. A fresh profile per call keeps two test runs from sharing a lock.
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
+def test_chromium_renders_the_page_with_its_figures(report, tmp_path):
+    from PIL import Image, ImageStat
+
+    path, _ = report
+    shot = tmp_path / "shot.png"
+    browse(tmp_path, f"--screenshot={shot}", "--window-size=1280,3000", path.as_uri())
+    with Image.open(shot) as img:
+        assert img.size == (1280, 3000)
+        grey = img.convert("L")
+        # a blank (or failed) render is one colour; text, tables and three plots spread the grey levels
+        assert ImageStat.Stat(grey).stddev[0] > 20
+        # the plots' pixels, not only text: many distinct colours (blue/orange lines, bands, fills)
+        assert len(img.convert("RGB").getcolors(maxcolors=1 << 20)) > 200
+    dom = browse(tmp_path, "--dump-dom", path.as_uri()).stdout
+    page = parse(dom)
+    assert page.titles == FIGURES and page.inline_png == 3
+    assert "<script>" not in dom.split("<body", 1)[1]  # the hostile answers stayed text in the browser's DOM
+
+
+def test_the_blank_check_would_catch_a_blank_page(tmp_path):
+    from PIL import Image, ImageStat
+
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    shot = tmp_path / "blank.png"
+    browse(tmp_path, f"--screenshot={shot}", "--window-size=400,300", blank.as_uri())
+    with Image.open(shot) as img:
+        assert ImageStat.Stat(img.convert("L")).stddev[0] < 1
