@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the test suite (what CI runs). One thread per process: two contend badly on 2 cores.
+# Set up, then run the test suite (what CI runs). One thread per test process, two processes (pytest-xdist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -15,4 +15,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
 fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
-pytest "$@"
+# two workers, one per core (each test process runs one thread): ~25 min serial, ~18 min so on this machine;
+# a module whose fixture is expensive (the pipeline run, a Ray cluster) is one xdist_group, run on one worker
+pytest -n 2 --dist loadgroup "$@"

@@ -8,7 +8,7 @@ from llamaduo.stage import run
 
 def main(params, raw, train, test, out, dropped_out, metrics_out):
     kept, dropped, counts = curate(tables.read(raw, "synthetic"), train=tables.read(train, "split"),
-                                   test=tables.read(test, "split"), p=params.curate)
+                                   test=tables.read(test, "split"), p=params.curate, cluster=params.cluster)
     tables.write(out, "synthetic", kept)
     # curate passes every column through; dropped.parquet holds the ones its schema declares (pair + reason)
     columns = tables.columns("dropped")

@@ -1,25 +1,33 @@
 """train: coverage train + curated synthetic pairs -> a LoRA/QLoRA adapter (or `train.submodels` of them) on the base model.
 
-Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml stages/train.py ...` (see README);
-every process trains, only the main one writes.
+Several processes, GPUs or machines: `train.num_processes` > 1 makes the stage relaunch itself under
+`accelerate launch` (llamaduo.training.launch), so dvc.yaml's command stays the same; every process trains, only
+the main one writes (README, "Past one machine").
 """
 
 import sys
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
+from llamaduo.errors import ParamsError
 from llamaduo.stage import run
-from llamaduo.training import cap_message, holdout, train
+from llamaduo.training import cap_message, holdout, launch, train
 
 
 def main(params, train_rows, curated, base, out, metrics_out, loss_out):
-    from accelerate import PartialState
-
-    state = PartialState()
+    if launch.needs_launch(params.train):
+        # the launched processes run this same command line; their failure is this stage's failure
+        sys.exit(launch.relaunch(params.train, [sys.argv[0], *sys.argv[1:]]))
+    state = launch.process_state()
+    if state.num_processes != params.train.num_processes:
+        # launched by hand with another count: the params must say the layout (the batch split is checked for it)
+        raise ParamsError(f"launched in {state.num_processes} processes but `train.num_processes` is "
+                          f"{params.train.num_processes}: set it (the stage launches itself when it is > 1)")
     # the validation slice comes from coverage train only: real rows, the same ones every cycle
     fit, val = holdout(tables.read(train_rows, "split"), params.train)
     rows = fit + tables.read(curated, "synthetic")
-    warning = cap_message(params.train, len(rows), state.num_processes)
+    # the params' batch is the global one whatever the process count (training/budget.py)
+    warning = cap_message(params.train, len(rows))
     if warning and state.is_main_process:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     stats = train(rows=rows, val_rows=val, base_dir=base, out_dir=out, p=params.train, dtype=params.compute.dtype)

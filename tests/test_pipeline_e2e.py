@@ -13,13 +13,16 @@ import yaml
 from conftest import copy_project
 from llamaduo import tables
 
-pytestmark = pytest.mark.slow
+# one group: under `pytest -n` the module-scoped pipeline run must happen once, on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline_e2e")]
 
 TINY = {
     "data": {"max_rows_per_task": 30, "train_ratio": 0.9},
     "synth": {"volume": 4, "pairs_per_request": 2, "max_requests": 3, "max_tokens": 400},
     "train": {"max_steps": 2, "batch_size": 2, "max_length": 256},
-    "infer": {"k": 2, "max_new_tokens": 32},
+    # a fixed 1 GiB KV cache (VLLM_CPU_KVCACHE_SPACE) rather than vLLM's share of the node (0.3 of 24 GiB): the suite
+    # runs beside other tests (`pytest -n 2`), and vLLM refuses to start when that share is not free at that moment
+    "infer": {"k": 2, "max_new_tokens": 32, "cpu_kvcache_gib": 1},
     "judge": {"m": 2, "max_tokens": 150},
 }
 
@@ -27,7 +30,9 @@ TINY = {
 def dvc(proj: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
     res = subprocess.run(["dvc", *args], cwd=proj, env=env, capture_output=True, text=True, timeout=1800)
-    assert res.returncode == 0, f"dvc {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    # the root cause can sit far above the last lines (vLLM's worker processes print it before the tracebacks)
+    causes = "\n".join([ln for ln in res.stderr.splitlines() if "Error:" in ln or "Exception:" in ln][-12:])
+    assert res.returncode == 0, f"dvc {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}\ncauses:\n{causes}"
     return res
 
 
@@ -46,6 +51,9 @@ def set_params(proj: Path, changes: dict) -> None:
 def cycle(tmp_path_factory):
     proj = copy_project(tmp_path_factory.mktemp("project"))
     set_params(proj, TINY)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["providers"]["service"].setdefault("server", {})["cpu_kvcache_gib"] = 1  # the local service LLM: as infer
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
     try:
         first = dvc(proj, "repro")

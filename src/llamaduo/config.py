@@ -11,6 +11,7 @@ checkpoint key leaves them out (`runtime_keys`). tests/test_dvc_deps.py checks b
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -82,6 +83,30 @@ class ComputeParams(_Section):
                             "(llamaduo.hardware.compute_dtype).")
 
 
+class ClusterParams(_Section):
+    """Where curation runs: in this process (`local`, the default: nothing to start or install) or on a Ray
+    cluster (`ray`, `pip install llamaduo[ray]`). All runtime: both engines write the same bytes (tests/curation/
+    test_ray.py), so switching engines reruns no stage."""
+
+    engine: Literal["local", "ray"] = runtime("local", description="`local`: curation runs in the stage's own process; `ray`: its "
+                                                                   "per-row work, band grouping and ROUGE-L checks run as Ray Data "
+                                                                   "tasks on the cluster at `address` (same output).")
+    address: str | None = runtime(None, description="The Ray cluster to join (`host:port` of its head, as `ray start --head` prints; "
+                                                    "`auto` = the one started on this machine); null = none (only `engine: local`).")
+    storage: str | None = runtime(None, description="An fsspec URI every node can reach (s3://..., a shared mount) where the stage hands "
+                                                    "the rows to the workers as Parquet; null = through Ray's object store. The stage "
+                                                    "still writes its DVC outs locally.")
+    block_rows: int = runtime(20000, ge=100, description="Rows per Ray Data block (one map task); there are always at least two "
+                                                         "blocks per cluster CPU, so every node gets work.")
+
+    @model_validator(mode="after")
+    def _address_for_ray(self):
+        if self.engine == "ray" and not self.address:
+            raise ValueError("`cluster.address` is null but `cluster.engine` is ray: set it to the head node's host:port "
+                             "(`ray start --head` prints it) or `auto`, or set `cluster.engine: local`")
+        return self
+
+
 class VllmEngine(_Section):
     """How a vLLM engine runs (the offline engine of `infer`, the local service server): parallelism and the CPU
     settings of vLLM's CPU guide. All runtime: they change speed, never the answers' meaning."""
@@ -95,6 +120,10 @@ class VllmEngine(_Section):
                                                                   "`gpu_memory_utilization`.")
     cpu_threads_bind: str = runtime("auto", description="On CPU, VLLM_CPU_OMP_THREADS_BIND: `auto` (the NUMA node's cores), "
                                                         "a core list such as `0-15`, or `nobind`.")
+    distributed_executor_backend: Literal["mp", "ray"] | None = runtime(
+        None, description="vLLM's distributed executor: null = vLLM's choice (processes on one machine), `mp` = local "
+                          "processes, `ray` = a Ray cluster's workers, for tensor/data parallelism past one machine "
+                          "(start Ray on each node first; README, \"Past one machine\").")
 
 
 class LocalServer(VllmEngine):
@@ -357,6 +386,50 @@ class TrainParams(_Section):
                                                                        "stage's inputs and params.")
     seed: int = Field(42, description="Seed of the LoRA init, dropout and the held-out slice; sub-model i shuffles the data with seed + i.")
     threads: int | None = runtime(None, ge=1, description="torch threads; null = torch's default.")
+    # past one process (README, "Past one machine"): the stage relaunches itself under `accelerate launch`. Runtime:
+    # `batch_size x grad_accum` stays the global batch (training/budget.py `per_process`), so steps, rows per step,
+    # rows read and the schedule do not change with the process count: the recipe is the same, only its random draws
+    # (data order, dropout masks) and float sums differ, as on other hardware
+    num_processes: int = runtime(1, ge=1, description="Training processes over all machines: one per GPU (or CPU processes on "
+                                                      "gloo). >1 relaunches the stage under `accelerate launch`; they split "
+                                                      "`grad_accum` (then `batch_size`), so the global batch is the same.")
+    num_machines: int = runtime(1, ge=1, description="Machines taking part (run the stage on each, `machine_rank` 0 first).")
+    machine_rank: int = runtime(0, ge=0, description="This machine's rank, 0 .. num_machines - 1; rank 0 writes the outputs.")
+    main_process_ip: str | None = runtime(None, description="Address of the rank-0 machine every machine can reach; null = "
+                                                            "127.0.0.1 (one machine only).")
+    main_process_port: int | None = runtime(None, ge=1, le=65535, description="Its rendezvous port; null = a free port on one "
+                                                                              "machine, 29500 (accelerate's) on several.")
+    strategy: Literal["ddp", "fsdp"] = runtime("ddp", description="ddp: a full copy of the base per process; fsdp: the base "
+                                                                  "sharded over the processes (QLoRA as peft documents it: "
+                                                                  "4-bit storage in the compute dtype, no device_map), for a "
+                                                                  "base one GPU cannot hold. CUDA only.")
+
+    def split_batch(self, num_processes: int) -> tuple[int, int]:
+        """(batch_size, grad_accum) of each of `num_processes` processes sharing the global batch `batch_size x
+        grad_accum`: grad_accum takes what it can (each process keeps whole micro-batches), batch_size the rest
+        (training/budget.py says why the steps do not change)."""
+        g = math.gcd(self.grad_accum, num_processes)
+        rest = num_processes // g
+        if self.batch_size % rest:
+            raise ValueError(
+                f"`train.num_processes` ({num_processes}) must split the global batch `train.batch_size` x `train.grad_accum` "
+                f"({self.batch_size} x {self.grad_accum}) evenly: grad_accum takes a factor of {g}, and batch_size is not "
+                f"a multiple of the remaining {rest}; e.g. set grad_accum to a multiple of {num_processes}")
+        return self.batch_size // rest, self.grad_accum // g
+
+    @model_validator(mode="after")
+    def _check_processes(self):
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"`machine_rank` ({self.machine_rank}) must be below `num_machines` ({self.num_machines})")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"`num_processes` ({self.num_processes}) must be a multiple of `num_machines` ({self.num_machines}): "
+                             "the same number of processes on each machine")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("`main_process_ip` is required with `num_machines` > 1: the rank-0 machine's address")
+        if self.strategy == "fsdp" and self.num_processes < 2:
+            raise ValueError("`strategy: fsdp` shards the base over processes: set `num_processes` >= 2")
+        self.split_batch(self.num_processes)  # the global batch must split evenly (its message names the keys)
+        return self
 
 
 class MergeParams(_Section):
@@ -507,6 +580,7 @@ class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     model: ModelParams = Field(default_factory=ModelParams)
     compute: ComputeParams = Field(default_factory=ComputeParams)
+    cluster: ClusterParams = Field(default_factory=ClusterParams)
     providers: dict[str, ProviderParams] = Field(default_factory=_default_providers)
     cache: CacheParams = Field(default_factory=CacheParams)
     synth: SynthParams = Field(default_factory=SynthParams)

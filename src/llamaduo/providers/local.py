@@ -172,6 +172,9 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
                "--tensor-parallel-size", str(srv.tensor_parallel_size),
                "--data-parallel-size", str(srv.data_parallel_size),
                "--uvicorn-log-level", "warning"]
+        if srv.distributed_executor_backend:
+            # absent = vLLM's own choice; `ray` joins the Ray cluster the nodes started (README, "Past one machine")
+            cmd += ["--distributed-executor-backend", srv.distributed_executor_backend]
         if srv.enforce_eager:
             cmd.append("--enforce-eager")
         return cmd + list(srv.extra_args)

@@ -8,11 +8,28 @@ its first epoch has read exactly the rows of the micro-batches it took, all dist
 
 With `train.packing`, trl packs several rows into one `max_length` sequence before the sampler sees them: a
 step then reads at least as many rows as computed here, so `rows_read` is a lower bound.
+
+Several processes (`train.num_processes`, DDP or FSDP): `batch_size x grad_accum` is the GLOBAL batch of an
+optimizer step, whatever the process count, so the params mean one recipe on any hardware. `per_process` splits
+it: each process accumulates `grad_accum / n` micro-batches (then takes `batch_size / n` rows a micro-batch for
+what `grad_accum` cannot absorb). Every step then reads `batch_size x grad_accum` rows as on one process (accelerate
+hands process i micro-batches i, i + n, ... of one seeded order the processes share) and the steps per epoch are unchanged
+(nested ceilings: ceil(ceil(m / a) / c) = ceil(m / ac) for m micro-batches of one process). The functions below
+therefore take the params as they are (`num_processes=1`); `num_processes` is for the per-process arithmetic of a
+split batch, as transformers does it. (Where an epoch's rows do not fill the last micro-batch of every process,
+accelerate repeats its first rows to keep them in step: a few rows more, never a step more.)
 """
 
 from __future__ import annotations
 
 import math
+
+
+def per_process(p, num_processes: int) -> tuple[int, int]:
+    """(rows per micro-batch, micro-batches per step) of each of `num_processes` processes, so that together they
+    take the global batch `batch_size x grad_accum`; ValueError naming the keys when it does not split evenly.
+    The rule lives on the params section (`TrainParams.split_batch`), so `llamaduo check` applies it too."""
+    return p.split_batch(num_processes)
 
 
 def steps_per_epoch(p, n_rows: int, num_processes: int = 1) -> int:

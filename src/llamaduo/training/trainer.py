@@ -23,8 +23,9 @@ from llamaduo.atomic import replacing_dir
 from llamaduo.config import runtime_keys
 from llamaduo.errors import DataError
 from llamaduo.hardware import compute_dtype
-from llamaduo.training.budget import steps_per_epoch
+from llamaduo.training.budget import per_process, steps_per_epoch
 from llamaduo.training.data import count_truncated, lora_shape, to_examples
+from llamaduo.training.launch import process_state
 
 SUBMODELS_FILE = "submodels.json"
 
@@ -81,22 +82,33 @@ def resolve_quantize(p, base_dir: str, dtype: str) -> tuple[bool, str]:
     return False, "auto: cpu, base fits in memory"
 
 
-def load_base(base_dir: str, *, quantize: bool, dtype=None):
+def base_load_kwargs(*, quantize: bool, dtype, fsdp: bool = False, cuda: bool = False, local_index: int = 0) -> dict:
+    """`from_pretrained` arguments for the base: `dtype` (a torch dtype), 4-bit NF4 computing in it when `quantize`.
+
+    QLoRA under FSDP as peft documents it (docs "FSDP", "Use PEFT QLoRA and FSDP"): the 4-bit weights are stored in
+    the compute dtype (`bnb_4bit_quant_storage`) so FSDP can flatten them with the float parameters, and no
+    `device_map`: FSDP places the shards. Under DDP on a GPU, each process loads onto its own GPU (a 4-bit model
+    cannot be moved after loading); on a CPU there is no device to name."""
+    from transformers import BitsAndBytesConfig
+
+    kwargs = {"dtype": dtype}
+    if quantize:
+        extra = {"bnb_4bit_quant_storage": dtype} if fsdp else {}
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+            **extra)
+        if cuda and not fsdp:
+            kwargs["device_map"] = {"": local_index}
+    return kwargs
+
+
+def load_base(base_dir: str, *, quantize: bool, dtype=None, fsdp: bool = False):
     """The base model in `dtype` (torch dtype; float32 when None), 4-bit NF4 computing in `dtype` when `quantize`."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    compute = dtype or torch.float32
-    kwargs = {"dtype": compute}
-    if quantize:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
-        )
-        if torch.cuda.is_available():
-            from accelerate import PartialState
-
-            # a 4-bit model cannot be moved after loading: under `accelerate launch` each process loads onto its own GPU
-            kwargs["device_map"] = {"": PartialState().local_process_index}
+    kwargs = base_load_kwargs(quantize=quantize, dtype=dtype or torch.float32, fsdp=fsdp, cuda=torch.cuda.is_available(),
+                              local_index=process_state().local_process_index)
     return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
 
 
@@ -114,14 +126,16 @@ def checkpoint_key(rows: list[dict], val_rows: list[dict], base_dir: str, p, **r
     return h.hexdigest()[:16]
 
 
-def sft_config(p, output_dir: Path, *, dtype: str, **overrides):
-    """trl's SFTConfig for `p`; `dtype` the compute dtype ("bfloat16" / "float32", `hardware.compute_dtype`)."""
+def sft_config(p, output_dir: Path, *, dtype: str, num_processes: int = 1, **overrides):
+    """trl's SFTConfig for `p`; `dtype` the compute dtype ("bfloat16" / "float32", `hardware.compute_dtype`);
+    `num_processes` the processes that share the global batch (`budget.per_process`)."""
     import torch
     from trl import SFTConfig
 
+    batch, accum = per_process(p, num_processes)
     kwargs = dict(
-        output_dir=str(output_dir), max_length=p.max_length, per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum,
+        output_dir=str(output_dir), max_length=p.max_length, per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch, gradient_accumulation_steps=accum,
         learning_rate=p.learning_rate, lr_scheduler_type=p.lr_scheduler,
         # the budget follows the data: `epochs` passes; `_train_one` applies the `max_steps` cap once trl has built
         # (and maybe packed) the dataset whose length the epochs count
@@ -138,9 +152,23 @@ def sft_config(p, output_dir: Path, *, dtype: str, **overrides):
     return SFTConfig(**kwargs)
 
 
+class _RowRecorder:
+    """The trainer's collator, noting the `row` of each training example it collates: which rows this process
+    trained on (metrics `rows_by_process`, the evidence that processes read disjoint shards). The collator runs
+    in this process (dataloader_num_workers = 0); eval examples carry no `row` and pass through unnoted."""
+
+    def __init__(self, collate):
+        self.collate, self.rows = collate, []
+
+    def __call__(self, examples):
+        self.rows.extend(ex["row"] for ex in examples if "row" in ex)
+        return self.collate([{k: v for k, v in ex.items() if k != "row"} for ex in examples])
+
+
 def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data_seed, ckpt: Path, final: Path,
                quantize: bool, dtype: str, callbacks=()) -> dict:
     import torch
+    from accelerate.utils import gather_object
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerState
@@ -149,21 +177,27 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
 
     # same seed for every sub-model: identical LoRA init and dropout, so they differ only in data order
     torch.manual_seed(p.seed)
-    examples = list(examples)
+    # each example keeps its row's index (packed sequences mix rows: no index then), to record who trained on what
+    examples = [ex if p.packing else dict(ex, row=i) for i, ex in enumerate(examples)]
     # the trainer's sampler also shuffles by data_seed; the pre-shuffle keeps orders distinct whatever the sampler does
     random.Random(data_seed).shuffle(examples)
-    model = load_base(base_dir, quantize=quantize, dtype=getattr(torch, dtype))
+    fsdp = p.strategy == "fsdp"
+    model = load_base(base_dir, quantize=quantize, dtype=getattr(torch, dtype), fsdp=fsdp)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora_dropout, target_modules=p.target_modules, task_type="CAUSAL_LM")
-    cfg = sft_config(p, ckpt, dtype=dtype, data_seed=data_seed, save_strategy="steps", save_steps=p.save_steps,
-                     save_total_limit=1)
+    procs = process_state().num_processes
+    # remove_unused_columns=False keeps `row` up to the collator (trl's collator reads only the columns it needs)
+    cfg = sft_config(p, ckpt, dtype=dtype, num_processes=procs, data_seed=data_seed, save_strategy="steps",
+                     save_steps=p.save_steps, save_total_limit=1, remove_unused_columns=p.packing)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(examples),
                          eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
                          processing_class=tokenizer, peft_config=lora, callbacks=list(callbacks))
+    recorder = trainer.data_collator = _RowRecorder(trainer.data_collator)
     # what the sampler draws from: the examples, or fewer packed sequences under `packing`
-    n_seqs, procs = len(trainer.train_dataset), trainer.accelerator.num_processes
+    n_seqs = len(trainer.train_dataset)
     if p.max_steps is not None:
-        # the cap applies only where it is earlier than the epochs (a bare max_steps would override them)
-        trainer.args.max_steps = min(p.max_steps, math.ceil(p.epochs * steps_per_epoch(p, n_seqs, procs)))
+        # the cap applies only where it is earlier than the epochs (a bare max_steps would override them); the
+        # params' global batch makes the count the same for any number of processes (budget.per_process)
+        trainer.args.max_steps = min(p.max_steps, math.ceil(p.epochs * steps_per_epoch(p, n_seqs)))
     last = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
     start_step = start_tokens = 0
     if last:
@@ -182,7 +216,10 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
     val_loss = trainer.evaluate().get("eval_loss") if val_examples else None
     tokens = trainer.state.num_input_tokens_seen
     steps = trainer.state.global_step
-    seqs_read = steps * p.batch_size * p.grad_accum * procs
+    seqs_read = steps * p.batch_size * p.grad_accum  # the global batch, over all processes
+    # every process's rows, in process order; a row on several processes only where accelerate repeats the first
+    # rows to fill an epoch's last micro-batches (even_batches)
+    by_process = [sorted(set(rows)) for rows in gather_object([recorder.rows])] if not p.packing else None
     # exact without packing: each epoch is a permutation, so a run inside its first epoch read only new rows in
     # full micro-batches, and a run past it read them all (less any trl dropped: a completion truncated away);
     # packed, rows read are in proportion to the packed sequences read
@@ -210,12 +247,25 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
         # this process's share only, so a resumed run reports its real speed
         "tokens_per_s": round((tokens - start_tokens) / wall, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "processes": procs,
+        # rows each process trained on since this run (re)started; null when packed
+        "rows_by_process": [len(rows) for rows in by_process] if by_process else None,
+        "rows_on_several_processes": (sum(len(rows) for rows in by_process) - len(set().union(*by_process))
+                                      if by_process else None),
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in log if "loss" in h],
     }
+    tmp = final.with_name(final.name + ".tmp")
+    if fsdp:
+        # the adapter's shards are on every process: gather a full state dict, which the main process writes
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        if trainer.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(tmp))
     if trainer.accelerator.is_main_process:
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(tmp)
+        if not fsdp:
+            shutil.rmtree(tmp, ignore_errors=True)
+            trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics))
         tmp.replace(final)  # a finished sub-model is skipped on resume only once it is complete
@@ -231,7 +281,6 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
     `dtype`: `compute.dtype` (auto | bfloat16 | float32), resolved by `llamaduo.hardware.compute_dtype`.
     """
     import torch
-    from accelerate import PartialState
     from transformers import AutoTokenizer
 
     if not rows:
@@ -243,10 +292,13 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
     examples, val_examples = to_examples(rows, tokenizer), to_examples(val_rows, tokenizer)
     truncated, tokens = count_truncated(tokenizer, examples, p.max_length)
     r, alpha = lora_shape(p, len(rows))
-    state = PartialState()
+    state = process_state()
     dt = compute_dtype(dtype)
     quantize, quantize_source = resolve_quantize(p, base_dir, dt["dtype"])
-    key = checkpoint_key(rows, val_rows, base_dir, p, dtype=dt["dtype"], quantize=quantize)
+    # the process layout is in the key although runtime: a checkpoint's RNG states, data position and (FSDP)
+    # sharded optimizer are per process, so another layout starts afresh instead of resuming a mismatched state
+    key = checkpoint_key(rows, val_rows, base_dir, p, dtype=dt["dtype"], quantize=quantize,
+                         processes=state.num_processes, strategy=p.strategy)
     root = Path(p.checkpoint_dir) / f"train-{key}"
 
     subs = []

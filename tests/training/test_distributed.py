@@ -1,0 +1,206 @@
+"""Training past one process (llamaduo.training.launch) and vLLM's executor param: the relaunch command, the
+split of the global batch, the errors that name the key, and one real two-process run on the CPU (gloo)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llamaduo import tables
+from llamaduo.config import Params, TrainParams, load_params
+from llamaduo.errors import ParamsError
+from llamaduo.inference.engines import vllm_kwargs
+from llamaduo.providers.local import LocalVLLMProvider
+from llamaduo.training import base_load_kwargs, launch, per_process, rows_read, sft_config, steps_per_epoch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("batch,accum,procs,split", [
+    (1, 2, 2, (1, 1)),   # grad_accum takes the processes
+    (4, 1, 2, (2, 1)),   # nothing to accumulate: each micro-batch is split
+    (2, 2, 4, (1, 1)),   # both
+    (2, 6, 4, (1, 3)),   # gcd(6, 4) = 2 from grad_accum, 2 from batch_size
+    (3, 5, 1, (3, 5)),
+])
+def test_the_global_batch_splits_over_processes_and_the_budget_does_not_change(batch, accum, procs, split):
+    p = TrainParams(batch_size=batch, grad_accum=accum, num_processes=procs)
+    assert per_process(p, procs) == split
+    b, g = split
+    each = p.model_copy(update={"batch_size": b, "grad_accum": g})
+    for n_rows in range(1, 60):
+        # what transformers computes per process with the split batch equals the params' global arithmetic
+        assert steps_per_epoch(each, n_rows, procs) == steps_per_epoch(p, n_rows), n_rows
+        for cap in (1, 3, 7):
+            capped = p.model_copy(update={"max_steps": cap})
+            assert rows_read(each.model_copy(update={"max_steps": cap}), n_rows, procs) == rows_read(capped, n_rows)
+
+
+def test_a_batch_that_does_not_split_is_an_error_naming_the_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"`train.num_processes` \(2\).*`train.batch_size` x `train.grad_accum` \(3 x 1\)"):
+        per_process(TrainParams(batch_size=3), 2)
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump({"train": {"num_processes": 2, "batch_size": 3, "grad_accum": 1}}))
+    with pytest.raises(ParamsError, match="train.num_processes"):
+        load_params(f)
+    f.write_text(yaml.safe_dump({"train": {"num_processes": 4, "grad_accum": 4, "num_machines": 2}}))
+    with pytest.raises(ParamsError, match="`main_process_ip` is required"):
+        load_params(f)
+    f.write_text(yaml.safe_dump({"train": {"num_processes": 3, "grad_accum": 3, "num_machines": 2,
+                                           "main_process_ip": "10.0.0.1"}}))
+    with pytest.raises(ParamsError, match="multiple of `num_machines`"):
+        load_params(f)
+    f.write_text(yaml.safe_dump({"train": {"machine_rank": 1}}))
+    with pytest.raises(ParamsError, match="`machine_rank` \\(1\\) must be below `num_machines` \\(1\\)"):
+        load_params(f)
+
+
+def test_the_trainer_config_takes_each_process_share():
+    cfg = sft_config(TrainParams(batch_size=4, grad_accum=2), Path("/tmp/x"), dtype="float32", num_processes=4)
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (2, 1)
+    cfg = sft_config(TrainParams(batch_size=4, grad_accum=2), Path("/tmp/x"), dtype="float32")
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (4, 2)
+
+
+def _parse(cmd):
+    from accelerate.commands.launch import launch_command_parser
+
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    return launch_command_parser().parse_args(cmd[3:])
+
+
+def test_the_relaunch_command_is_accelerates_own():
+    argv = ["stages/train.py", "--params", "p.yaml", "--out", "models/adapter"]
+    a = _parse(launch.command(TrainParams(num_processes=2, grad_accum=2), argv, port=1234, threads=3))
+    assert a.multi_gpu and not a.use_fsdp and a.num_processes == 2 and a.num_machines == 1 and a.machine_rank == 0
+    assert (a.main_process_ip, a.main_process_port, a.num_cpu_threads_per_process) == ("127.0.0.1", 1234, 3)
+    assert a.mixed_precision == "no"  # precision is the trainer's call
+    assert [a.training_script, *a.training_script_args] == argv
+    # one machine: a free port unless one is set
+    free = _parse(launch.command(TrainParams(num_processes=2, grad_accum=2), argv)).main_process_port
+    assert 0 < free < 65536
+    several = TrainParams(num_processes=8, grad_accum=8, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1")
+    a = _parse(launch.command(several, argv))
+    assert (a.num_processes, a.num_machines, a.machine_rank, a.main_process_ip, a.main_process_port) == (
+        8, 2, 1, "10.0.0.1", launch.DEFAULT_PORT)
+    a = _parse(launch.command(TrainParams(num_processes=2, grad_accum=2, strategy="fsdp"), argv, port=1))
+    assert a.use_fsdp and not a.multi_gpu and a.fsdp_sharding_strategy == "FULL_SHARD"
+    # peft's FSDP + QLoRA settings
+    assert (a.fsdp_cpu_ram_efficient_loading, a.fsdp_sync_module_states, a.fsdp_use_orig_params) == ("true", "true", "false")
+
+
+def test_launch_is_needed_once_and_what_the_machine_cannot_run_names_the_key(monkeypatch):
+    p = TrainParams(num_processes=2, grad_accum=2)
+    for k in launch.LAUNCHED_ENV:
+        monkeypatch.delenv(k, raising=False)
+    assert launch.needs_launch(p) and not launch.needs_launch(TrainParams())
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not launch.needs_launch(p)  # the launched processes train instead of launching again
+
+    launch.check(p, gpus=0, cores=2)
+    launch.check(p, gpus=2, cores=1)
+    with pytest.raises(ParamsError, match=r"`train.num_processes` \(3\).*no GPU and 2 CPU core"):
+        launch.check(TrainParams(num_processes=3, grad_accum=3), gpus=0, cores=2)
+    with pytest.raises(ParamsError, match=r"`train.num_processes` \(4\).*2 processes a machine.*1 GPU"):
+        launch.check(TrainParams(num_processes=4, grad_accum=4, num_machines=2, main_process_ip="h"), gpus=1)
+    with pytest.raises(ParamsError, match="`train.strategy: fsdp` needs CUDA"):
+        launch.check(TrainParams(num_processes=2, grad_accum=2, strategy="fsdp"), gpus=0, cores=2)
+    monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ParamsError, match=r"`train.num_processes` is 2: .*`accelerate` command"):
+        launch.check(p, gpus=0, cores=2)
+
+
+def test_the_4bit_base_follows_peft_for_fsdp_and_names_no_gpu_on_a_cpu():
+    bf16 = torch.bfloat16
+    fsdp = base_load_kwargs(quantize=True, dtype=bf16, fsdp=True, cuda=True, local_index=1)
+    q = fsdp["quantization_config"]
+    # peft's FSDP + QLoRA: storage in the compute dtype, FSDP places the shards (no device_map)
+    assert q.bnb_4bit_quant_storage == bf16 and q.bnb_4bit_compute_dtype == bf16 and "device_map" not in fsdp
+    ddp = base_load_kwargs(quantize=True, dtype=bf16, cuda=True, local_index=1)
+    assert ddp["device_map"] == {"": 1} and ddp["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+    cpu = base_load_kwargs(quantize=True, dtype=torch.float32, cuda=False, local_index=1)
+    assert "device_map" not in cpu and cpu["quantization_config"].bnb_4bit_compute_dtype == torch.float32
+    assert base_load_kwargs(quantize=False, dtype=bf16, cuda=True) == {"dtype": bf16}
+
+
+def test_vllm_executor_backend_reaches_the_engine_and_the_server(monkeypatch):
+    p = Params.model_validate({"infer": {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}})
+    assert vllm_kwargs("/m", p.infer, "float32")["distributed_executor_backend"] == "mp"
+    assert vllm_kwargs("/m", Params().infer, "float32")["distributed_executor_backend"] is None  # vLLM's choice
+    monkeypatch.setattr("llamaduo.inference.engines.importlib.util.find_spec", lambda name: None)
+    ray = Params.model_validate({"infer": {"distributed_executor_backend": "ray"}})
+    with pytest.raises(ParamsError, match="`infer.distributed_executor_backend` is `ray`"):
+        vllm_kwargs("/m", ray.infer, "float32")
+
+    def server(**srv):
+        params = Params.model_validate({"providers": {"service": {"kind": "local", "model": "models/base", "server": srv}}})
+        return LocalVLLMProvider("service", params.providers["service"])
+
+    cmd = server(distributed_executor_backend="ray").command(1)
+    assert cmd[cmd.index("--distributed-executor-backend") + 1] == "ray"
+    assert "--distributed-executor-backend" not in server().command(1)
+    # a new executor is another server, never the same answers' meaning
+    assert server(distributed_executor_backend="ray").server_key() != server().server_key()
+    with pytest.raises(ValueError, match="distributed_executor_backend"):
+        Params.model_validate({"infer": {"distributed_executor_backend": "spark"}})
+
+
+ROWS = [{"id": f"r{i}", "task": "summarize", "instruction": f"Summarize: item {i} is red and round.",
+         "response": f"Item {i}: red.", "category": "Summarize", "split": "train"} for i in range(9)]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_disjoint_shards_and_write_one_adapter(tmp_path, base_model_dir):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    tables.write(tmp_path / "train.parquet", "split", ROWS)
+    tables.write(tmp_path / "curated.parquet", "synthetic", [])
+    # 9 rows, 1 held out: 8 rows, global batch 1 x 2 -> 4 steps; each process 1 row a step (grad_accum split)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "compute": {"dtype": "float32"},
+        "train": {"quantize": False, "num_processes": 2, "batch_size": 1, "grad_accum": 2, "epochs": 1, "max_steps": None,
+                  "max_length": 48, "val_ratio": 0.1, "lora_r": 4, "learning_rate": 1e-3,
+                  "checkpoint_dir": str(tmp_path / "ckpt")}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1"}
+    for k in launch.LAUNCHED_ENV:
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--train-rows", "train.parquet",
+                           "--curated", "curated.parquet", "--base", str(base_model_dir), "--out", "adapter",
+                           "--metrics-out", "train.json", "--loss-out", "loss.json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "train: 2 processes (ddp)" in proc.stderr  # the stage relaunched itself
+
+    m = json.loads((tmp_path / "train.json").read_text())
+    assert m["processes"] == 2 and m["steps"] == 4 and m["rows"] == 8
+    # disjoint shards that together are every row: 4 each, none on both
+    assert m["rows_by_process"] == [4, 4] and m["rows_on_several_processes"] == 0 and m["unique_rows_seen"] == 8
+    losses = json.loads((tmp_path / "loss.json").read_text())
+    assert len(losses) == 4 and all(math.isfinite(x["loss"]) for x in losses) and math.isfinite(m["val_loss"])
+
+    # one adapter, written once (no leftovers of a second writer or of the atomic write)
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("adapter_model.safetensors")] == [Path("adapter/adapter_model.safetensors")]
+    assert not list(tmp_path.glob("*.tmp*")) and not any((tmp_path / "ckpt").iterdir())
+    assert json.loads((tmp_path / "adapter" / "submodels.json").read_text())["submodels"] == ["."]
+
+    # peft loads it onto the base: the trained (non-zero) LoRA B weights are the ones in use
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), tmp_path / "adapter")
+    state = model.state_dict()
+    for key, t in saved.items():
+        if "lora_B" in key:
+            loaded = next(v for k, v in state.items() if k.startswith(key.removesuffix(".weight")) and k.endswith(".weight"))
+            assert torch.equal(loaded, t)
+    assert any(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
