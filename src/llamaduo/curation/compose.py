@@ -26,6 +26,20 @@ from llamaduo.curation.tokens import tokenize
 EXAMPLE_CHARS = 300
 
 
+
+def exact_walk(key, ids: list[str], n_train: int, reason, why) -> None:
+    """Mark exact duplicates in place: row i (after the n_train train rows in `key`) whose key equals a train row's
+    or an earlier kept row's. In order, so the first of equal rows is kept; the local and the Ray path both call it."""
+    train_keys = {k: i for i, k in reversed(list(enumerate(key[:n_train].tolist())))}
+    seen = dict(train_keys)
+    for i, k in enumerate(key[n_train:].tolist()):
+        if reason[i] is None:
+            if k in seen:
+                reason[i] = "exact_duplicate_train" if k in train_keys else "exact_duplicate"
+                why[i] = f"same normalized text as {ids[seen[k]]}"
+            seen.setdefault(k, n_train + i)
+
+
 def curate(raw: list[dict], *, train: list[dict], test: list[dict], p, cluster=None) -> tuple[list[dict], list[dict], dict]:
     """(kept rows, dropped rows with `reason`, counts). The first of a duplicate set is kept, never both dropped.
 
@@ -68,14 +82,7 @@ def curate(raw: list[dict], *, train: list[dict], test: list[dict], p, cluster=N
     with np.errstate(over="ignore"):
         key = th[0::2] * np.uint64(3) + th[1::2]
     ids = [r["id"] for r in train] + [r["id"] for r in rows]
-    train_keys = {k: i for i, k in reversed(list(enumerate(key[:n_train].tolist())))}
-    seen = dict(train_keys)
-    for i, k in enumerate(key[n_train:].tolist()):
-        if reason[i] is None:
-            if k in seen:
-                reason[i] = "exact_duplicate_train" if k in train_keys else "exact_duplicate"
-                why[i] = f"same normalized text as {ids[seen[k]]}"
-            seen.setdefault(k, n_train + i)
+    exact_walk(key, ids, n_train, reason, why)
 
     # near duplicates: LSH candidates over train + rows, confirmed by ROUGE-L against a train or kept row
     if p.near_dedup and n:

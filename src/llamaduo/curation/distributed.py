@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from llamaduo.curation import quality
-from llamaduo.curation.compose import _counts, _examples
+from llamaduo.curation.compose import _counts, _examples, exact_walk
 from llamaduo.curation.decontam import find_leaks
 from llamaduo.curation.dedup import MAX_EARLIER_PER_BUCKET, MinHashLSH, _agreement, _band_keys, _bucket_pairs, choose_bands, rouge_l
 from llamaduo.curation.tokens import tokenize
@@ -192,14 +192,7 @@ def curate_ray(raw: list[dict], *, train: list[dict], test: list[dict], p, clust
         # exact duplicates: the local path's walk over the keys, in order
         key = np.concatenate([t_key, out.column("key").to_numpy() if out is not None else np.zeros(0, np.uint64)])
         ids = [r["id"] for r in train] + [r["id"] for r in rows]
-        train_keys = {k: i for i, k in reversed(list(enumerate(key[:n_train].tolist())))}
-        seen = dict(train_keys)
-        for i, k in enumerate(key[n_train:].tolist()):
-            if reason[i] is None:
-                if k in seen:
-                    reason[i] = "exact_duplicate_train" if k in train_keys else "exact_duplicate"
-                    why[i] = f"same normalized text as {ids[seen[k]]}"
-                seen.setdefault(k, n_train + i)
+        exact_walk(key, ids, n_train, reason, why)
 
         if p.near_dedup and n:
             t1 = time.perf_counter()
