@@ -9,8 +9,9 @@ generation time alone (all prompts submitted at once, K samples each); start-up 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python bench/infer.py --model models/base \
         [--prompts 16 --k 4 --max-new-tokens 64 --rounds 2 --variants offline,offline-nopreload,server]
 
-Variant names: offline | server | transformers, each with optional suffixes -nopreload, -bf16, -nobind,
--kv<GiB>. Writes bench/results/infer.json. CPU heavy (~1.5 min per variant here): run it on an idle machine.
+Variant names: offline | server | transformers (each with the schema's defaults: what a stage gets), with
+optional suffixes -nopreload, -bf16, -nobind, -bindauto (vLLM's `auto`), -bindall (llamaduo's `all`), -kv<GiB>.
+Writes bench/results/infer.json. CPU heavy (~1.5 min per variant here): run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -42,8 +43,13 @@ def prompts_from_coverage(n: int) -> list[list[dict]]:
 
 
 def parse_variant(name: str) -> dict:
+    """A variant's settings: the schema's defaults (InferParams: what a stage gets), changed by each option."""
+    from llamaduo.config import InferParams
+
+    d = InferParams()
     engine, *opts = name.split("-")
-    v = {"engine": engine, "dtype": "float32", "cpu_preload": True, "cpu_threads_bind": "auto", "cpu_kvcache_gib": None}
+    v = {"engine": engine, "dtype": "float32", "cpu_preload": d.cpu_preload, "cpu_threads_bind": d.cpu_threads_bind,
+         "cpu_kvcache_gib": d.cpu_kvcache_gib}
     for o in opts:
         if o == "nopreload":
             v["cpu_preload"] = False
@@ -51,6 +57,10 @@ def parse_variant(name: str) -> dict:
             v["dtype"] = "bfloat16"
         elif o == "nobind":
             v["cpu_threads_bind"] = "nobind"
+        elif o == "bindall":  # every core to the engine's worker (llamaduo's `all`)
+            v["cpu_threads_bind"] = "all"
+        elif o == "bindauto":  # vLLM's own choice: it keeps a core per rank for its scheduler process
+            v["cpu_threads_bind"] = "auto"
         elif o.startswith("kv"):
             v["cpu_kvcache_gib"] = int(o[2:])
         else:
@@ -63,6 +73,7 @@ def run_server(model: str, prompts, infer, v: dict) -> tuple[list[dict], dict]:
     import openai
 
     from llamaduo.config import LocalServer, ProviderParams
+    from llamaduo.inference.engines import server_token_counters
     from llamaduo.providers.local import LocalVLLMProvider
 
     server = LocalServer(dtype=v["dtype"], max_model_len=infer.max_model_len, seed=infer.seed,
@@ -85,12 +96,13 @@ def run_server(model: str, prompts, infer, v: dict) -> tuple[list[dict], dict]:
     try:
         resps = asyncio.run(go())
         t2 = time.perf_counter()
+        counters = server_token_counters(prov.base_url.removesuffix("/v1"))
     finally:
         with prov._state.locked():
             prov._state.stop()
     rows = [{"tokens": r.usage.completion_tokens / len(r.choices), "latency_s": None, "finish_reason": c.finish_reason}
             for r in resps for c in r.choices]
-    return rows, {"load_s": t1 - t0, "generate_s": t2 - t1}
+    return rows, {"load_s": t1 - t0, "generate_s": t2 - t1, "engine_tokens": counters}
 
 
 def child(args) -> None:
@@ -148,7 +160,9 @@ def main() -> None:
             runs[v].append(stats)
             print(f"round {r} {v}: {stats['tokens_per_s']} tokens/s (load {stats['load_s']} s)", file=sys.stderr, flush=True)
     summary = {v: {"tokens_per_s": [s["tokens_per_s"] for s in rs], "load_s": [s["load_s"] for s in rs],
-                   "mean_tokens_per_s": round(sum(s["tokens_per_s"] for s in rs) / len(rs), 2)} for v, rs in runs.items()}
+                   "mean_tokens_per_s": round(sum(s["tokens_per_s"] for s in rs) / len(rs), 2),
+                   "mean_computed_tokens_per_s": round(sum(s.get("computed_tokens_per_s", 0) for s in rs) / len(rs), 2)}
+               for v, rs in runs.items()}
     ref = summary[variants[0]]["mean_tokens_per_s"]
     for v in variants:
         summary[v]["ratio_to_" + variants[0]] = round(summary[v]["mean_tokens_per_s"] / ref, 3) if ref else None

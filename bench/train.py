@@ -11,6 +11,9 @@ In one run, on the default base model and real coverage rows:
   over the rows, no step cap) in a child process, so its peak RSS is its own; tokens/s counts the non-padding
   tokens the trainer saw over the trainer's wall time (which includes its first step).
 
+Both run in child processes with the environment the train stage gives itself (`train.cpu_preload`: tcmalloc
+preloaded on a CPU, `training.launch.allocator_env`), so the ratio compares code paths, not allocators.
+
 The bare loop runs as many steps as the stage's epoch, over the same number of tokens.
 
 `ratio_to_bare` = stage / bare tokens/s. `mfu` = tokens/s x FLOPs per token / matmul peak, with FLOPs per token
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -120,6 +124,27 @@ def bare_rate(base: str, rows: list[dict], *, dtype, batch_size: int, max_length
             "batch_size": batch_size, "seq_len": seq, "steps": steps, "parameters": n_params}
 
 
+def bare_child(args) -> None:
+    """Run in a child process: `bare_rate`, its result and peak RSS as JSON on stdout's last line."""
+    import torch
+
+    from llamaduo.config import TrainParams
+
+    p = TrainParams(**{**train_section(), **json.loads(args.bare_child)})
+    dtype = getattr(torch, hardware.compute_dtype(project_params().compute.dtype)["dtype"])
+    bare = bare_rate(args.base, coverage_rows(args.rows), dtype=dtype, batch_size=p.batch_size, max_length=p.max_length)
+    print(json.dumps({**bare, "peak_rss_mb": peak_rss_mb()}))
+
+
+def run_child(flag: str, value: str, args, env: dict) -> dict:
+    cap = ["--steps", str(args.steps)] if args.steps else []
+    proc = subprocess.run([sys.executable, __file__, flag, value, "--rows", str(args.rows), "--base", args.base, *cap],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"{flag} run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def stage_child(args) -> None:
     """Run in a child process: the stage's training, its metrics as JSON on stdout's last line."""
     from llamaduo.config import TrainParams
@@ -166,36 +191,36 @@ def main() -> None:
     ap.add_argument("--no-bare", action="store_true", help="stage only (for comparing stage variants quickly)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/train.json"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
         stage_child(args)
+        return
+    if args.bare_child is not None:
+        bare_child(args)
         return
 
     import torch
 
     from llamaduo.config import TrainParams
+    from llamaduo.training.launch import allocator_env
 
     overrides = parse_set(args.set)
     p = TrainParams(**{**train_section(), **overrides})
     dt = hardware.compute_dtype(project_params().compute.dtype)
     dtype = getattr(torch, dt["dtype"])
+
+    env = {**os.environ, **allocator_env(p)}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        base = base_dir(args.base, Path(tmp))
-        rows = coverage_rows(args.rows)
-        cap = ["--steps", str(args.steps)] if args.steps else []
-        child = subprocess.run([sys.executable, __file__, "--child", json.dumps(overrides), "--rows", str(args.rows),
-                                "--base", base, *cap], capture_output=True, text=True)
-        if child.returncode:
-            sys.exit(f"stage run failed:\n{child.stderr[-4000:]}")
-        stage = json.loads(child.stdout.strip().splitlines()[-1])
+        args.base = base_dir(args.base, Path(tmp))
+        stage = run_child("--child", json.dumps(overrides), args, env)
         print("stage", {k: stage[k] for k in ("tokens_per_s", "wall_s", "steps", "tokens_seen", "peak_rss_mb")}, flush=True)
         out = {"model": MODEL, "dtype": dt, "threads": torch.get_num_threads(), "machine": hardware.describe(),
                "rows": args.rows, "params": {k: v for k, v in p.model_dump().items() if k not in ("checkpoint_dir",)},
-               "stage": stage}
+               "ld_preload": env.get("LD_PRELOAD"), "stage": stage}
         if not args.no_bare:
             peak = matmul_peak(dtype)
-            bare = bare_rate(base, rows, dtype=dtype, batch_size=p.batch_size, max_length=p.max_length)
-            bare["peak_rss_mb"] = peak_rss_mb()
+            bare = run_child("--bare-child", json.dumps(overrides), args, env)
             flops_per_token = 4 * bare["parameters"]
             out.update(matmul_peak_gflops=peak, bare=bare, flops_per_token=flops_per_token,
                        flops_per_token_rule="4 x parameters: forward 2N + backward through activations 2N "

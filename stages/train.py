@@ -15,6 +15,8 @@ from llamaduo.training import cap_message, holdout, launch, train
 
 
 def main(params, train_rows, curated, base, out, metrics_out, loss_out):
+    # on a CPU, tcmalloc from the process's start (train.cpu_preload): the stage runs again under it, once
+    launch.preload_allocator(params.train, sys.argv, script=__file__)
     if launch.needs_launch(params.train):
         # the launched processes run this same command line; their failure is this stage's failure
         sys.exit(launch.relaunch(params.train, [sys.argv[0], *sys.argv[1:]]))

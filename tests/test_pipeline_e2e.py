@@ -22,7 +22,9 @@ TINY = {
     "train": {"max_steps": 2, "batch_size": 2, "max_length": 256},
     # a fixed 1 GiB KV cache (VLLM_CPU_KVCACHE_SPACE) rather than vLLM's share of the node (0.3 of 24 GiB): the suite
     # runs beside other tests (`pytest -n 2`), and vLLM refuses to start when that share is not free at that moment
-    "infer": {"k": 2, "max_new_tokens": 32, "cpu_kvcache_gib": 1},
+    # vLLM's own core binding (`auto`: one core for the model) rather than the shipped `all`: beside another test
+    # process, OpenMP threads on both cores would each wait for the core that process holds
+    "infer": {"k": 2, "max_new_tokens": 32, "cpu_kvcache_gib": 1, "cpu_threads_bind": "auto"},
     "judge": {"m": 2, "max_tokens": 150},
 }
 
@@ -52,7 +54,8 @@ def cycle(tmp_path_factory):
     proj = copy_project(tmp_path_factory.mktemp("project"))
     set_params(proj, TINY)
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["providers"]["service"].setdefault("server", {})["cpu_kvcache_gib"] = 1  # the local service LLM: as infer
+    # the local service LLM: as infer
+    params["providers"]["service"].setdefault("server", {}).update(cpu_kvcache_gib=1, cpu_threads_bind="auto")
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
     try:
@@ -91,6 +94,10 @@ def test_every_stage_ran_and_wrote_real_numbers(cycle):
     assert (proj / "models/adapter/adapter_model.safetensors").is_file()
     responses = tables.read(proj / "data/eval/responses.parquet", "responses")
     assert len(responses) == 6 and all(r["engine"] == "vllm" for r in responses)
+    inf = read_json(proj / "metrics/infer.json")
+    # vLLM's own counters agree with the answers' token counts; the prompts were computed too
+    assert inf["engine_tokens"]["generation"] == inf["tokens"] == sum(r["tokens"] for r in responses)
+    assert inf["engine_tokens"]["computed"] > inf["tokens"] and inf["computed_tokens_per_s"] > inf["tokens_per_s"]
     summary = read_json(proj / "metrics/summary.json")
     gate, score = summary["gate"], ev["precision"]["mean"]
     assert gate["metric"] == "precision" and gate["score"] == score and gate["threshold"] == 70

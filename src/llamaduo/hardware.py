@@ -4,9 +4,12 @@ machines of one kind, so every published figure records this beside it."""
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
+import sys
 from functools import lru_cache
+from pathlib import Path
 
 # the flags that change which kernels (and so which dtype) run fast
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
@@ -34,6 +37,40 @@ def cpu() -> dict:
     except OSError:
         pass
     return {"model": model, "flags": [f for f in RELEVANT_FLAGS if f in flags]}
+
+
+# -- runtime libraries a CPU process can preload (LD_PRELOAD): vLLM's CPU engine and the train stage
+
+# where Debian puts libtcmalloc_minimal, and where the intel-openmp wheel puts libiomp5 (the venv's lib/)
+_TCMALLOC_GLOBS = ("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4",
+                   "/usr/lib64/libtcmalloc_minimal.so.4")
+
+
+def tcmalloc() -> str | None:
+    """Path of tcmalloc (Debian's libtcmalloc-minimal4, scripts/setup.sh installs it), or None."""
+    for pattern in _TCMALLOC_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def iomp() -> str | None:
+    """Path of Intel OpenMP (PyPI `intel-openmp`), or None."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        lib = Path(prefix) / "lib" / "libiomp5.so"
+        if lib.is_file():
+            return str(lib)
+    return None
+
+
+def preload_env(libs, base: dict | None = None) -> dict[str, str]:
+    """{"LD_PRELOAD": ...} putting the found `libs` (paths or None) ahead of what `base` (default os.environ)
+    preloads already; {} when there is nothing to add (none found, or all there)."""
+    base = os.environ if base is None else base
+    current = [p for p in base.get("LD_PRELOAD", "").split(":") if p]
+    new = [lib for lib in libs if lib and lib not in current]
+    return {"LD_PRELOAD": ":".join(new + current)} if new else {}
 
 
 def describe() -> dict:

@@ -18,8 +18,10 @@ def load(name: str, prompt_dir: str = "prompts") -> str:
     return path.read_text(encoding="utf-8")
 
 
-def template_sha(name: str, prompt_dir: str = "prompts") -> str:
-    return hashlib.sha256(load(name, prompt_dir).encode()).hexdigest()[:12]
+def template_sha(name: str | tuple[str, ...], prompt_dir: str = "prompts") -> str:
+    """12 hex digits identifying a template, or the templates a prompt is assembled from (a tuple, in order)."""
+    names = (name,) if isinstance(name, str) else name
+    return hashlib.sha256("\0".join(load(n, prompt_dir) for n in names).encode()).hexdigest()[:12]
 
 
 def render(name: str, *, fallback: str | None = None, prompt_dir: str = "prompts", **values) -> str:

@@ -66,3 +66,50 @@ def test_run_stats_by_hand():
     assert s["tokens"] == 60 and s["tokens_per_s"] == 15.0 and s["wall_tokens_per_s"] == 6.0
     assert s["latency_median_s"] == 2.0 and s["latency_max_s"] == 3.0 and s["latency_measured"] == 2
     assert s["length_cutoffs"] == 1 and s["answers"] == 3
+
+
+PROMETHEUS = """# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="service"} 1200.0
+vllm:prompt_tokens_created{engine="0",model_name="service"} 1.7646e+09
+# TYPE vllm:prompt_tokens_cached_total counter
+vllm:prompt_tokens_cached_total{engine="0",model_name="service"} 800.0
+# TYPE vllm:prompt_tokens_by_source_total counter
+vllm:prompt_tokens_by_source_total{engine="0",model_name="service",source="local_compute"} 400.0
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="service"} 300.0
+vllm:generation_tokens_total{engine="1",model_name="service"} 50.0
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="service"} 3.0
+"""
+
+
+def test_vllm_token_counters_from_a_servers_metrics_page():
+    """The server's /metrics (Prometheus text) gives the same counters as the offline engine: prefill tokens,
+    those the prefix cache supplied, generated tokens (summed over engines), and what the engine computed."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from llamaduo.inference.engines import server_token_counters, token_counters
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = PROMETHEUS.encode() if self.path == "/metrics" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        got = server_token_counters(f"http://127.0.0.1:{srv.server_address[1]}")
+    finally:
+        srv.shutdown()
+    assert got == {"prompt": 1200, "prompt_cached": 800, "generation": 350, "computed": 1200 - 800 + 350}
+    # the offline engine's names carry no `_total`
+    assert token_counters([("vllm:prompt_tokens", 10), ("vllm:generation_tokens", 4), ("vllm:other", 9)]) == \
+        {"prompt": 10, "prompt_cached": 0, "generation": 4, "computed": 14}

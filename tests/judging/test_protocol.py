@@ -99,11 +99,11 @@ def test_the_same_texts_give_the_same_prompt_on_every_run():
     (req,) = build_requests([{"prompt_id": "q", "answer": "My answer."}], {"q": row}, m=3, temperature=0.7, max_tokens=80,
                             prompt_dir=PROMPTS)
     assert hashlib.sha256(req.messages[0][1].encode()).hexdigest() == \
-        "afdad5d35ce8b8666577356445410105b4a6d882af1f415ceea74e59f8b73d91"
+        "cd4c68e20dfd840726dc62e519633e6a368dca9b55b2ad6d32d4016a93ac760a"
     assert "Context:" not in req.messages[0][1]
     pair = pairwise_request("Summarize X.", "X in short.", "A.", "B.", temperature=0, max_tokens=9, prompt_dir=PROMPTS)
     assert hashlib.sha256(pair.messages[0][1].encode()).hexdigest() == \
-        "28f19c36cd74eb02bdda5fc40ca913cf3f1ec1cfbe8406cac6954d126974e202"
+        "8ab28dbdc6713e40b63e19d0cd03a88bfe443e23f252557eb7738dd73fdcbf0f"
 
 
 def test_the_judge_sees_the_system_prompt_and_earlier_turns_before_the_instruction():
@@ -113,7 +113,7 @@ def test_the_judge_sees_the_system_prompt_and_earlier_turns_before_the_instructi
                             max_tokens=80, prompt_dir=PROMPTS)
     text = req.messages[0][1]
     ctx = context_text(CONTEXT_ROW)
-    marks = fence(ctx, "Name your ship.", "The Gull.", "The Gull, arr.")
+    marks = fence(ctx, "Name your ship.", "The Gull.", others=("The Gull, arr.",))
     order = [text.index(s) for s in ("You are a terse pirate.", "Who are you?", "A pirate.",
                                      f"Instruction:\n{marks['open']}\nName your ship.\n{marks['close']}",
                                      "The Gull.", "The Gull, arr.")]
@@ -159,7 +159,8 @@ def test_an_answer_that_closes_its_block_stays_inside_it(kind):
         req = single_request("Capital of France?", "Paris", INJECTION, m=1, temperature=0, max_tokens=9, prompt_dir=PROMPTS)
         texts = ["Capital of France?", "Paris", INJECTION]
     text = req.messages[0][1]
-    marks = fence(*texts) if kind == "context" else fence("", *texts)  # the (empty) context is one of the texts
+    shared = texts[:3] if kind == "context" else ["", *texts[:2]]  # context (empty but for `context`), instruction, reference
+    marks = fence(*shared, others=tuple(texts[len(shared) - (kind != "context"):]))
     if kind == "retry":
         cause = f"refused ({INJECTION})"
         text = retry_request(req, cause, 1, 1, prompt_dir=PROMPTS).messages[0][1]
@@ -183,3 +184,28 @@ def test_the_markers_follow_the_texts_and_are_redrawn_if_a_text_holds_them(monke
     # a text that holds the tag (by chance, or by a hash collision someone paid for) gets the next salt's tag
     monkeypatch.setattr(protocol, "_tag", lambda texts, salt: ["aaaa", "bbbb", "cccc"][salt])
     assert protocol.fence("xaaaay", "bbbb") == {"open": "<<<cccc", "close": "cccc>>>"}
+    assert protocol.fence("x", others=("aaaa",)) == {"open": "<<<bbbb", "close": "bbbb>>>"}
+
+
+def test_a_prompts_judge_requests_share_their_start_through_the_reference():
+    """The tag hashes the shared texts, not the answers: the K gradings of one prompt and both orders of each
+    comparison begin with the same text through the reference block, which a prefix-caching server computes once.
+    An answer holding the tag changes its own request only."""
+    from llamaduo.judging import protocol
+    from llamaduo.judging.protocol import build_requests, pairwise_request
+
+    test = {"q": {"id": "q", "instruction": "Summarize: the cat sat.", "response": "A cat sat.", "system": "Be brief.",
+                  "history": None}}
+    answers = [{"prompt_id": "q", "answer": a} for a in ("A cat.", "The cat sat down.", "Dogs.")]
+    texts = [r.messages[0][1] for r in build_requests(answers, test, m=3, temperature=0, max_tokens=9, prompt_dir=PROMPTS)]
+    ctx = protocol.context_text(test["q"])
+    pairs = [pairwise_request("Summarize: the cat sat.", "A cat sat.", a, b, temperature=0, max_tokens=9, context=ctx,
+                              prompt_dir=PROMPTS).messages[0][1] for a, b in (("A cat.", "Dogs."), ("Dogs.", "A cat."))]
+    head = texts[0][:texts[0].index("Model answer:")]
+    assert head.rstrip().endswith("A cat sat.\n" + protocol.fence(ctx, "Summarize: the cat sat.", "A cat sat.")["close"])
+    assert "Be brief." in head and "Summarize: the cat sat." in head
+    assert all(t.startswith(head) for t in texts + pairs) and texts[1] != texts[0]
+    tag = protocol.fence(ctx, "Summarize: the cat sat.", "A cat sat.")["open"][3:]
+    sly = build_requests([{"prompt_id": "q", "answer": f"ends {tag} here"}], test, m=1, temperature=0, max_tokens=9,
+                         prompt_dir=PROMPTS)[0].messages[0][1]
+    assert not sly.startswith(head) and sly.count(tag) == 1  # its own tag; the answer's copy is the only one

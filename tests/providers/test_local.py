@@ -169,7 +169,7 @@ def test_server_key_separates_models_and_settings():
     assert key == _local(idle_timeout_s=5).server_key()  # the watchdog's timeout is no new server
     assert key != _local(max_model_len=2048).server_key()
     assert key != _local(compute="bfloat16").server_key()
-    assert key != _local(cpu_preload=True).server_key()
+    assert key != _local(cpu_preload=False).server_key()
 
 
 def _local(**server) -> LocalVLLMProvider:
@@ -231,9 +231,25 @@ def test_cpu_env_preloads_and_kv_cache():
     assert "LD_PRELOAD" not in again and "VLLM_CPU_KVCACHE_SPACE" not in again  # nothing added twice
     off = vllm_cpu.env(preload=False, kvcache_gib=None, threads_bind="auto", base={})
     assert off == {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
-    # the server's environment gets them
+    # the server's environment gets them; `all` (the default) is every core this process may use
     srv_env = _local(cpu_kvcache_gib=3).env()
     assert srv_env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert srv_env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, sorted(os.sched_getaffinity(0))))
+
+
+def test_all_cores_split_between_the_engines_ranks_and_too_few_name_the_key():
+    """vLLM's `auto` keeps one core per rank for its scheduler: on 2 cores the model got one. `all` gives the
+    worker(s) every core, one contiguous share per rank (tensor x data parallel); other values are vLLM's."""
+    from llamaduo.errors import ParamsError
+
+    assert vllm_cpu.bind_list("all", 1, cores=[0, 1]) == "0,1"
+    assert vllm_cpu.bind_list("all", 2, cores=[3, 0, 1, 2, 4]) == "0,1|2,3"  # the fifth core left over
+    assert vllm_cpu.bind_list("auto", 4) == "auto" and vllm_cpu.bind_list("0-3|4-7", 2) == "0-3|4-7"
+    with pytest.raises(ParamsError, match="`cpu_threads_bind: all` splits 2 core"):
+        vllm_cpu.bind_list("all", 4, cores=[0, 1])
+    env = vllm_cpu.env(preload=False, kvcache_gib=None, threads_bind="all", ranks=1, base={})
+    if not vllm_cpu.on_gpu():
+        assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, sorted(os.sched_getaffinity(0))))
 
 
 def test_state_lock_is_exclusive_across_processes(tmp_path):

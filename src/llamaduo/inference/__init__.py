@@ -55,9 +55,12 @@ def generate(*, test: list[dict], base_dir: str, adapter_dir: str, p, merged_dir
     return rows, run_stats(rows, engine=engine, prompts=len(test), wall_s=wall, **timing) | dtype
 
 
-def run_stats(rows: list[dict], *, engine: str, prompts: int, wall_s: float, load_s: float, generate_s: float) -> dict:
+def run_stats(rows: list[dict], *, engine: str, prompts: int, wall_s: float, load_s: float, generate_s: float,
+              engine_tokens: dict | None = None) -> dict:
     """Per-run figures: tokens/s over the generation alone (the engine's throughput; loading and merging are
-    reported apart, they do not grow with the test set), and latency percentiles over the answers."""
+    reported apart, they do not grow with the test set), and latency percentiles over the answers.
+    `engine_tokens` (vLLM: `engines.token_counters`) adds what the engine computed: prefill not served by its
+    prefix cache plus generation, and that per second of generation time."""
     from statistics import median
 
     tokens = sum(r["tokens"] for r in rows)
@@ -71,7 +74,9 @@ def run_stats(rows: list[dict], *, engine: str, prompts: int, wall_s: float, loa
         "latency_max_s": round(lat[-1], 3) if lat else None,
         "latency_measured": len(lat),
         "length_cutoffs": sum(r["finish_reason"] == "length" for r in rows),
-    }
+    } | ({"engine_tokens": engine_tokens,
+          "computed_tokens_per_s": round(engine_tokens["computed"] / generate_s, 2) if generate_s else 0.0}
+         if engine_tokens else {})
 
 
 __all__ = ["ENGINES", "generate", "pick_engine", "run_stats"]

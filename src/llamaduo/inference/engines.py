@@ -20,6 +20,42 @@ def _vllm_latency(out) -> float | None:
     return round(last - queued, 4) if queued and last and last >= queued else None
 
 
+# vLLM's token counters (its Prometheus names, without the `_total` suffix): the prefill tokens it processed,
+# those of them its prefix cache supplied, and the tokens it generated. The offline engine (`LLM.get_metrics`)
+# and the server (`/metrics`) report the same ones, so a stage and the engine's peak are counted alike.
+TOKEN_COUNTERS = {"prompt": "vllm:prompt_tokens", "prompt_cached": "vllm:prompt_tokens_cached",
+                  "generation": "vllm:generation_tokens"}
+
+
+def token_counters(samples) -> dict[str, int]:
+    """{prompt, prompt_cached, generation, computed} from (name, value) pairs of vLLM's metrics, summed over
+    engines; `computed` = tokens the engine ran through the model (prefill not from the cache, plus generation)."""
+    names = {v: k for k, v in TOKEN_COUNTERS.items()}
+    out = dict.fromkeys(TOKEN_COUNTERS, 0)
+    for name, value in samples:
+        key = names.get(name.removesuffix("_total"))
+        if key:
+            out[key] += int(value)
+    return out | {"computed": out["prompt"] - out["prompt_cached"] + out["generation"]}
+
+
+def engine_token_counters(llm) -> dict[str, int]:
+    """`token_counters` of an offline engine (`vllm.LLM`, started with stats on)."""
+    return token_counters((m.name, m.value) for m in llm.get_metrics() if hasattr(m, "value"))
+
+
+def server_token_counters(base_url: str, timeout: float = 10) -> dict[str, int]:
+    """`token_counters` of a running vLLM server, from its Prometheus `/metrics` (`base_url` without `/v1`)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base_url.rstrip('/')}/metrics", timeout=timeout) as r:
+        text = r.read().decode()
+    return token_counters((s.name, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples
+                          if s.name.endswith("_total"))
+
+
 def vllm_kwargs(model_dir: str, p, dtype: str) -> dict:
     """The offline engine's arguments: `dtype` from `hardware.compute_dtype` (bf16 is emulated, ~4x slower, on
     CPUs without AVX512-BF16/AMX), parallelism from `infer.tensor_parallel_size` / `infer.data_parallel_size`,
@@ -55,7 +91,8 @@ def _vllm(model_dir: str, prompts: list[list[dict]], p, dtype: str = "float32") 
     from vllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
-    cpu_env = vllm_cpu.env(preload=p.cpu_preload, kvcache_gib=p.cpu_kvcache_gib, threads_bind=p.cpu_threads_bind)
+    cpu_env = vllm_cpu.env(preload=p.cpu_preload, kvcache_gib=p.cpu_kvcache_gib, threads_bind=p.cpu_threads_bind,
+                           ranks=p.tensor_parallel_size * p.data_parallel_size)
     with _environ(cpu_env):
         llm = LLM(**vllm_kwargs(model_dir, p, dtype))
     t1 = time.perf_counter()
@@ -64,7 +101,7 @@ def _vllm(model_dir: str, prompts: list[list[dict]], p, dtype: str = "float32") 
     t2 = time.perf_counter()
     answers = [[{"answer": o.text, "tokens": len(o.token_ids), "finish_reason": o.finish_reason,
                  "latency_s": _vllm_latency(out)} for o in out.outputs] for out in outs]
-    return answers, {"load_s": t1 - t0, "generate_s": t2 - t1}
+    return answers, {"load_s": t1 - t0, "generate_s": t2 - t1, "engine_tokens": engine_token_counters(llm)}
 
 
 def _transformers(model_dir: str, prompts: list[list[dict]], p, dtype: str = "float32",

@@ -26,9 +26,9 @@ from llamaduo.judging.protocol import (
     pairwise_request,
     parse_judgment,
     parse_verdict,
+    prompt_sha,
     retry_request,
 )
-from llamaduo.prompts import template_sha
 from llamaduo.providers.engine import Outcome, ask, total
 
 # -- the judge record
@@ -55,7 +55,7 @@ class JudgeRecord:
 
 def judgment_rows(responses: list[dict], outcomes: list[list[Outcome]], *, record: JudgeRecord, m: int,
                   prompt_dir: str = "prompts") -> list[dict]:
-    sha = template_sha(TEMPLATE, prompt_dir)
+    sha = prompt_sha(TEMPLATE, prompt_dir)
     rows = []
     for r, slots in zip(responses, outcomes):
         for rep, o in enumerate(slots):
@@ -108,7 +108,7 @@ def combine(local_first: str, service_first: str) -> tuple[str, bool]:
 def pairwise_rows(pairs: list[tuple[dict, dict]], outcomes: list[list[Outcome]], *, record: JudgeRecord,
                   prompt_dir: str = "prompts") -> list[dict]:
     """`pairs`: (local answer, service answer); `outcomes`: two per pair, local-first request then service-first."""
-    sha = template_sha(PAIRWISE_TEMPLATE, prompt_dir)
+    sha = prompt_sha(PAIRWISE_TEMPLATE, prompt_dir)
     rows = []
     for i, (loc, svc) in enumerate(pairs):
         a, b = outcomes[2 * i][0], outcomes[2 * i + 1][0]

@@ -9,7 +9,7 @@ import json
 from dataclasses import replace
 
 from llamaduo import chat
-from llamaduo.prompts import render
+from llamaduo.prompts import render, template_sha
 from llamaduo.providers.base import ChatRequest
 
 TEMPLATE = "judge/single"
@@ -44,10 +44,17 @@ VERDICT_SCHEMA = {
 
 # Every text a judge reads (instruction, reference, answers, context, a re-ask's cause) sits between an opening
 # and a closing marker. Fixed markers (`<<<` / `>>>`) let an answer close its block and address the judge; these
-# carry a tag drawn from a hash of the request's own texts, so no text can know its tag in advance. A hash and
-# not a random draw: the call cache keys on the full request text, so the same texts must give the same
-# prompt on every run (a random marker would make each rerun pay again).
+# carry a tag drawn from a hash of the request's texts, so no text can know its tag in advance. A hash and not a
+# random draw: the call cache keys on the full request text, so the same texts must give the same prompt on every
+# run (a random marker would make each rerun pay again).
+#
+# The tag hashes the texts a prompt's judge requests share (context, instruction, reference), not the answers:
+# then the K answers' gradings and both orders of every comparison begin with the same text (HEAD_TEMPLATE, then
+# the request's own part), and a server with prefix caching (vLLM; the vendors' prompt caching) computes that
+# prefix once per test prompt instead of once per request. An answer cannot learn its tag without the reference,
+# which the answering model never sees; an answer that holds the tag anyway draws the next salt for its request.
 TAG_CHARS = 16  # hex digits of sha256: 64 bits
+HEAD_TEMPLATE = "judge/head"  # intro, context, instruction, reference: the start every judge prompt shares
 
 
 def _tag(texts: tuple[str, ...], salt: int) -> str:
@@ -55,14 +62,15 @@ def _tag(texts: tuple[str, ...], salt: int) -> str:
     return hashlib.sha256(material).hexdigest()[:TAG_CHARS]
 
 
-def fence(*texts: str) -> dict[str, str]:
-    """The `$open` / `$close` markers of one request holding `texts`: `<<<TAG` and `TAG>>>`. Should a text
-    contain the tag anyway, the next salt's tag is drawn (still deterministic), so a marker never occurs
+def fence(*texts: str, others: tuple[str, ...] = ()) -> dict[str, str]:
+    """The `$open` / `$close` markers of one request: `<<<TAG` and `TAG>>>`, TAG drawn from `texts`. `others`
+    are fenced too but leave the tag alone (the answers: requests that share `texts` share the tag). Should any
+    text contain the tag anyway, the next salt's tag is drawn (still deterministic), so a marker never occurs
     inside the content it fences."""
     salt = 0
     while True:
         tag = _tag(texts, salt)
-        if not any(tag in t for t in texts):
+        if not any(tag in t for t in (*texts, *others)):
             return {"open": f"<<<{tag}", "close": f"{tag}>>>"}
         salt += 1
 
@@ -73,12 +81,20 @@ def context_text(row: dict) -> str:
     return chat.render_context(row)
 
 
-def _judge_prompt(name: str, prompt_dir: str, context: str, **texts: str) -> str:
-    """Template `name` filled with `texts`, each fenced with the request's markers; `context` (raw, "" for
-    none) becomes `prompts/judge/context.md` in the template's `${context}` slot, fenced with the same markers."""
-    marks = fence(context, *texts.values())
+def prompt_sha(name: str, prompt_dir: str = "prompts") -> str:
+    """The hash of what a judge prompt is made of: the shared head, the context block and template `name`."""
+    return template_sha((HEAD_TEMPLATE, CONTEXT_TEMPLATE, name), prompt_dir)
+
+
+def _judge_prompt(name: str, prompt_dir: str, context: str, instruction: str, reference: str, **answers: str) -> str:
+    """The shared head (context, instruction, reference) followed by template `name` filled with `answers`, every
+    text fenced with the request's markers; `context` (raw, "" for none) becomes `prompts/judge/context.md` in
+    the head's `${context}` slot."""
+    marks = fence(context, instruction, reference, others=tuple(answers.values()))
     block = render(CONTEXT_TEMPLATE, prompt_dir=prompt_dir, context=context, **marks) if context else ""
-    return render(name, prompt_dir=prompt_dir, context=block, **marks, **texts)
+    head = render(HEAD_TEMPLATE, prompt_dir=prompt_dir, context=block, instruction=instruction, reference=reference,
+                  **marks)
+    return head + render(name, prompt_dir=prompt_dir, **marks, **answers)
 
 
 def single_request(instruction: str, reference: str, answer: str, *, m: int, temperature: float, max_tokens: int,

@@ -186,7 +186,8 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
         if srv.threads:
             env["OMP_NUM_THREADS"] = str(srv.threads)
         env.update(vllm_cpu.env(preload=srv.cpu_preload, kvcache_gib=srv.cpu_kvcache_gib,
-                                threads_bind=srv.cpu_threads_bind, base=env))
+                                threads_bind=srv.cpu_threads_bind, ranks=srv.tensor_parallel_size * srv.data_parallel_size,
+                                base=env))
         return env
 
     def server_key(self) -> str:
@@ -245,6 +246,7 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
     def _launch(self, state: ServerState, srv) -> dict:
         port = srv.port or _free_port(srv.host)
         cmd = self.command(port)
+        launched = time.time()
         log = open(state.log_path, "ab")  # noqa: SIM115 (the server writes it after we return)
         # own process group, so stopping it also stops the engine's worker processes
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
@@ -261,8 +263,8 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
               "model_hash": fingerprint(self.params.model), "command": cmd, "started_at": now, "released_at": now,
               "idle_timeout_s": srv.idle_timeout_s, "users": []}
         with open(state.dir / "starts.jsonl", "a") as fh:
-            fh.write(json.dumps({"time": now, "key": state.key, "pid": proc.pid, "model": self.params.model,
-                                 "provider": self.name}) + "\n")
+            fh.write(json.dumps({"time": now, "startup_s": round(now - launched, 1), "key": state.key, "pid": proc.pid,
+                                 "model": self.params.model, "provider": self.name}) + "\n")
         # the watchdog: its own session, so it outlives this stage and is not in the server's process group
         subprocess.Popen([sys.executable, "-m", "llamaduo.providers.local", "watch", str(state.path)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -42,6 +42,30 @@ def needs_launch(p) -> bool:
     return p.num_processes > 1 and not launched()
 
 
+def allocator_env(p, base: dict | None = None) -> dict[str, str]:
+    """The LD_PRELOAD that puts tcmalloc under this stage (`train.cpu_preload`, on a CPU), or {} when none is
+    needed (off, a GPU, the library missing, or already preloaded). A preload acts only from a process's start,
+    hence `preload_allocator` runs the stage again with it."""
+    import torch
+
+    from llamaduo.hardware import preload_env, tcmalloc
+
+    if not p.cpu_preload or torch.cuda.is_available():
+        return {}
+    return preload_env((tcmalloc(),), base)
+
+
+def preload_allocator(p, argv: list[str], script: str) -> None:
+    """Replace this process with the same stage under tcmalloc when `allocator_env` asks for it (same pid, so
+    DVC and a launcher see one process); return when nothing is needed, or when `script` (the stage's file) is
+    not what this process runs (`argv[0]`): a caller that imported the stage (a test, a notebook) is not re-run."""
+    if os.path.realpath(argv[0]) != os.path.realpath(script):
+        return
+    extra = allocator_env(p)
+    if extra:
+        os.execve(sys.executable, [sys.executable, *argv], {**os.environ, **extra})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
