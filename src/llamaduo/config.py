@@ -563,16 +563,15 @@ class CostParams(_Section):
     horizon_months: int = Field(24, ge=1, description="Months the cumulative-cost curve covers.")
 
 
-class ServeParams(_Section):
-    """`llamaduo serve`: the champion behind vLLM's OpenAI-compatible server."""
+class ServeParams(VllmEngine):
+    """`llamaduo serve`: the champion behind vLLM's OpenAI-compatible server (parallelism and CPU settings as
+    every vLLM engine of the project: `VllmEngine`)."""
 
     host: str = Field("127.0.0.1", description="Address the server binds to (loopback; put a gateway in front to expose it).")
     port: int = Field(8000, ge=1, le=65535, description="Port (`--port` on the command line wins).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's memory share for weights + KV cache "
                                                                         "(on CPU, of the NUMA node's RAM: 0.3 here).")
     max_model_len: int = Field(4096, ge=256, description="Longest context (prompt + answer) the server allows.")
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM --tensor-parallel-size (GPUs, or CPU NUMA nodes, per replica).")
-    data_parallel_size: int = Field(1, ge=1, description="vLLM --data-parallel-size (engine replicas behind the one server).")
     extra_args: list[str] = Field([], description="More `vllm serve` arguments, passed as they are.")
 
 

@@ -216,6 +216,13 @@ def test_offline_engine_and_serve_get_dtype_and_parallelism():
     cmd = serving.command("/m", name="x", host="127.0.0.1", port=9, p=s, extra=[], dtype="bfloat16")
     assert _flag(cmd, "--dtype") == "bfloat16" and _flag(cmd, "--tensor-parallel-size") == "2"
     assert _flag(cmd, "--data-parallel-size") == "2"
+    # serve's engine gets the CPU settings every vLLM engine of the project gets
+    served = serving.env(Params.model_validate({"serve": {"cpu_kvcache_gib": 2}}).serve, base={"PATH": "/bin"})
+    assert served["PATH"] == "/bin"
+    if not vllm_cpu.on_gpu():
+        assert served["VLLM_CPU_KVCACHE_SPACE"] == "2" and served["VLLM_CPU_OMP_THREADS_BIND"] != "auto"
+    ray = Params.model_validate({"serve": {"distributed_executor_backend": "ray"}}).serve
+    assert _flag(serving.command("/m", name="x", host="h", port=9, p=ray, extra=[]), "--distributed-executor-backend") == "ray"
 
 
 @pytest.mark.skipif(vllm_cpu.on_gpu(), reason="CPU settings only")

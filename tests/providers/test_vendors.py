@@ -1,5 +1,6 @@
 """Each hosted provider, through its real SDK, against a loopback fake of its wire format."""
 
+import importlib
 import json
 import time
 
@@ -18,6 +19,7 @@ from llamaduo.providers.engine import run_calls
 
 FAKES = {"openai": FakeOpenAI, "anthropic": FakeAnthropic, "gemini": FakeGemini}
 KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}
+SDKS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google.genai"}
 SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
 
 
@@ -26,6 +28,9 @@ def kind(request, monkeypatch):
     for env in KEYS.values():
         monkeypatch.setenv(env, "test-key-not-secret")
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    # imported before any test's clock starts: a first import of an SDK takes ~2 s here (anthropic), which a
+    # test timing a 0.4 s timeout would count when it happens to run first in its process
+    importlib.import_module(SDKS[request.param])
     return request.param
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from contextlib import nullcontext
 
+from llamaduo import vllm_cpu
 from llamaduo.errors import require_vllm
 from llamaduo.weights import folded
 
@@ -32,7 +33,15 @@ def command(model_dir: str, *, name: str, host: str, port: int, p, extra: list[s
             "--served-model-name", name, "--host", host, "--port", str(port), "--dtype", dtype,
             "--gpu-memory-utilization", str(p.gpu_memory_utilization), "--max-model-len", str(p.max_model_len),
             "--tensor-parallel-size", str(p.tensor_parallel_size), "--data-parallel-size", str(p.data_parallel_size),
+            *(["--distributed-executor-backend", p.distributed_executor_backend] if p.distributed_executor_backend else []),
             *p.extra_args, *extra]
+
+
+def env(p, base: dict | None = None) -> dict[str, str]:
+    """The server's environment: `base` (default os.environ) with the CPU settings of `p` (`vllm_cpu.env`)."""
+    base = dict(os.environ if base is None else base)
+    return base | vllm_cpu.env(preload=p.cpu_preload, kvcache_gib=p.cpu_kvcache_gib, threads_bind=p.cpu_threads_bind,
+                               ranks=p.tensor_parallel_size * p.data_parallel_size, base=base)
 
 
 def serve(*, name: str, ref: str, host: str, port: int, p, extra: list[str], dtype: str = "auto") -> int:
@@ -41,4 +50,4 @@ def serve(*, name: str, ref: str, host: str, port: int, p, extra: list[str], dty
     with (folded(base, folder) if base else nullcontext(folder)) as model_dir:
         cmd = command(model_dir, name=name, host=host, port=port, p=p, extra=extra, dtype=dtype)
         print(f"serving {name} v{version} ({ref}) at http://{host}:{port}/v1 as model {name!r}", file=sys.stderr, flush=True)
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env(p))
