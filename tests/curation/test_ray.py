@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_stage
-from fakes.ray_cluster import free_ports, keep_loopback, two_node_cluster
+from fakes.ray_cluster import free_ports, keep_loopback, single_machine_head, two_node_cluster
 from llamaduo import tables
 from llamaduo.cluster import ClusterError
 from llamaduo.config import ClusterParams, CurateParams, load_params
@@ -135,6 +135,45 @@ def test_the_stage_writes_the_same_bytes_with_either_engine(cluster, data, tmp_p
     for f in ("curated.parquet", "dropped.parquet", "curate.json"):
         assert (local / "out" / f).read_bytes() == (remote / "out" / f).read_bytes(), f
     assert list(store.iterdir()) == []  # the scratch Parquet is gone
+
+
+def test_one_machine_as_the_readme_starts_it_listens_on_loopback_only_and_the_stage_joins_it(data, tmp_path, monkeypatch):
+    """The README's one-machine recipe, unpatched: `ray start --head --node-ip-address=127.0.0.1` in Ray's
+    single-machine mode. Without that mode Ray swaps 127.0.0.1 for the machine's network address (the head then
+    listens there, and a driver joining 127.0.0.1 looks for it there and times out). Every socket its processes
+    listen on is on 127.0.0.1, and the curate stage, whose environment does not set the mode, joins it
+    (`cluster.ray.driver_env`) and writes what the local engine writes."""
+    import psutil
+
+    from llamaduo.cluster.ray import SINGLE_MACHINE_ENV, driver_env
+
+    monkeypatch.delenv(SINGLE_MACHINE_ENV, raising=False)
+    assert driver_env("127.0.0.1:6379") == {SINGLE_MACHINE_ENV: "0"} and driver_env("10.0.0.5:6379") == {}
+    assert driver_env("auto") == {}
+    monkeypatch.setenv(SINGLE_MACHINE_ENV, "1")
+    assert driver_env("127.0.0.1:6379") == {}  # the user's own setting wins
+    monkeypatch.delenv(SINGLE_MACHINE_ENV)
+    rows, train, test = data
+    rows = rows[:300]
+    local = _project(tmp_path / "local", rows, train, test, {"engine": "local"})
+    a = run_stage("curate.py", *STAGE_ARGS, cwd=local)
+    assert a.returncode == 0, a.stderr[-3000:]
+    with single_machine_head() as (address, pids):
+        listening = set()
+        for pid in pids():
+            try:
+                listening |= {c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet")
+                              if c.status == psutil.CONN_LISTEN}
+            except psutil.NoSuchProcess:
+                pass
+        assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+        remote = _project(tmp_path / "ray", rows, train, test, {"engine": "ray", "address": address, "block_rows": 100})
+        env = {k: v for k, v in os.environ.items() if k != SINGLE_MACHINE_ENV}
+        b = subprocess.run([sys.executable, str(ROOT / "stages" / "curate.py"), *STAGE_ARGS], cwd=remote,
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert b.returncode == 0, b.stderr[-3000:]
+    for f in ("curated.parquet", "dropped.parquet", "curate.json"):
+        assert (local / "out" / f).read_bytes() == (remote / "out" / f).read_bytes(), f
 
 
 def test_engine_ray_without_an_address_names_the_key(tmp_path):

@@ -69,9 +69,15 @@ def _node_args(temp: Path, cpus: int, object_store: int) -> list[str]:
             f"--min-worker-port={lo}", f"--max-worker-port={min(lo + 40, 65535)}", "--disable-usage-stats", "--block"]
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
+def _start(args: list[str], log: Path, *, plain: bool = False) -> subprocess.Popen:
+    """`ray start` with the loopback patch, or `plain`: the `ray` command as a user runs it, in Ray's
+    single-machine mode (`llamaduo.cluster.ray.SINGLE_MACHINE_ENV`=0), which keeps one node on loopback unpatched."""
+    from llamaduo.cluster.ray import SINGLE_MACHINE_ENV
+
+    cmd = [_ray_bin()] if plain else [sys.executable, "-c", _RAY_START]
+    env = {**_env(), SINGLE_MACHINE_ENV: "0"} if plain else _env()
     # its own session (process group): the daemons it spawns stay in that group, so we can stop exactly them
-    return subprocess.Popen([sys.executable, "-c", _RAY_START, "start", *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=_env(),
+    return subprocess.Popen([*cmd, "start", *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
 
@@ -142,21 +148,39 @@ def _wait_started(proc: subprocess.Popen, log: Path, timeout: float = 90) -> Non
 @contextmanager
 def two_node_cluster(object_store: int = OBJECT_STORE_BYTES, cpus_per_node: int = 1):
     """Start a head and one worker node on loopback; yield the head's address; stop both process groups."""
+    with _cluster(2, object_store, cpus_per_node, plain=False) as (address, _):
+        yield address
+
+
+@contextmanager
+def single_machine_head(object_store: int = OBJECT_STORE_BYTES, cpus: int = 1):
+    """One head node started as the README says for one machine: the plain `ray start --head
+    --node-ip-address=127.0.0.1` in Ray's single-machine mode, no patch. Yields (address, a function giving the
+    pids of its processes now, for checking where they listen)."""
+    with _cluster(1, object_store, cpus, plain=True) as found:
+        yield found
+
+
+@contextmanager
+def _cluster(nodes: int, object_store: int, cpus_per_node: int, *, plain: bool):
     base = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's unix socket paths must stay < 108 bytes
-    head_tmp, work_tmp = base / "h", base / "w"
-    head_tmp.mkdir()
-    work_tmp.mkdir()
     gcs, client = free_ports(2)
     address = f"{HOST}:{gcs}"
-    logs = [base / "head.log", base / "worker.log"]
     procs: list[subprocess.Popen] = []
+
+    def pids() -> set[int]:
+        groups = {pid for p in procs for pid in _group_pids(p.pid)}
+        return groups | _descendants(groups)
+
     try:
-        procs.append(_start(["--head", f"--port={gcs}", f"--ray-client-server-port={client}", "--include-dashboard=false",
-                             *_node_args(head_tmp, cpus_per_node, object_store)], logs[0]))
-        _wait_started(procs[0], logs[0])
-        procs.append(_start([f"--address={address}", *_node_args(work_tmp, cpus_per_node, object_store)], logs[1]))
-        _wait_started(procs[1], logs[1])
-        yield address
+        for i in range(nodes):
+            tmp, log = base / str(i), base / f"node{i}.log"
+            tmp.mkdir()
+            first = ["--head", f"--port={gcs}", f"--ray-client-server-port={client}", "--include-dashboard=false"]
+            procs.append(_start([*(first if i == 0 else [f"--address={address}"]),
+                                 *_node_args(tmp, cpus_per_node, object_store)], log, plain=plain))
+            _wait_started(procs[-1], log)
+        yield address, pids
     finally:
         # Ray's worker processes run in sessions of their own (not in the node's group): found as descendants of
         # the node's processes before those stop; they exit when their raylet does, or are killed here

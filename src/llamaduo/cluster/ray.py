@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +19,12 @@ from llamaduo.cluster import ClusterError
 
 # how long the probe waits for the head's GCS port; a head on the network answers in milliseconds
 PROBE_TIMEOUT_S = 5.0
+# Ray's single-machine mode: off, Ray swaps a loopback address for the machine's network address, both in
+# `ray start --node-ip-address=127.0.0.1` (the head then listens on the network) and in a driver joining
+# 127.0.0.1:PORT (it looks for the head there, and times out). Set to 0, every listener of a head started with it
+# stays on 127.0.0.1 and a driver finds it there (Ray 2.60, checked with `ss -ltnp`). README, "Past one machine: Ray for curation".
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -40,7 +47,15 @@ def probe(address: str) -> None:
             pass
     except OSError as exc:
         raise ClusterError(f"`cluster.address` is {address!r}, but nothing answers there ({exc.strerror or exc}): start the "
-                           "head with `ray start --head --port=PORT` or fix the address") from None
+                           "head with `ray start --head --port=PORT --node-ip-address=ADDRESS` (README, \"Past one machine: "
+                           "Ray for curation\") or fix the address") from None
+
+
+def driver_env(address: str) -> dict[str, str]:
+    """What the driver's environment needs to join the cluster at `address`: Ray's single-machine mode for a
+    loopback head (see SINGLE_MACHINE_ENV), unless the user set it; nothing for a head on the network."""
+    host = _host_port(address)[0] if address != "auto" else None
+    return {SINGLE_MACHINE_ENV: "0"} if host in LOOPBACK and SINGLE_MACHINE_ENV not in os.environ else {}
 
 
 @contextmanager
@@ -56,6 +71,8 @@ def connect(cluster) -> Iterator:
     # Ray Data's usage collector queries a Prometheus at localhost:9090 after each run and logs a traceback
     # when there is none (the usual case); the user's own setting wins
     os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
+    if "ray" not in sys.modules:  # Ray reads it once, at import (a driver already running Ray keeps its own)
+        os.environ.update(driver_env(cluster.address))
     import ray
 
     if ray.is_initialized():
@@ -63,7 +80,6 @@ def connect(cluster) -> Iterator:
         return
     probe(cluster.address)
     try:
-        # no node address given: Ray takes the one this machine reaches the head by (127.0.0.1 for a loopback head)
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"`cluster.address` is {cluster.address!r}, but Ray could not join the cluster there: {exc}") from None
