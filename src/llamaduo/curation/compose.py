@@ -106,6 +106,11 @@ def curate(raw: list[dict], *, train: list[dict], test: list[dict], p, cluster=N
                 reason[j] = "near_duplicate_train" if x < n_train else "near_duplicate"
                 why[j] = f"ROUGE-L {score:.2f} (responses {answers:.2f}) with {ids[x]}"
 
+    return outcome(rows, reason, why, values, tasks, overrides, p, decontaminated, calibration)
+
+
+def outcome(rows, reason, why, values, tasks, overrides, p, decontaminated, calibration) -> tuple[list[dict], list[dict], dict]:
+    """(kept, dropped, counts) from each row's drop reason (None: kept): the local and the Ray path end here."""
     kept = [r for r, r_why in zip(rows, reason) if r_why is None]
     # every column passes through (lineage, and any a table gains later); the reason is added
     dropped = [dict(r, reason=r_why) for r, r_why in zip(rows, reason) if r_why is not None]

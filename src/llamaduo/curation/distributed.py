@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from llamaduo.curation import quality
-from llamaduo.curation.compose import _counts, _examples, exact_walk
+from llamaduo.curation.compose import exact_walk, outcome
 from llamaduo.curation.decontam import find_leaks
 from llamaduo.curation.dedup import MAX_EARLIER_PER_BUCKET, MinHashLSH, _agreement, _band_keys, _bucket_pairs, choose_bands, rouge_l
 from llamaduo.curation.tokens import tokenize
@@ -201,12 +201,7 @@ def curate_ray(raw: list[dict], *, train: list[dict], test: list[dict], p, clust
             _near(ray, bands, sig, reason, why, ids, rows, train, n_train, cpus, p, stats)
             stats["near_s"] = round(time.perf_counter() - t1, 3)
 
-    kept = [r for r, r_why in zip(rows, reason) if r_why is None]
-    dropped = [dict(r, reason=r_why) for r, r_why in zip(rows, reason) if r_why is not None]
-    counts = _counts(rows, reason, decontaminated)
-    counts["examples"] = _examples(rows, reason, why, values, tasks, overrides, p)
-    counts["calibration"] = {"max_coverage_drop": p.max_coverage_drop, "tasks": calibration}
-    return kept, dropped, counts
+    return outcome(rows, reason, why, values, tasks, overrides, p, decontaminated, calibration)
 
 
 def _tally(nodes: list[str]) -> dict[str, int]:
