@@ -44,18 +44,18 @@ def bind_list(value: str, ranks: int = 1, cores: list[int] | None = None) -> str
     return "|".join(",".join(map(str, part)) for part in parts)
 
 
-def env(*, preload: bool, kvcache_gib: int | None, threads_bind: str, ranks: int = 1,
-        base: dict | None = None) -> dict[str, str]:
-    """The variables to add to the engine's environment on CPU (empty on a GPU). `base` is the environment they
-    go into (default os.environ): a library already in its LD_PRELOAD is not added twice. `ranks`: the engine's
-    worker processes (tensor x data parallel size), for `bind_list`."""
+def env(engine, base: dict | None = None) -> dict[str, str]:
+    """The variables to add to a vLLM engine's environment on CPU (empty on a GPU), from `engine`'s settings (a
+    `config.VllmEngine`: infer, a local server, serve). `base` is the environment they go into (default
+    os.environ): a library already in its LD_PRELOAD is not added twice."""
     if on_gpu():
         return {}
     base = os.environ if base is None else base
-    out = {"VLLM_CPU_OMP_THREADS_BIND": bind_list(threads_bind, ranks)}
-    if kvcache_gib is not None:
-        out["VLLM_CPU_KVCACHE_SPACE"] = str(kvcache_gib)
-    if preload:
+    ranks = engine.tensor_parallel_size * engine.data_parallel_size
+    out = {"VLLM_CPU_OMP_THREADS_BIND": bind_list(engine.cpu_threads_bind, ranks)}
+    if engine.cpu_kvcache_gib is not None:
+        out["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_gib)
+    if engine.cpu_preload:
         out.update(preload_env((tcmalloc(), iomp()), base))
     return out
 

@@ -19,7 +19,7 @@ import pytest
 
 from llamaduo import vllm_cpu
 from llamaduo.atomic import pid_alive as alive
-from llamaduo.config import Params, services
+from llamaduo.config import Params, VllmEngine, services
 from llamaduo.cycle import serving
 from llamaduo.hardware import compute_dtype
 from llamaduo.inference.engines import vllm_kwargs
@@ -227,16 +227,16 @@ def test_offline_engine_and_serve_get_dtype_and_parallelism():
 
 @pytest.mark.skipif(vllm_cpu.on_gpu(), reason="CPU settings only")
 def test_cpu_env_preloads_and_kv_cache():
-    env = vllm_cpu.env(preload=True, kvcache_gib=2, threads_bind="0-1", base={"LD_PRELOAD": "/x/other.so"})
+    env = vllm_cpu.env(VllmEngine(cpu_preload=True, cpu_kvcache_gib=2, cpu_threads_bind="0-1"), base={"LD_PRELOAD": "/x/other.so"})
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
     libs = env.get("LD_PRELOAD", "/x/other.so").split(":")
     assert libs[-1] == "/x/other.so"  # kept, after ours
     for lib in (vllm_cpu.tcmalloc(), vllm_cpu.iomp()):
         if lib:
             assert lib in libs and Path(lib).is_file()
-    again = vllm_cpu.env(preload=True, kvcache_gib=None, threads_bind="auto", base={"LD_PRELOAD": env.get("LD_PRELOAD", "")})
+    again = vllm_cpu.env(VllmEngine(cpu_preload=True, cpu_threads_bind="auto"), base={"LD_PRELOAD": env.get("LD_PRELOAD", "")})
     assert "LD_PRELOAD" not in again and "VLLM_CPU_KVCACHE_SPACE" not in again  # nothing added twice
-    off = vllm_cpu.env(preload=False, kvcache_gib=None, threads_bind="auto", base={})
+    off = vllm_cpu.env(VllmEngine(cpu_preload=False, cpu_threads_bind="auto"), base={})
     assert off == {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
     # the server's environment gets them; `all` (the default) is every core this process may use
     srv_env = _local(cpu_kvcache_gib=3).env()
@@ -254,7 +254,7 @@ def test_all_cores_split_between_the_engines_ranks_and_too_few_name_the_key():
     assert vllm_cpu.bind_list("auto", 4) == "auto" and vllm_cpu.bind_list("0-3|4-7", 2) == "0-3|4-7"
     with pytest.raises(ParamsError, match="`cpu_threads_bind: all` splits 2 core"):
         vllm_cpu.bind_list("all", 4, cores=[0, 1])
-    env = vllm_cpu.env(preload=False, kvcache_gib=None, threads_bind="all", ranks=1, base={})
+    env = vllm_cpu.env(VllmEngine(cpu_preload=False, cpu_threads_bind="all"), base={})
     if not vllm_cpu.on_gpu():
         assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, sorted(os.sched_getaffinity(0))))
 

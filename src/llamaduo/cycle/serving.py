@@ -40,8 +40,7 @@ def command(model_dir: str, *, name: str, host: str, port: int, p, extra: list[s
 def env(p, base: dict | None = None) -> dict[str, str]:
     """The server's environment: `base` (default os.environ) with the CPU settings of `p` (`vllm_cpu.env`)."""
     base = dict(os.environ if base is None else base)
-    return base | vllm_cpu.env(preload=p.cpu_preload, kvcache_gib=p.cpu_kvcache_gib, threads_bind=p.cpu_threads_bind,
-                               ranks=p.tensor_parallel_size * p.data_parallel_size, base=base)
+    return base | vllm_cpu.env(p, base=base)
 
 
 def serve(*, name: str, ref: str, host: str, port: int, p, extra: list[str], dtype: str = "auto") -> int:

@@ -91,8 +91,7 @@ def _vllm(model_dir: str, prompts: list[list[dict]], p, dtype: str = "float32") 
     from vllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
-    cpu_env = vllm_cpu.env(preload=p.cpu_preload, kvcache_gib=p.cpu_kvcache_gib, threads_bind=p.cpu_threads_bind,
-                           ranks=p.tensor_parallel_size * p.data_parallel_size)
+    cpu_env = vllm_cpu.env(p)
     with _environ(cpu_env):
         llm = LLM(**vllm_kwargs(model_dir, p, dtype))
     t1 = time.perf_counter()

@@ -185,9 +185,7 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
                    DO_NOT_TRACK="1")
         if srv.threads:
             env["OMP_NUM_THREADS"] = str(srv.threads)
-        env.update(vllm_cpu.env(preload=srv.cpu_preload, kvcache_gib=srv.cpu_kvcache_gib,
-                                threads_bind=srv.cpu_threads_bind, ranks=srv.tensor_parallel_size * srv.data_parallel_size,
-                                base=env))
+        env.update(vllm_cpu.env(srv, base=env))
         return env
 
     def server_key(self) -> str:
