@@ -189,7 +189,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="train params for the stage, e.g. quantize=true packing=true")
     ap.add_argument("--base", default=None, help="HF model folder (default: models/base, else the GGUF default converted)")
     ap.add_argument("--no-bare", action="store_true", help="stage only (for comparing stage variants quickly)")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/train.json"))
+    ap.add_argument("--out", default=None, help="results JSON (default bench/results/train.json; with --no-bare, only "
+                                                "when given: a stage-only variant, e.g. bench/results/train_<variant>.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bare-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -228,8 +229,9 @@ def main() -> None:
                        ratio_to_bare=round(stage["tokens_per_s"] / bare["tokens_per_s"], 3),
                        mfu=round(stage["tokens_per_s"] * flops_per_token / (peak * 1e9), 3),
                        bare_mfu=round(bare["tokens_per_s"] * flops_per_token / (peak * 1e9), 3))
-    if not args.no_bare:
-        write_json(args.out, out)
+    out_path = args.out or (None if args.no_bare else ROOT / "bench/results/train.json")
+    if out_path:
+        write_json(out_path, out)
     print(json.dumps(out, indent=1))
 
 

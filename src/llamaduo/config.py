@@ -380,8 +380,9 @@ class TrainParams(_Section):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     packing: bool = Field(False, description="Pack several examples into one max_length row (trl's best-fit packing). Exact only with "
                                              "flash attention; with CPU/SDPA attention packed examples can see each other.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (CPU, tcmalloc, 8 rows: peak RSS 3.3 -> 2.0 GB, "
-                                                            "0.73x the speed; worth it on a small GPU).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (CPU, tcmalloc, 8 rows: peak RSS 3.34 -> 2.05 GB, "
+                                                            "0.70x the speed, bench/results/train_gradient_checkpointing.json; "
+                                                            "worth it on a small GPU).")
     val_ratio: float = Field(0.05, ge=0, lt=1, description="Share of coverage train rows (seeded) held out for the validation loss; 0 = none.")
     submodels: int = Field(1, ge=1, description="Train this many adapters that differ only in data order (seed + i); >1 needs `merge.method`.")
     save_steps: int = runtime(5, ge=1, description="Checkpoint every this many steps, so a killed run resumes instead of restarting.")
@@ -391,8 +392,8 @@ class TrainParams(_Section):
     threads: int | None = runtime(None, ge=1, description="torch threads; null = torch's default.")
     cpu_preload: bool = runtime(True, description="On CPU, run the stage with tcmalloc preloaded (LD_PRELOAD; scripts/setup.sh "
                                                   "installs libtcmalloc-minimal4): glibc's allocator keeps what each "
-                                                  "differently shaped batch freed (bench/train.py: 57 -> 66 tokens/s, peak RSS "
-                                                  "4.2 -> 3.3 GB on the AMD EPYC). No effect on a GPU or without the library.")
+                                                  "differently shaped batch freed (bench/train.py: 68.2 -> 80.3 tokens/s, peak "
+                                                  "RSS 4.06 -> 3.34 GB on the AMD EPYC). No effect on a GPU or without the library.")
     # past one process (README, "Past one machine"): the stage relaunches itself under `accelerate launch`. Runtime:
     # `batch_size x grad_accum` stays the global batch (training/budget.py `per_process`), so steps, rows per step,
     # rows read and the schedule do not change with the process count: the recipe is the same, only its random draws
