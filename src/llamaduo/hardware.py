@@ -99,20 +99,22 @@ def _cuda_bf16() -> bool | None:
     return bool(torch.cuda.is_bf16_supported())
 
 
-def compute_dtype(override: str = "auto") -> dict:
+def compute_dtype(override: str = "auto", flags=None) -> dict:
     """The one decision of the compute dtype, for training, merging, the validation loss and vLLM (engine and
     server): bf16 on a CUDA GPU that has it and on CPUs with AVX512-BF16 or AMX, fp32 otherwise.
 
     Returns {"dtype": "bfloat16" | "float32", "source": why, "cpu_flags": the flags it read}, so each stage's
     metrics record the choice beside what it came from. `override` ("bfloat16" / "float32", from params)
-    wins over the hardware.
+    wins over the hardware. `flags` (CPU flag names) decides for a CPU with those flags instead of this
+    machine, GPU left out: the same decision for a machine one is not on.
     """
-    flags = cpu()["flags"]
+    given = flags is not None
+    flags = [f for f in RELEVANT_FLAGS if f in set(flags)] if given else cpu()["flags"]
     if override != "auto":
         if override not in DTYPES:
             raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {override!r}")
         return {"dtype": override, "source": "params", "cpu_flags": flags}
-    gpu = _cuda_bf16()
+    gpu = None if given else _cuda_bf16()
     if gpu is not None:
         return {"dtype": "bfloat16" if gpu else "float32", "source": "cuda" if gpu else "cuda without bf16", "cpu_flags": flags}
     native = [f for f in BF16_FLAGS if f in flags]
