@@ -8,6 +8,7 @@ import glob
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def _cuda_bf16() -> bool | None:
     return bool(torch.cuda.is_bf16_supported())
 
 
-def compute_dtype(override: str = "auto", flags=None) -> dict:
+def compute_dtype(override: str = "auto", flags: Iterable[str] | None = None) -> dict:
     """The one decision of the compute dtype, for training, merging, the validation loss and vLLM (engine and
     server): bf16 on a CUDA GPU that has it and on CPUs with AVX512-BF16 or AMX, fp32 otherwise.
 
