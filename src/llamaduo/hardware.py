@@ -37,7 +37,13 @@ def cpu() -> dict:
                     break
     except OSError:
         pass
-    return {"model": model, "flags": [f for f in RELEVANT_FLAGS if f in flags]}
+    return {"model": model, "flags": relevant(flags)}
+
+
+def relevant(flags: Iterable[str]) -> list[str]:
+    """The flags of RELEVANT_FLAGS among `flags`, in RELEVANT_FLAGS' order."""
+    present = set(flags)
+    return [f for f in RELEVANT_FLAGS if f in present]
 
 
 # -- runtime libraries a CPU process can preload (LD_PRELOAD): vLLM's CPU engine and the train stage
@@ -110,7 +116,7 @@ def compute_dtype(override: str = "auto", flags: Iterable[str] | None = None) ->
     machine, GPU left out: the same decision for a machine one is not on.
     """
     given = flags is not None
-    flags = [f for f in RELEVANT_FLAGS if f in set(flags)] if given else cpu()["flags"]
+    flags = relevant(flags) if given else cpu()["flags"]
     if override != "auto":
         if override not in DTYPES:
             raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {override!r}")
