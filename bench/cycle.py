@@ -36,25 +36,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "support"))  # the project copy, shared with the tests
 
-# pipeline outputs and local state: a clean workspace makes its own
-SKIP = ("models/", "data/prepared/", "data/synthetic/", "data/eval/", "metrics/", "data/services.json", ".llamaduo/",
-        "bench/results/", "mlruns/")
+from workspace import copy_project  # noqa: E402
+
 # generating stage -> its metrics file
 GENERATING = {"synthesize": "synthesize.json", "infer": "infer.json", "baseline": "baseline.json", "judge": "eval.json"}
-
-
-def copy_project(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
-    for f in files:
-        if f.startswith(SKIP) and not f.endswith(".gitignore"):
-            continue
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    (dest / "metrics").mkdir(exist_ok=True)
-    (dest / "metrics" / "champion.json").write_text("{}\n")  # no champion yet (written by the loop)
 
 
 def merge(base: dict, over: dict) -> dict:

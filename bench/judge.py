@@ -2,7 +2,7 @@
 
 Both runs grade the same answers (real test prompts and references from data/coverage) with the real judge
 prompt through the real call engine, against a loopback OpenAI-wire fake that bills prompt tokens by counting
-them (tests/fakes/judge_server.py). The fake's own tally is the bill, so the figure does not rest on our Usage.
+them (support/fakes/judge_server.py). The fake's own tally is the bill, so the figure does not rest on our Usage.
 
     .venv/bin/python bench/judge.py [--answers 48 --m 3]
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "support"))  # the loopback fakes, shared with the tests
 
 from fakes.judge_server import JudgeFake  # noqa: E402
 from llamaduo import hardware  # noqa: E402

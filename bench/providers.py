@@ -19,15 +19,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the loopback fakes live with the tests
+from llamaduo import hardware
+from llamaduo.atomic import write_json
+from llamaduo.config import ProviderParams
+from llamaduo.providers import ChatRequest, get_provider
+from llamaduo.providers.cache import CallCache
+from llamaduo.providers.engine import run_calls
 
-from llamaduo import hardware  # noqa: E402
-from llamaduo.atomic import write_json  # noqa: E402
-from llamaduo.config import ProviderParams  # noqa: E402
-from llamaduo.providers import ChatRequest, get_provider  # noqa: E402
-from llamaduo.providers.cache import CallCache  # noqa: E402
-from llamaduo.providers.engine import run_calls  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -43,8 +42,8 @@ def main() -> None:
     requests = [ChatRequest(messages=(("user", f"request {i}"),), temperature=0.7, max_tokens=64) for i in range(a.requests)]
     # the server runs in its own process, as a remote API would (sharing our GIL would slow both); it enforces
     # the RPM limit as a token bucket holding one second of it, the way vendors quantize their per-minute limits
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests/fakes/serve.py"), "openai", "--latency", str(a.latency),
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "support") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    server = subprocess.Popen([sys.executable, str(ROOT / "support/fakes/serve.py"), "openai", "--latency", str(a.latency),
                                "--rpm", str(a.rpm)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     base_url = server.stdout.readline().strip()
 

@@ -3,7 +3,7 @@
 The rows are bench/curate.py's (stitched from the coverage rows, planted near duplicates and test leaks). Each
 engine runs in its own child process (the curate stage's work: Parquet in, curate(), Parquet and metrics out),
 so each one's peak memory is its own; the Ray workers report theirs from inside their tasks. Both write their
-outputs and the run checks they are byte-identical. The cluster is tests/fakes/ray_cluster.py's: two `ray
+outputs and the run checks they are byte-identical. The cluster is support/fakes/ray_cluster.py's: two `ray
 start` nodes on 127.0.0.1 with one CPU each.
 
 What this machine cannot show: its two nodes share one machine's 2 cores (and the driver needs CPU as well), so
@@ -37,7 +37,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.append(str(ROOT / "tests"))
+sys.path.append(str(ROOT / "support"))  # the loopback Ray cluster, shared with the tests
 
 from llamaduo import hardware, tables  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402

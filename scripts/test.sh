@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-# tests/cycle/test_html_report.py opens metrics/report.html in headless Chromium (Debian's package); apt runs only
+# tests/reporting/test_html_report.py opens metrics/report.html in headless Chromium (Debian's package); apt runs only
 # without a prompt (root, or passwordless sudo), as setup.sh does for tcmalloc; otherwise that test says how
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=skip; fi

@@ -3,16 +3,22 @@ Table 1) -> their answers, their judgments, metrics/baseline.json. Every call go
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
-from llamaduo.judging import baseline, baseline_report
+from llamaduo.judging.baseline import baseline
+from llamaduo.judging.report import baseline_report
+from llamaduo.providers import open_providers
+from llamaduo.providers.cache import CallCache
 from llamaduo.stage import run
 
 
 def main(params, test, responses_out, judgments_out, metrics_out):
-    answers, judgments, answer_usage, judge_usage = baseline(test=tables.read(test, "split"), params=params)
+    j = params.judge
+    with CallCache(params.cache.path) as cache, open_providers(params.providers, j.services + j.panel) as providers:
+        answers, judgments, answer_usage, judge_usage = baseline(test=tables.read(test, "split"), providers=providers, j=j,
+                                                                 cache=cache)
     tables.write(responses_out, "baseline_responses", answers)
     tables.write(judgments_out, "judgments", judgments)
     write_json(metrics_out, baseline_report(judgments=judgments, answers=answers, answer_usage=answer_usage,
-                                            judge_usage=judge_usage, judge_params=params.judge))
+                                            judge_usage=judge_usage, judge_params=j))
 
 
 if __name__ == "__main__":

@@ -2,51 +2,44 @@
 with the service's answer in both orders -> judgments, pairwise verdicts, scores (metrics/eval.json), worst answers;
 beside them every local and service answer's reference metrics (ROUGE-L, chrF, exact match) -> reference table."""
 
-import argparse
-import sys
-
 from llamaduo import tables
 from llamaduo.atomic import write_json
-from llamaduo.judging import LOCAL, eval_report, evaluate, reference_scores, select, worst_answers
+from llamaduo.judging.grading import evaluate
+from llamaduo.judging.names import LOCAL
+from llamaduo.judging.reference import reference_scores
+from llamaduo.judging.report import eval_report, worst_answers
+from llamaduo.judging.scores import select
+from llamaduo.providers import open_providers
+from llamaduo.providers.cache import CallCache
 from llamaduo.stage import run
 
 # paths a stage may go without: no baseline -> no pairwise comparison and no P-Match
 OPTIONAL = ("baseline_responses", "baseline_judgments", "pairwise_out", "worst_out", "reference_out")
 
 
-def optional_paths() -> dict:
-    """Take the optional paths off the command line (`stage.run` declares only required ones)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    for name in OPTIONAL:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
-    known, rest = parser.parse_known_args()
-    sys.argv[1:] = rest
-    return vars(known)
-
-
-def main(params, responses, test, out, metrics_out, *, baseline_responses=None, baseline_judgments=None,
-         pairwise_out=None, worst_out=None, reference_out=None):
+def main(params, responses, test, out, metrics_out, baseline_responses=None, baseline_judgments=None, pairwise_out=None,
+         worst_out=None, reference_out=None):
+    j = params.judge
     answers, split = tables.read(responses, "responses"), tables.read(test, "split")
     service_answers = tables.read(baseline_responses, "baseline_responses") if baseline_responses else []
     service_judgments = tables.read(baseline_judgments, "judgments") if baseline_judgments else []
-    judgments, pairwise, usages = evaluate(responses=answers, test=split, params=params,
-                                           service_answers=service_answers if pairwise_out else None)
+    with CallCache(params.cache.path) as cache, open_providers(params.providers, j.panel) as judges:
+        judgments, pairwise, usages = evaluate(responses=answers, test=split, judges=judges, j=j, cache=cache,
+                                               service_answers=service_answers if pairwise_out else None)
     # no judge here: every answer (local and service) against the test row's reference
     reference = reference_scores(answers, split) + reference_scores(service_answers, split)
     report = eval_report(judgments=judgments, pairwise=pairwise, baseline_judgments=service_judgments, usages=usages,
-                         test=split, judge_params=params.judge, reference=reference)
+                         test=split, judge_params=j, reference=reference)
     tables.write(out, "judgments", judgments)
     if pairwise_out:
         tables.write(pairwise_out, "pairwise", pairwise)
     if reference_out:
         tables.write(reference_out, "reference", reference)
     if worst_out:
-        primary = select(judgments, judge=params.judge.provider, answerer=LOCAL)
-        write_json(worst_out, worst_answers(primary, n=params.judge.worst, test_by_id={r["id"]: r for r in split},
-                                            answers=answers))
+        primary = select(judgments, judge=j.provider, answerer=LOCAL)
+        write_json(worst_out, worst_answers(primary, n=j.worst, test_by_id={r["id"]: r for r in split}, answers=answers))
     write_json(metrics_out, report)
 
 
 if __name__ == "__main__":
-    extra = optional_paths()
-    run(lambda params, **paths: main(params, **paths, **extra), "responses", "test", "out", "metrics_out")
+    run(main, "responses", "test", "out", "metrics_out", optional=OPTIONAL)

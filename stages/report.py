@@ -6,8 +6,8 @@ from pathlib import Path
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
-from llamaduo.cycle import html_report
-from llamaduo.cycle.report import headline, score_points, summary, usage
+from llamaduo.reporting import html_report, page_data
+from llamaduo.reporting.summary import headline, score_points, summary, usage
 from llamaduo.stage import run
 
 
@@ -24,7 +24,7 @@ def main(params, prepare, curate, train, infer, eval, champion, judgments, synth
     write_json(headline_out, headline(s, eval=ev, train=_load(train), spend=spend))
     write_json(scores_out, score_points(tables.read(judgments, "judgments")))
     # the page reads the folders the files above live in (metrics/, data/), as `llamaduo loop` does after a cycle
-    html_report.write(html_out, metrics_dir=Path(out).parent, data_dir=Path(judgments).parent.parent)
+    html_report.write(html_out, page_data.load(metrics_dir=Path(out).parent, data_dir=Path(judgments).parent.parent))
     gate = s["gate"]
     print(f"gate: {'PASS' if gate['passed'] else 'not passed'}: {gate['reason']}")
 

@@ -2,7 +2,7 @@
 data/services.json, the dep of synthesize, baseline and judge in place of the whole `providers` section."""
 
 from llamaduo.atomic import write_json
-from llamaduo.config import services
+from llamaduo.services import services
 from llamaduo.stage import run
 
 

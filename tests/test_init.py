@@ -59,7 +59,7 @@ def check_project(demo: Path, task: str, base: Path = ROOT) -> None:
     assert len(git(demo, "log", "--oneline").splitlines()) == 1
     tracked = git(demo, "ls-files").split()
     assert f"data/coverage/{task}.jsonl" in tracked and "stages/prepare.py" in tracked and ".dvc/config" in tracked
-    assert not [f for f in tracked if f.startswith(("src/", "bench/", "scripts/"))], "the tool's own files leaked in"
+    assert not [f for f in tracked if f.startswith(("src/", "bench/", "scripts/", "support/"))], "the tool's own files leaked in"
     assert git(demo, "status", "--porcelain") == ""
 
 

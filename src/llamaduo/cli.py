@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from llamaduo import __version__, paths
-from llamaduo.config import load_params, untracked_keys
+from llamaduo.config import load_params
 from llamaduo.errors import ParamsError, UserError
+from llamaduo.project.tracked import untracked_keys
 
 
 def _params(args):

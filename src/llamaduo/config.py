@@ -1,7 +1,7 @@
 """The one schema for `params.yaml`: every knob, its default and its meaning, validated once per stage.
 
 A wrong key or value stops the run with a message that names the key (`train.max_steps`) and what is
-allowed; nothing else in the package reads params.yaml.
+allowed; every stage and command reads its params through `load_params`.
 
 Fields marked `runtime` change how fast or where a run goes, never what it computes (threads, concurrency,
 timeouts, scratch folders): `dvc.yaml` does not list them, so changing one reruns no stage, and training's
@@ -10,7 +10,6 @@ checkpoint key leaves them out (`runtime_keys`). tests/test_dvc_deps.py checks b
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -20,11 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llamaduo.errors import ParamsError
-from llamaduo.merging import MERGERS
-from llamaduo.providers import HOSTED_KINDS, REGISTRY
+from llamaduo.registries import HOSTED_KINDS, MERGERS, PROVIDERS
+from llamaduo.urls import literal_credentials
 
-# the valid names come from the registries that resolve them, declared once there
-ProviderKind = Literal[tuple(REGISTRY)]
+# the valid names come from the registries' tables, declared once there
+ProviderKind = Literal[tuple(PROVIDERS)]
 MergeMethod = Literal[tuple(MERGERS)]
 
 
@@ -217,8 +216,6 @@ class ProviderParams(_Section):
 
     @model_validator(mode="after")
     def _check_url_credentials(self):
-        from llamaduo.providers.base import literal_credentials
-
         literal = literal_credentials(self.base_url)
         if literal:
             # params.yaml is committed with every cycle, and dvc.lock and MLflow record it
@@ -631,40 +628,6 @@ class Params(_Section):
         if self.train.submodels == 1 and self.merge.method is not None:
             raise ValueError(f"`merge.method` is {self.merge.method!r} but `train.submodels` is 1: merging needs at least 2")
         return self
-
-
-def services(params: Params) -> dict:
-    """What the service stages' results depend on in `providers` (runtime fields left out), for the `services`
-    stage's output: DVC tracks `providers` whole there, and synthesize, baseline and judge depend on that file,
-    so a new concurrency or timeout reruns none of them. A local server's `server.dtype` is in it as loading
-    resolved it (its own setting, else `compute.dtype`), so a new compute dtype reruns them too. Credentials
-    written into a `base_url` are masked: the file is committed, and a new key is the same service."""
-    from llamaduo.providers.base import mask_url
-
-    out = {name: result_dump(p) for name, p in sorted(params.providers.items())}
-    for section in out.values():
-        if section.get("base_url"):
-            section["base_url"] = mask_url(section["base_url"])
-    return out
-
-
-def untracked_keys(params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml") -> list[str]:
-    """The params keys `dvc.yaml` lists that params.yaml does not set, each with its default. DVC needs every
-    key it tracks to be present in the file (a schema default is not enough), so `llamaduo check` and
-    `llamaduo run` name them all before DVC stops on the first."""
-    raw = yaml.safe_load(Path(params_file).read_text()) or {}
-    stages = (yaml.safe_load(Path(dvc_file).read_text()) or {}).get("stages", {}) if Path(dvc_file).is_file() else {}
-    tracked = dict.fromkeys(k for body in stages.values() for k in body.get("params", []) if isinstance(k, str))
-    defaults = Params().model_dump()
-    out = []
-    for key in tracked:
-        here, default = raw, defaults
-        for part in key.split("."):
-            here = here.get(part, KeyError) if isinstance(here, dict) else KeyError
-            default = default.get(part) if isinstance(default, dict) else None
-        if here is KeyError:
-            out.append(f"`{key}` (default: {json.dumps(default)})")
-    return out
 
 
 def _loc(err: dict) -> str:

@@ -1,4 +1,4 @@
-"""Curation on a real two-node Ray cluster (tests/fakes/ray_cluster.py: two `ray start`, one CPU each, on
+"""Curation on a real two-node Ray cluster (support/fakes/ray_cluster.py: two `ray start`, one CPU each, on
 127.0.0.1) gives exactly what the local path gives: the same kept ids, drop reasons, counts and Parquet bytes.
 
 The rows are bench/curate.py's (stitched from the coverage rows, with planted near duplicates and test leaks),
@@ -125,7 +125,7 @@ def test_the_stage_writes_the_same_bytes_with_either_engine(cluster, data, tmp_p
     # the stage's process joins the loopback cluster as this one does (sitecustomize: the same patch)
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.append({str(ROOT / 'tests')!r})\n"
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.append({str(ROOT / 'support')!r})\n"
                                            "from fakes.ray_cluster import keep_loopback\nkeep_loopback()\n")
     a = run_stage("curate.py", *STAGE_ARGS, cwd=local)
     assert a.returncode == 0, a.stderr[-3000:]

@@ -27,7 +27,7 @@ def test_no_break_even_when_local_costs_more():
 
 def test_tokens_per_request_come_from_the_measured_baseline():
     from llamaduo.cycle.cost import service_tokens_per_request
-    from llamaduo.cycle.report import usage
+    from llamaduo.reporting.summary import usage
 
     baseline = {"services": {"gpt4o": {"answers": 4}},
                 "usage": {"answers": {"gpt4o": {"calls": 4, "input_tokens": 400, "output_tokens": 1000}},

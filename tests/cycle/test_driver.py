@@ -4,9 +4,14 @@ import json
 
 import pytest
 
-from llamaduo.config import Params
+from llamaduo.config import LoopParams, Params
 from llamaduo.cycle import driver
 from llamaduo.errors import LoopError
+
+
+def test_growth_schedule_doubles_from_start_and_caps():
+    p = LoopParams(start_volume=1000, growth_factor=2, max_volume=256000)
+    assert [driver.volume_for(c, p) for c in range(11)] == [0, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 256000]
 
 
 def params(**train) -> Params:

@@ -7,9 +7,9 @@ from rouge_score import rouge_scorer
 
 from llamaduo import tables
 from llamaduo.config import GateParams
-from llamaduo.cycle import gate
 from llamaduo.errors import DataError
 from llamaduo.judging.reference import REFERENCE_METRICS, Scorer, normalize_answer, reference_scores
+from llamaduo.reporting import gate
 
 PAIRS = [  # (answer, reference)
     ("the cat sat on the mat", "a cat sat on a mat"),

@@ -173,7 +173,7 @@ def faulty_judge(body, k):
 
 def test_odd_reasons_a_broken_schema_and_a_400_become_counted_rows_and_the_gate_refuses(tmp_path):
     from llamaduo.config import GateParams
-    from llamaduo.cycle.report import summary
+    from llamaduo.reporting.summary import summary
 
     test = [dict(TEST[0], id=f"p{i}", instruction=f"Summarize note {i}.", response=f"Note {i}.") for i in range(5)]
     with RejectingJudge(answer=faulty_judge) as fake:
@@ -224,15 +224,14 @@ def test_odd_reasons_a_broken_schema_and_a_400_become_counted_rows_and_the_gate_
 
 def test_a_prompt_the_service_rejects_has_no_baseline_answer_and_the_others_are_kept(tmp_path):
     from llamaduo.config import load_params
-    from llamaduo.judging.baseline import answer_with_services, open_providers
+    from llamaduo.judging.baseline import answer_with_services
+    from llamaduo.providers import open_providers
     from llamaduo.providers.cache import CallCache
 
     test = [dict(TEST[0], id=f"p{i}", instruction=f"Summarize note {i}{' TOOLONG' * (i == 1)}.") for i in range(3)]
     with RejectingJudge(answer=faulty_judge) as fake:
         proj = project(tmp_path, fake.base_url)
         params = load_params(proj / "params.yaml")
-        cache = CallCache(tmp_path / "calls.sqlite")
-        with open_providers(params, ["fake"]) as providers:
-            rows, usage = answer_with_services(providers, test, params, cache=cache)
-        cache.close()
+        with CallCache(tmp_path / "calls.sqlite") as cache, open_providers(params.providers, ["fake"]) as providers:
+            rows, usage = answer_with_services(providers, test, params.judge, cache=cache)
     assert [r["prompt_id"] for r in rows] == ["p0", "p2"] and usage["fake"]["failed"] == 1 and usage["fake"]["calls"] == 2

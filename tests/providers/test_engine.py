@@ -19,7 +19,7 @@ from llamaduo.providers import ChatRequest, ProviderError, get_provider
 from llamaduo.providers.cache import CallCache
 from llamaduo.providers.engine import run_calls
 
-CLIENT = ROOT / "tests" / "fakes" / "client.py"
+CLIENT = ROOT / "support" / "fakes" / "client.py"
 
 
 def provider(url, **kw):
@@ -89,9 +89,9 @@ def test_api_key_comes_from_the_named_variable(tmp_path, monkeypatch):
 
 
 def client_env():
-    tests = str(ROOT / "tests")
+    support = str(ROOT / "support")
     return dict(os.environ, OPENAI_API_KEY="k-openai", ANTHROPIC_API_KEY="k-anthropic",
-                PYTHONPATH=tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                PYTHONPATH=support + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def start_client(params: dict, cache: Path, n_requests: int, n_samples: int) -> subprocess.Popen:

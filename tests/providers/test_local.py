@@ -19,12 +19,13 @@ import pytest
 
 from llamaduo import vllm_cpu
 from llamaduo.atomic import pid_alive as alive
-from llamaduo.config import Params, VllmEngine, services
+from llamaduo.config import Params, VllmEngine
 from llamaduo.cycle import serving
 from llamaduo.hardware import compute_dtype
 from llamaduo.inference.engines import vllm_kwargs
 from llamaduo.providers import local
 from llamaduo.providers.local import LocalVLLMProvider, ServerState, starts, stop_all
+from llamaduo.services import services
 
 FAKE = '''
 import sys

@@ -257,9 +257,17 @@ def panel_params(tmp_path, az, br, gw, api_version):
     })
 
 
-def test_a_panel_across_azure_bedrock_and_a_v1beta_gateway(tmp_path, monkeypatch):
+def evaluate_panel(params):
+    """The judge stage's grading with `params`' panel, as the stage opens it."""
     from llamaduo.judging.grading import evaluate
+    from llamaduo.providers import open_providers
+    from llamaduo.providers.cache import CallCache
 
+    with CallCache(params.cache.path) as cache, open_providers(params.providers, params.judge.panel) as judges:
+        return evaluate(responses=RESPONSES, test=TEST, judges=judges, j=params.judge, cache=cache, prompt_dir=str(ROOT / "prompts"))
+
+
+def test_a_panel_across_azure_bedrock_and_a_v1beta_gateway(tmp_path, monkeypatch):
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-test-key-5521")
     monkeypatch.setenv("GEMINI_API_KEY", "gemini-test-key")
     for k, v in AWS.items():
@@ -270,14 +278,13 @@ def test_a_panel_across_azure_bedrock_and_a_v1beta_gateway(tmp_path, monkeypatch
           FakeGemini(answer=judge, only_version="v1beta") as gw):
         # the gateway's Gemini route left at the SDK's default version: 405, named; the judges before it are paid and cached
         with pytest.raises(ProviderError) as exc:
-            evaluate(responses=RESPONSES, test=TEST, params=panel_params(tmp_path, az, br, gw, None), prompt_dir=str(ROOT / "prompts"))
+            evaluate_panel(panel_params(tmp_path, az, br, gw, None))
         msg = str(exc.value)
         assert "HTTP 405" in msg and f"`providers.gateway.base_url` {gw.base_url}" in msg and "`api_version` null" in msg
         assert len(az.requests) == 3 and len(br.requests) == 6 and gw.hits == {"POST v1 (not served)": 1}
 
         # the recipe's `api_version: v1beta`: the gateway judges; Azure and Bedrock answer from the cache
-        judgments, _, usage = evaluate(responses=RESPONSES, test=TEST, params=panel_params(tmp_path, az, br, gw, "v1beta"),
-                                       prompt_dir=str(ROOT / "prompts"))
+        judgments, _, usage = evaluate_panel(panel_params(tmp_path, az, br, gw, "v1beta"))
         assert len(az.requests) == 3 and len(br.requests) == 6 and gw.hits["POST generateContent"] == 3
     assert usage["azure"]["calls"] == 0 and usage["azure"]["cached"] == 3
     assert usage["bedrock"]["calls"] == 0 and usage["bedrock"]["cached"] == 6

@@ -199,15 +199,15 @@ def test_provider_params_errors_name_the_key(tmp_path, entry, message):
 
 
 def test_every_kind_is_registered_and_buildable():
-    from llamaduo.providers import REGISTRY
+    from llamaduo.registries import PROVIDERS
 
-    assert set(REGISTRY) == set(ProviderParams.model_fields["kind"].annotation.__args__)
+    assert set(PROVIDERS) == set(ProviderParams.model_fields["kind"].annotation.__args__)
     Params.model_validate({"providers": {"service": {"kind": "local", "model": "m"},
                                          **{k: {"kind": k, "model": "m"} for k in FAKES}}})
 
 
 def test_credentials_in_base_url_are_refused_in_params_and_read_from_the_environment(tmp_path, monkeypatch):
-    from llamaduo.providers.base import mask_url
+    from llamaduo.urls import mask_url
 
     secret = "SENTINELkey-9d2e"
     url = f"https://user:{secret}@llm.example.com/v1?api-key={secret}&api-version=2024-10-21"
@@ -225,7 +225,7 @@ def test_credentials_in_base_url_are_refused_in_params_and_read_from_the_environ
     assert p.base_url == url  # requests go to the real URL, the value from the environment
     assert secret not in p.identity() and "llm.example.com/v1" in p.identity()
     # nor in data/services.json (committed; the service stages depend on it)
-    from llamaduo.config import services
+    from llamaduo.services import services
     svc = services(Params.model_validate({"providers": {"service": {"kind": "openai_compatible", "model": "m", "base_url": ref}}}))
     assert secret not in json.dumps(svc)
     err = p.error(f"Connection error to {url}", status=400)

@@ -53,7 +53,9 @@ import pytest  # noqa: E402
 
 from fakes.openai_server import FakeOpenAI  # noqa: E402
 from llamaduo.config import Params  # noqa: E402
-from llamaduo.synthesis import synthesize  # noqa: E402
+from llamaduo.providers import open_providers  # noqa: E402
+from llamaduo.providers.cache import CallCache  # noqa: E402
+from llamaduo.synthesis import synthesize as synthesize_with  # noqa: E402
 
 NOUNS = "river mountain engine garden letter window market doctor planet castle violin pepper silver harbor".split()
 
@@ -73,6 +75,13 @@ def params(tmp_path, url, **synth):
         "synth": {"provider": "fake", "pairs_per_request": 4, "max_requests": 50, **synth},
         "judge": {"provider": "fake"},
     })
+
+
+def synthesize(*, train, test, params):
+    """The synthesize stage's call, with the provider and cache it opens."""
+    with CallCache(params.cache.path) as cache, open_providers(params.providers, [params.synth.provider]) as providers:
+        return synthesize_with(train=train, test=test, provider=providers[params.synth.provider], cache=cache, synth=params.synth,
+                               curate_params=params.curate)
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def _load_json(path: Path, default):
 
 def _usage(metrics_dir: Path) -> dict:
     """The service calls of this cycle's stages, added up."""
-    from llamaduo.cycle.report import usage
+    from llamaduo.reporting.summary import usage
 
     found = [_load_json(metrics_dir / f"{name}.json", {}) for name in ("synthesize", "baseline", "eval")]
     return {"cached": 0, "input_tokens": 0, "output_tokens": 0} | usage(found)
@@ -242,9 +242,9 @@ def _cycle(params, params_file: str, dvc: tuple[str, ...], parent: str, cycle: i
 
 def _report() -> None:
     """metrics/report.html with this cycle's history (the report stage wrote it before the history row existed)."""
-    from llamaduo.cycle import html_report
+    from llamaduo.reporting import html_report, page_data
 
-    html_report.write(paths.REPORT, paths.METRICS_DIR)
+    html_report.write(paths.REPORT, page_data.load(paths.METRICS_DIR))
 
 
 def _check_readable(params, volume: int) -> None:

@@ -3,30 +3,19 @@ judged exactly like the local model's (same panel, prompt, M and re-asks)."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
-
 from llamaduo import chat
 from llamaduo.judging.grading import grade
 from llamaduo.providers.base import ChatRequest
 
 
-@contextmanager
-def open_providers(params, names: list[str]):
-    """Each named provider built and entered once (a local judge that also answers starts one server, not two)."""
-    from llamaduo.providers import get_provider
-
-    with ExitStack() as stack:
-        yield {n: stack.enter_context(get_provider(n, params.providers[n])) for n in dict.fromkeys(names)}
-
-
-def answer_with_services(providers: dict, test: list[dict], params, *, cache) -> tuple[list[dict], dict]:
+def answer_with_services(providers: dict, test: list[dict], j, *, cache) -> tuple[list[dict], dict]:
     """The baseline's answers: each service LLM answers each test prompt (`judge.baseline.samples` per call).
     Through the call engine, so a rerun pays nothing. Rows of the `baseline_responses` table, usage per service."""
     from llamaduo.providers.engine import run_calls
 
-    b = params.judge.baseline
+    b = j.baseline
     rows, usages = [], {}
-    for name in params.judge.services:
+    for name in j.services:
         provider = providers[name]
         # the conversation the local model gets (inference.generate): system prompt, earlier turns, instruction,
         # so both answer the same question in the same context (every service API has a system role)
@@ -48,23 +37,15 @@ def answer_with_services(providers: dict, test: list[dict], params, *, cache) ->
     return rows, usages
 
 
-def baseline(*, test: list[dict], params, prompt_dir: str = "prompts") -> tuple[list[dict], list[dict], dict, dict]:
-    """The service baseline: answers from every service, judged exactly as the local ones (same panel, prompt,
-    M and re-asks). Returns answers, judgment rows, answer usage and judge usage (per provider)."""
-    from llamaduo.providers.cache import CallCache
-
-    j = params.judge
+def baseline(*, test: list[dict], providers: dict, j, cache, prompt_dir: str = "prompts") -> tuple[list[dict], list[dict], dict, dict]:
+    """The service baseline: answers from every service `j.services`, judged exactly as the local ones (same panel
+    `j.panel`, prompt, M and re-asks); `providers` holds them all, open, by name. Returns answers, judgment rows,
+    answer usage and judge usage (per provider)."""
     test_by_id = {r["id"]: r for r in test}
     judgments, judge_usage = [], {}
-    cache = CallCache(params.cache.path)
-    try:
-        with open_providers(params, j.services + j.panel) as providers:
-            answers, answer_usage = answer_with_services(providers, test, params, cache=cache)
-            for rank, name in enumerate(j.panel):
-                rows, usage = grade(providers[name], answers, test_by_id, j, primary=rank == 0, cache=cache,
-                                    prompt_dir=prompt_dir)
-                judgments += rows
-                judge_usage[name] = usage.as_dict()
-    finally:
-        cache.close()
+    answers, answer_usage = answer_with_services(providers, test, j, cache=cache)
+    for rank, name in enumerate(j.panel):
+        rows, usage = grade(providers[name], answers, test_by_id, j, primary=rank == 0, cache=cache, prompt_dir=prompt_dir)
+        judgments += rows
+        judge_usage[name] = usage.as_dict()
     return answers, judgments, answer_usage, judge_usage

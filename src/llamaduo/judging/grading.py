@@ -17,8 +17,8 @@ from dataclasses import dataclass, fields
 from functools import partial
 
 from llamaduo.errors import DataError
+from llamaduo.judging.names import LOCAL
 from llamaduo.judging.protocol import (
-    LOCAL,
     PAIRWISE_TEMPLATE,
     TEMPLATE,
     build_requests,
@@ -29,7 +29,8 @@ from llamaduo.judging.protocol import (
     prompt_sha,
     retry_request,
 )
-from llamaduo.providers.engine import Outcome, ask, total
+from llamaduo.providers.engine import Outcome, ask
+from llamaduo.usage import total
 
 # -- the judge record
 
@@ -164,39 +165,27 @@ def _check_prompts(answers: list[dict], test_by_id: dict[str, dict], what: str) 
         raise DataError(f"{len(missing)} {what} refer to prompts not in the test split, e.g. {sorted(missing)[0]}")
 
 
-def evaluate(*, responses: list[dict], test: list[dict], params, service_answers: list[dict] | None = None,
+def evaluate(*, responses: list[dict], test: list[dict], judges: dict, j, cache, service_answers: list[dict] | None = None,
              prompt_dir: str = "prompts") -> tuple[list[dict], list[dict], dict]:
-    """Judge every local answer M times by each judge of the panel and, when service answers are given,
-    compare each local answer with the first service's, in both orders.
+    """Judge every local answer M times by each judge of the panel `j.panel` (open providers in `judges`, by name)
+    and, when service answers are given, compare each local answer with the first service's, in both orders.
 
     Returns judgment rows, pairwise rows and per-judge usage (plus `total`).
     """
-    from llamaduo.providers import get_provider
-    from llamaduo.providers.cache import CallCache
-
-    j = params.judge
     test_by_id = {r["id"]: r for r in test}
     _check_prompts(responses, test_by_id, "answer(s)")
     service = j.services[0] if j.services else None
     opponents = [s for s in (service_answers or []) if s["service"] == service]
     _check_prompts(opponents, test_by_id, "service answer(s)")
     judgments, pairwise, usages = [], [], {}
-    cache = CallCache(params.cache.path)
-    try:
-        for rank, name in enumerate(j.panel):
-            provider = get_provider(name, params.providers[name])
-            with provider:
-                rows, usage = grade(provider, responses, test_by_id, j, primary=rank == 0, cache=cache,
-                                    prompt_dir=prompt_dir)
-                judgments += rows
-                if j.pairwise and opponents:
-                    prow, u2 = compare(provider, responses, opponents, test_by_id, j, primary=rank == 0, cache=cache,
-                                       prompt_dir=prompt_dir)
-                    pairwise += prow
-                    usage.add(u2)
-            usages[name] = usage.as_dict()
-    finally:
-        cache.close()
+    for rank, name in enumerate(j.panel):
+        provider = judges[name]
+        rows, usage = grade(provider, responses, test_by_id, j, primary=rank == 0, cache=cache, prompt_dir=prompt_dir)
+        judgments += rows
+        if j.pairwise and opponents:
+            prow, u2 = compare(provider, responses, opponents, test_by_id, j, primary=rank == 0, cache=cache,
+                               prompt_dir=prompt_dir)
+            pairwise += prow
+            usage.add(u2)
+        usages[name] = usage.as_dict()
     return judgments, pairwise, usages | {"total": total(usages.values())}
-
-

@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 
 from llamaduo import chat
+from llamaduo.judging.names import METRICS
 from llamaduo.prompts import render, template_sha
 from llamaduo.providers.base import ChatRequest
 
@@ -16,8 +17,6 @@ TEMPLATE = "judge/single"
 PAIRWISE_TEMPLATE = "judge/pairwise"
 RETRY_TEMPLATE = "judge/retry"
 CONTEXT_TEMPLATE = "judge/context"  # the system prompt and earlier turns, in single and pairwise's `$context` slot
-METRICS = ("precision", "similarity")
-LOCAL = "local"  # the `answerer` of the local model's answers (services are named by their provider)
 
 SCORE_SCHEMA = {
     "type": "object",

@@ -16,7 +16,7 @@ import re
 import string
 
 from llamaduo.errors import DataError
-from llamaduo.judging.protocol import LOCAL
+from llamaduo.judging.names import LOCAL
 
 REFERENCE_METRICS = ("rouge_l", "chrf", "exact_match")
 

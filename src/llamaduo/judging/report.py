@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from llamaduo.judging.protocol import LOCAL, METRICS
+from llamaduo.judging.names import LOCAL, METRICS
 from llamaduo.judging.reference import REFERENCE_METRICS
 from llamaduo.judging.scores import (
     agreement,

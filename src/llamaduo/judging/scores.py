@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from itertools import combinations
 from statistics import fmean, median
 
-from llamaduo.judging.protocol import LOCAL, METRICS
+from llamaduo.judging.names import LOCAL, METRICS
 from llamaduo.judging.reference import REFERENCE_METRICS
 
 

@@ -5,8 +5,8 @@
 
 `merge` (merging/run.py) is the merge stage: each sub-model's adapter folded into the base, their task
 vectors merged tensor by tensor, and every sub-model's and the merged model's validation loss.
-`config.py` reads MERGERS for the valid `merge.method` names, so this module imports no method (nor torch)
-until one is asked for.
+The method names and the class behind each are a table in `llamaduo.registries`; this module imports no method
+(nor torch) until one is asked for.
 """
 
 from __future__ import annotations
@@ -14,11 +14,7 @@ from __future__ import annotations
 import importlib
 
 from llamaduo.errors import ParamsError
-
-MERGERS: dict[str, str] = {
-    "weighted_average": "llamaduo.merging.weighted_average:WeightedAverage",
-    "parameter_selection": "llamaduo.merging.parameter_selection:ParameterSelection",
-}
+from llamaduo.registries import MERGERS
 
 
 def merger_class(name: str):

@@ -128,7 +128,8 @@ def _write(target: Path, base: Path, params_text: str, task: str | None, source:
            dvc: tuple[str, ...]) -> None:
     import importlib
 
-    from llamaduo.config import load_params, untracked_keys
+    from llamaduo.config import load_params
+    from llamaduo.project.tracked import untracked_keys
 
     # the reader's module docstring lists the accepted formats (`llamaduo.coverage.prepare` is also a function name)
     reader = importlib.import_module("llamaduo.coverage.prepare")

@@ -1,29 +1,23 @@
-"""Service LLMs: the provider registry (`kind` in params -> the class that speaks to that service), the one call
-engine every provider goes through (`engine.py`: cache, concurrency, pacing, retries, Batch API, usage,
-re-asks of unusable answers) and the call cache (`cache.py`). `config.py` reads REGISTRY for the valid kinds,
-so this module stays light: the vendor SDKs are imported only when a provider of their kind is built (~4 s).
+"""Service LLMs: `get_provider` builds the class a `kind` names (the table is in `llamaduo.registries`; a vendor's
+SDK is imported only when a provider of its kind is built, ~4 s), one module per vendor, and the one call
+engine every provider goes through: `engine.py` (cache first, then online dispatch; re-asks of unusable
+answers), `batch.py` (the vendors' Batch API), `calls.py` (what both share: bookkeeping, pacing, retries),
+`usage.py` (tokens and cost), and the call cache (`cache.py`).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 
 from llamaduo.errors import ParamsError, ProviderError
 from llamaduo.providers.base import BatchStatus, ChatRequest, ChatResult, Choice, Provider
-
-REGISTRY: dict[str, str] = {
-    "local": "llamaduo.providers.local:LocalVLLMProvider",
-    "openai_compatible": "llamaduo.providers.openai_compatible:OpenAICompatibleProvider",
-    "openai": "llamaduo.providers.openai_chat:OpenAIProvider",
-    "anthropic": "llamaduo.providers.anthropic_messages:AnthropicProvider",
-    "gemini": "llamaduo.providers.gemini:GeminiProvider",
-}
-# the kinds with a Batch API and a default API-key variable (the vendors' own services)
-HOSTED_KINDS = ("openai", "anthropic", "gemini")
+from llamaduo.registries import HOSTED_KINDS, PROVIDERS
 
 
 def provider_class(kind: str) -> type[Provider]:
-    module, _, name = REGISTRY[kind].partition(":")
+    module, _, name = PROVIDERS[kind].partition(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -32,9 +26,17 @@ def get_provider(name: str, params) -> Provider:
     try:
         cls = provider_class(params.kind)
     except KeyError:
-        raise ParamsError(f"`providers.{name}.kind` is {params.kind!r}; valid kinds: {sorted(REGISTRY)}") from None
+        raise ParamsError(f"`providers.{name}.kind` is {params.kind!r}; valid kinds: {sorted(PROVIDERS)}") from None
     return cls(name, params)
 
 
-__all__ = ["HOSTED_KINDS", "REGISTRY", "BatchStatus", "ChatRequest", "ChatResult", "Choice", "Provider", "ProviderError", "get_provider",
-           "provider_class"]
+@contextmanager
+def open_providers(sections: dict, names: Iterable[str]) -> Iterator[dict[str, Provider]]:
+    """The providers `names` (keys of `providers:` in params.yaml, `sections`), each built and entered once, by
+    name: a judge that also answers is one provider, and a local one starts one server, not two."""
+    with ExitStack() as stack:
+        yield {n: stack.enter_context(get_provider(n, sections[n])) for n in dict.fromkeys(names)}
+
+
+__all__ = ["HOSTED_KINDS", "PROVIDERS", "BatchStatus", "ChatRequest", "ChatResult", "Choice", "Provider", "ProviderError", "get_provider",
+           "open_providers", "provider_class"]

@@ -16,13 +16,13 @@ import anthropic
 from anthropic.types import Message
 
 from llamaduo.providers.base import BatchStatus, ChatRequest, ChatResult, Choice, Provider, ProviderError
-from llamaduo.providers.routes import cloud_identity, redact_cloud, wrong_path
+from llamaduo.providers.routes import CloudRoute, wrong_path
 
 STOP_REASONS = {"max_tokens": "length", "refusal": "refusal", "end_turn": "stop", "tool_use": "stop",
                 "stop_sequence": "stop", "pause_turn": "stop"}
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(CloudRoute, Provider):
     default_key_env = ("ANTHROPIC_API_KEY",)
     supports_n = False
 
@@ -31,12 +31,6 @@ class AnthropicProvider(Provider):
         self._client: anthropic.AsyncAnthropic | None = None
         if params.cloud is not None:
             self.default_key_env = ()  # the cloud's credential chain, read by its SDK client
-
-    def identity(self) -> str:
-        return cloud_identity(self.params) or super().identity()
-
-    def redact(self, text: str) -> str:
-        return redact_cloud(self.params, super().redact(text))
 
     def client(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
@@ -99,13 +93,7 @@ class AnthropicProvider(Provider):
                           model=msg.model or "")
 
     def translate(self, exc: Exception) -> ProviderError:
-        if isinstance(exc, anthropic.APIStatusError):
-            return wrong_path(self, self.error(exc.message, status=exc.status_code, headers=exc.response.headers), exc)
-        if isinstance(exc, anthropic.APIConnectionError):  # includes APITimeoutError
-            return self.error(f"{type(exc).__name__}: {exc}", retryable=True)
-        if isinstance(exc, (anthropic.APIResponseValidationError, json.JSONDecodeError)):
-            return self.error(f"unreadable response ({type(exc).__name__}: {exc})", retryable=True)
-        return self.error(f"{type(exc).__name__}: {exc}", retryable=False)
+        return wrong_path(self, self.sdk_error(exc, anthropic), exc)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         try:

@@ -260,3 +260,9 @@ class CallCache:
         with contextlib.suppress(sqlite3.Error):
             self.release()
         self._db.close()
+
+    def __enter__(self) -> CallCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -15,7 +15,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from llamaduo.providers.base import BatchStatus, ChatRequest, ChatResult, Choice, Provider, ProviderError
-from llamaduo.providers.routes import cloud_identity, redact_cloud, wrong_path
+from llamaduo.providers.routes import CloudRoute, wrong_path
 
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "PROHIBITED_CONTENT": "content_filter",
           "BLOCKLIST": "content_filter", "SPII": "content_filter", "RECITATION": "content_filter"}
@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover
     pass
 
 
-class GeminiProvider(Provider):
+class GeminiProvider(CloudRoute, Provider):
     default_key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
     def __init__(self, name: str, params):
@@ -49,12 +49,6 @@ class GeminiProvider(Provider):
         self._client: genai.Client | None = None
         if params.cloud == "vertex":
             self.default_key_env = ()  # Vertex AI authenticates with Google credentials, not an API key
-
-    def identity(self) -> str:
-        return cloud_identity(self.params) or super().identity()
-
-    def redact(self, text: str) -> str:
-        return redact_cloud(self.params, super().redact(text))
 
     def client(self) -> genai.Client:
         if self._client is None:

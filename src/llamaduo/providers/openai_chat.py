@@ -16,7 +16,7 @@ from openai.types.chat import ChatCompletion
 
 from llamaduo.providers.base import BatchStatus, ChatRequest, ChatResult, ProviderError
 from llamaduo.providers.openai_compatible import OpenAICompatibleProvider
-from llamaduo.providers.routes import cloud_identity, redact_cloud, wrong_path
+from llamaduo.providers.routes import CloudRoute, cloud_identity, wrong_path
 
 ENDPOINT = "/v1/chat/completions"
 # Azure's batch lines and jobs name the route under its /openai/v1/ base
@@ -25,7 +25,7 @@ FINISHED = {"completed", "failed", "expired", "cancelled"}
 TAG_KEY = "llamaduo_tag"  # the batch metadata entry that holds a submission's idempotency tag
 
 
-class OpenAIProvider(OpenAICompatibleProvider):
+class OpenAIProvider(CloudRoute, OpenAICompatibleProvider):
     default_key_env = ("OPENAI_API_KEY",)
 
     def __init__(self, name: str, params, base_url: str | None = None):
@@ -39,9 +39,6 @@ class OpenAIProvider(OpenAICompatibleProvider):
 
     def api_key(self) -> str:
         return super(OpenAICompatibleProvider, self).api_key()
-
-    def redact(self, text: str) -> str:
-        return redact_cloud(self.params, super().redact(text))
 
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None and self.params.cloud == "azure":

@@ -7,7 +7,8 @@ import json
 import openai
 from openai.types.chat import ChatCompletion
 
-from llamaduo.providers.base import ChatRequest, ChatResult, Choice, Provider, ProviderError, mask_url
+from llamaduo.providers.base import ChatRequest, ChatResult, Choice, Provider, ProviderError
+from llamaduo.urls import mask_url
 
 
 class OpenAICompatibleProvider(Provider):
@@ -67,13 +68,7 @@ class OpenAICompatibleProvider(Provider):
 
     def translate(self, exc: Exception) -> ProviderError:
         """The SDK's exception as a ProviderError that says whether a retry can help."""
-        if isinstance(exc, openai.APIStatusError):
-            return self.error(exc.message, status=exc.status_code, headers=exc.response.headers)
-        if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-            return self.error(f"{type(exc).__name__}: {exc}", retryable=True)
-        if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError)):
-            return self.error(f"unreadable response ({type(exc).__name__}: {exc})", retryable=True)
-        return self.error(f"{type(exc).__name__}: {exc}", retryable=False)
+        return self.sdk_error(exc, openai)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         await self.ensure_ready()

@@ -17,7 +17,7 @@ import re
 from urllib.parse import urlsplit
 
 from llamaduo.errors import ProviderError
-from llamaduo.providers.base import mask_url
+from llamaduo.urls import mask_url
 
 # secrets each cloud's credential chain reads from the environment (the SDKs read them; we only blank them)
 CLOUD_SECRET_ENVS: dict[str | None, tuple[str, ...]] = {
@@ -31,7 +31,7 @@ _SIGV4 = re.compile(r"(Signature=)[0-9a-f]{16,}")
 
 
 def shown_url(url: str | None) -> str:
-    """`url` fit for a message: credentials masked (base.mask_url), null said in words."""
+    """`url` fit for a message: credentials masked (urls.mask_url), null said in words."""
     return mask_url(url) if url else "null (the SDK's default endpoint)"
 
 
@@ -57,6 +57,17 @@ def redact_cloud(params, text: str) -> str:
         text = _BEARER.sub(r"\1***", text)
         text = _SIGV4.sub(r"\1***", text)
     return text
+
+
+class CloudRoute:
+    """Mixed into a hosted kind's provider: a cloud route (`cloud:`) is its own cache identity, and the cloud's
+    secrets are blanked in every message, beside what the provider itself blanks."""
+
+    def identity(self) -> str:
+        return cloud_identity(self.params) or super().identity()
+
+    def redact(self, text: str) -> str:
+        return redact_cloud(self.params, super().redact(text))
 
 
 def request_path(exc) -> str | None:

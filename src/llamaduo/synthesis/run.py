@@ -46,59 +46,53 @@ def requests_needed(rows: list[dict], volume: int, *, train: list[dict], test: l
     return kept[volume - 1]["cycle"] + 1 if len(kept) >= volume else None
 
 
-def synthesize(*, train: list[dict], test: list[dict], params) -> tuple[list[dict], dict]:
-    """Request pairs until curation of them would reach `synth.volume`, or `synth.max_requests` is spent; say which.
+def synthesize(*, train: list[dict], test: list[dict], provider, cache, synth, curate_params) -> tuple[list[dict], dict]:
+    """Request pairs from `provider` (open; None will do when `synth.volume` is 0) through `cache` until curation
+    of them with `curate_params` would reach `synth.volume`, or `synth.max_requests` is spent; say which.
 
     The requests are a fixed sequence (`plan_requests`), so a larger volume asks the same first requests
     again (answered by the call cache) and pays only for the new ones. A request's rows get the cycle in
     which it was first needed: the first cycle c whose target `synth.previous_volumes[c]` needed it, else
     `synth.cycle`. That follows from params alone, so the lineage is the same on any machine."""
-    s = params.synth
+    s = synth
     stats = {"volume": s.volume, "requests": 0, "requests_sent": 0, "pairs": 0, "curated": 0, "failed_answers": 0,
              "failed_requests": 0, "failure_reasons": {}, "stopped_by": "volume"}
     if s.volume == 0:
         stats["stopped_by"] = "volume is 0"
         return [], stats
     from llamaduo.curation import curate
-    from llamaduo.providers import get_provider
-    from llamaduo.providers.cache import CallCache
-    from llamaduo.providers.engine import Usage, run_calls
+    from llamaduo.providers.engine import run_calls
+    from llamaduo.usage import Usage
 
     plans = plan_requests(train, n_requests=s.max_requests, pairs_per_request=s.pairs_per_request, topics=s.topics,
                           seed=s.seed, temperature=s.temperature, max_tokens=s.max_tokens)
-    provider = get_provider(s.provider, params.providers[s.provider])
-    cache = CallCache(params.cache.path)
     usage, rows, done = Usage(), [], 0
 
     def curated_so_far() -> int:
-        return len(curate(rows, train=train, test=test, p=params.curate)[0])
+        return len(curate(rows, train=train, test=test, p=curate_params)[0])
 
-    try:
-        with provider:
-            while done < len(plans):
-                have = curated_so_far() if rows else 0
-                if have >= s.volume:
-                    break
-                # ask for what is missing at the curated yield seen so far (the full pair count at first)
-                per_request = have / done if done and have else s.pairs_per_request
-                want = math.ceil((s.volume - have) / max(per_request, 0.25))
-                batch = plans[done:done + want]
-                # keep_failed: one request the service refuses with its own error (a 400) gives no pairs, not a failed stage
-                results, u = run_calls(provider, [pl.request for pl in batch], cache=cache, desc=f"synthesize ({provider.name})",
-                                       keep_failed=True)
-                usage.add(u)
-                for offset, (pl, res) in enumerate(zip(batch, results)):
-                    _parse_into(rows, done + offset, pl, res, provider, stats)
-                done += len(batch)
-    finally:
-        cache.close()
+    while done < len(plans):
+        have = curated_so_far() if rows else 0
+        if have >= s.volume:
+            break
+        # ask for what is missing at the curated yield seen so far (the full pair count at first)
+        per_request = have / done if done and have else s.pairs_per_request
+        want = math.ceil((s.volume - have) / max(per_request, 0.25))
+        batch = plans[done:done + want]
+        # keep_failed: one request the service refuses with its own error (a 400) gives no pairs, not a failed stage
+        results, u = run_calls(provider, [pl.request for pl in batch], cache=cache, desc=f"synthesize ({provider.name})",
+                               keep_failed=True)
+        usage.add(u)
+        for offset, (pl, res) in enumerate(zip(batch, results)):
+            _parse_into(rows, done + offset, pl, res, provider, stats)
+        done += len(batch)
 
-    needed = requests_needed(rows, s.volume, train=train, test=test, curate_params=params.curate)
+    needed = requests_needed(rows, s.volume, train=train, test=test, curate_params=curate_params)
     used = needed if needed is not None else done
     # the cycle each request was first needed in: the first earlier target that needed it, else this cycle
     bounds = []
     for c, v in enumerate(s.previous_volumes):
-        k = requests_needed(rows, v, train=train, test=test, curate_params=params.curate)
+        k = requests_needed(rows, v, train=train, test=test, curate_params=curate_params)
         bounds.append((min(k if k is not None else used, used), c))
     rows = [r for r in rows if r["cycle"] < used]
     for r in rows:

@@ -1,9 +1,8 @@
 import pydantic
 import pytest
 
-from llamaduo.config import GateParams, LoopParams
-from llamaduo.cycle.driver import volume_for
-from llamaduo.cycle.gate import decide, figures
+from llamaduo.config import GateParams
+from llamaduo.reporting.gate import decide, figures
 
 
 def test_threshold():
@@ -25,11 +24,6 @@ def test_no_regression_against_champion_interval():
     assert not ok and "champion v3" in why
     assert decide({"score": 81.0, "scored_fraction": 1.0}, champ, p)[0]
     assert decide({"score": 75.0, "scored_fraction": 1.0}, champ, GateParams(threshold=50, no_regression=False))[0]
-
-
-def test_growth_schedule_doubles_from_start_and_caps():
-    p = LoopParams(start_volume=1000, growth_factor=2, max_volume=256000)
-    assert [volume_for(c, p) for c in range(11)] == [0, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 256000]
 
 
 def test_reference_metric_gate_and_a_champion_gated_on_another_metric():

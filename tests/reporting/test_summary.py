@@ -6,7 +6,7 @@ import pytest
 
 from conftest import judgment as J
 from llamaduo.config import GateParams
-from llamaduo.cycle.report import score_points, summary
+from llamaduo.reporting.summary import score_points, summary
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_headline_is_the_few_figures_a_reviewer_compares(tmp_path):
 
 
 def test_usage_adds_flat_per_provider_and_total_entries():
-    from llamaduo.cycle.report import usage
+    from llamaduo.reporting.summary import usage
 
     flat_u = {"usage": {"calls": 2, "cost_usd": 0.5, "input_tokens": 10}}
     per_provider = {"usage": {"answers": {"a": {"calls": 1, "cost_usd": 0.25}}, "judging": {"b": {"calls": 3, "cost_usd": 0.0}}}}

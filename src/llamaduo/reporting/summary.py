@@ -1,12 +1,14 @@
-"""Report: one summary of the cycle, the pass/fail line against epsilon, and the tables `dvc plots` draws."""
+"""The report stage's figures: one summary of the cycle with the gate's pass/fail line against epsilon, the headline
+`dvc metrics show` prints, the per-answer points `dvc plots` draws, and the cycle's service usage."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from llamaduo.cycle.gate import decide, figures
 from llamaduo.judging.scores import answer_scores, select
+from llamaduo.reporting.gate import JUDGE_METRICS, decide, figures
+from llamaduo.usage import total
 
 
 def _load(path: str) -> dict:
@@ -57,8 +59,6 @@ def _primary(judgments: list[dict]) -> list[dict]:
 def usage(metrics: list[dict]) -> dict:
     """The service calls of a cycle's stages (their metrics files' `usage` entries: flat, per provider, or with a
     `total`), added up."""
-    from llamaduo.providers.engine import total
-
     def leaves(u: dict) -> list[dict]:
         if "calls" in u:
             return [u]
@@ -74,26 +74,33 @@ def headline(s: dict, *, eval: dict, train: dict, spend: dict) -> dict:
     cycles and nothing else (~25 values with one judge; the usage counters, latencies and per-task internals stay
     in the other metrics files, which the loop, MLflow and the HTML report read). `s` is summary(), `spend`
     usage() of the cycle's service stages."""
-    judges = eval.get("per_judge") or {eval["judge"]: eval}
-    per_judge = {}
-    for name, e in judges.items():
-        per_judge[name] = {}
-        for m in ("precision", "similarity"):
-            f = e.get(m) or {}
-            per_judge[name][m] = {k: v for k, v in f.items() if k in ("mean", "ci95_low", "ci95_high") or k.startswith("coverage_")}
-            # P-Match of the mean (local over the best service); absent without a service baseline
-            pm = ((e.get("p_match") or {}).get(m) or {}).get("mean")
-            if pm is not None:
-                per_judge[name][m]["p_match"] = pm
     g = s["gate"]
     out = {
         "gate": {"metric": g["metric"], "passed": g["passed"], "threshold": g["threshold"],
                  "scored_fraction": g.get("scored_fraction"), "reason": g["reason"]},
-        "judge": per_judge,
+        "judge": judge_figures(eval),
         "rows": {"train": s["train_rows"], "synthetic_curated": s["synthetic_curated"], "answers": eval.get("answers")},
         "loss": {"train": train.get("train_loss"), "validation": train.get("val_loss")},
         "cost": {"paid_calls": spend["calls"], "usd": round(spend["cost_usd"], 4)},
     }
     if "reference" in s:
         out["reference"] = {m: f["mean"] for m, f in s["reference"].items()}
+    return out
+
+
+def judge_figures(ev: dict) -> dict[str, dict]:
+    """Each judge's figures in eval.json (`per_judge` for a panel, else the primary judge's at the top level), as
+    the headline's `judge` block holds them and the loop's history records them: {judge: {metric: {mean, ci95_low,
+    ci95_high, coverage_<zeta>..., p_match}}}."""
+    judges = ev.get("per_judge") or ({ev["judge"]: ev} if "judge" in ev else {})
+    out = {}
+    for name, e in judges.items():
+        out[name] = {}
+        for m in JUDGE_METRICS:
+            f = e.get(m) or {}
+            out[name][m] = {k: v for k, v in f.items() if k in ("mean", "ci95_low", "ci95_high") or k.startswith("coverage_")}
+            # P-Match of the mean (local over the best service); absent without a service baseline
+            pm = ((e.get("p_match") or {}).get(m) or {}).get("mean")
+            if pm is not None:
+                out[name][m]["p_match"] = pm
     return out

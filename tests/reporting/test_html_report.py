@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from report_fixtures import HOSTILE, write_project_outputs
 
-from llamaduo.cycle import html_report
+from llamaduo.reporting import html_report, page_data
 
 FIGURES = ["Judge score against synthetic volume", "Precision against similarity per answer",
            "Cumulative cost and break-even"]
@@ -52,7 +52,7 @@ def parse(text: str) -> _Titles:
 @pytest.fixture
 def report(tmp_path):
     write_project_outputs(tmp_path)
-    out = html_report.write(tmp_path / "metrics" / "report.html", metrics_dir=tmp_path / "metrics", data_dir=tmp_path / "data")
+    out = html_report.write(tmp_path / "metrics" / "report.html", page_data.load(metrics_dir=tmp_path / "metrics", data_dir=tmp_path / "data"))
     return out, out.read_text()
 
 
@@ -85,7 +85,7 @@ def test_answers_and_reasons_are_escaped(report):
 
 
 def test_missing_files_leave_sections_that_say_what_to_run(tmp_path):
-    out = html_report.write(tmp_path / "r.html", metrics_dir=tmp_path / "none", data_dir=tmp_path / "none")
+    out = html_report.write(tmp_path / "r.html", page_data.load(metrics_dir=tmp_path / "none", data_dir=tmp_path / "none"))
     text = out.read_text()
     assert "no history yet: run <code>llamaduo loop</code>" in text
     assert "no summary yet" in text and "no cost report yet" in text and "no local answers yet" in text
@@ -95,12 +95,12 @@ def test_missing_files_leave_sections_that_say_what_to_run(tmp_path):
 
 def test_an_empty_history_and_one_without_every_judge_still_draw(tmp_path):
     write_project_outputs(tmp_path, history=[])
-    text = html_report.write(tmp_path / "r.html", tmp_path / "metrics", tmp_path / "data").read_text()
+    text = html_report.write(tmp_path / "r.html", page_data.load(tmp_path / "metrics", tmp_path / "data")).read_text()
     assert "no history yet" in text and parse(text).titles == FIGURES[1:]
     from report_fixtures import HISTORY
 
     # a cycle entry written before `judges` was recorded: the primary judge's means, the gate metric's interval
-    series = html_report._history_series(HISTORY)
+    series = page_data.history_series(HISTORY)
     assert series[("j1", "precision")] == [(0, 40.0, 33.0, 47.0), (50, 52.0, 45.0, 59.0), (100, 62.5, 55.0, 70.0)]
     assert series[("j1", "similarity")][:2] == [(0, 30.0, None, None), (50, 41.0, None, None)]
     assert series[("j2", "similarity")] == [(100, 45.0, 37.5, 52.0)]
