@@ -3,7 +3,7 @@
 import numpy as np
 
 from llamaduo.config import CurateParams
-from llamaduo.curation.decontam import find_leaks
+from llamaduo.curation.decontam import Decontaminate
 from llamaduo.curation.tokens import tokenize
 
 TEST = [
@@ -21,7 +21,7 @@ def leaks(rows, alive=None, **params):
     fields = tokenize([r[0] for r in rows], [r[1] for r in rows])
     shingles = fields.windows(p.shingle_size, short=True)
     alive = np.ones(len(rows), dtype=bool) if alive is None else np.asarray(alive)
-    return find_leaks(fields, shingles, TEST, p, alive=alive)
+    return Decontaminate(p, TEST).leaks(fields, shingles, alive)
 
 
 def test_each_method_finds_its_leak_and_names_the_test_row():

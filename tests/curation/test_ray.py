@@ -28,7 +28,11 @@ from llamaduo.config import ClusterParams, CurateParams, load_params
 from llamaduo.curation import curate
 from llamaduo.errors import ParamsError
 
-pytest.importorskip("ray")  # the `test` extra installs it; the imports above need no Ray
+try:  # the `test` extra installs it (the imports above need no Ray): without it this module fails, never skips
+    import ray  # noqa: F401
+except ImportError:
+    pytest.fail("tests/curation/test_ray.py needs Ray, which is not installed: pip install -e '.[test]' (or 'ray[data]>=2.40')",
+                pytrace=False)
 # one worker under `pytest -n`: the module's two-node cluster is started once
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -67,19 +71,14 @@ def _write_and_hash(tmp: Path, name: str, kept: list[dict]) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_ray_curation_equals_local_and_runs_on_both_nodes(cluster, data, tmp_path, monkeypatch):
+def test_ray_curation_equals_local_and_runs_on_both_nodes(cluster, data, tmp_path):
     rows, train, test = data
     p = CurateParams(**yaml.safe_load((ROOT / "params.yaml").read_text())["curate"])
     kept, dropped, counts = curate(rows, train=train, test=test, p=p)
-    from llamaduo.curation import distributed
-
-    # many small confirmation rounds (the driver's loop), as at scale: rows decided in one round prune the next
-    monkeypatch.setattr(distributed, "PAIRS_PER_ROUND", 30)
-    curate_ray = distributed.curate_ray
     stats = {}
-    # small blocks: more map tasks than CPUs, as at scale
-    r_kept, r_dropped, r_counts = curate_ray(rows, train=train, test=test, p=p, stats=stats,
-                                             cluster=ClusterParams(engine="ray", address=cluster, block_rows=500))
+    # small blocks: more tasks than CPUs, as at scale
+    r_kept, r_dropped, r_counts = curate(rows, train=train, test=test, p=p, stats=stats,
+                                         cluster=ClusterParams(engine="ray", address=cluster, block_rows=500))
     assert [r["id"] for r in r_kept] == [r["id"] for r in kept]
     assert [(d["id"], d["reason"]) for d in r_dropped] == [(d["id"], d["reason"]) for d in dropped]
     assert r_counts == counts  # per-cycle counts, decontaminated list, examples with what each rule matched
@@ -88,12 +87,12 @@ def test_ray_curation_equals_local_and_runs_on_both_nodes(cluster, data, tmp_pat
     for reason in ("near_duplicate", "near_duplicate_train", "exact_duplicate", "exact_duplicate_train",
                    "test_contamination_ngram"):
         assert counts["dropped"].get(reason, 0) > 0, (reason, counts["dropped"])
-    # the work ran on both nodes: the per-row step, the band grouping and the ROUGE-L confirmation
+    # the work ran on both nodes: the row steps, the LSH's shares of the bands and the ROUGE-L scoring
+    blocks = -(-len(rows) // 500)
     assert len(stats["map_nodes"]) == 2 and sum(stats["map_nodes"].values()) == len(rows)
     assert len(set(stats["map_nodes"]) | set(stats["group_nodes"]) | set(stats["confirm_nodes"])) == 2
-    assert len(set(stats["confirm_nodes"])) >= 1 and len(stats["group_nodes"]) >= 1
-    assert sum(stats["confirm_nodes"].values()) > 8  # several rounds of tasks
-    assert 0 < stats["pairs_sent"] < stats["pairs_candidates"]  # pairs with a dropped row never left the driver
+    assert sum(stats["group_nodes"].values()) == 4 and sum(stats["confirm_nodes"].values()) == blocks
+    assert stats["pairs_close"] > counts["dropped"]["near_duplicate"]
 
 
 def _project(tmp: Path, rows, train, test, cluster: dict) -> Path:
@@ -130,7 +129,8 @@ def test_the_stage_writes_the_same_bytes_with_either_engine(cluster, data, tmp_p
     a = run_stage("curate.py", *STAGE_ARGS, cwd=local)
     assert a.returncode == 0, a.stderr[-3000:]
     env_cmd = [sys.executable, str(ROOT / "stages" / "curate.py"), *STAGE_ARGS]
-    b = subprocess.run(env_cmd, cwd=remote, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(site)})
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    b = subprocess.run(env_cmd, cwd=remote, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": path})
     assert b.returncode == 0, b.stderr[-3000:]
     for f in ("curated.parquet", "dropped.parquet", "curate.json"):
         assert (local / "out" / f).read_bytes() == (remote / "out" / f).read_bytes(), f

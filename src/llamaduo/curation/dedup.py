@@ -12,6 +12,7 @@ Why this split (measured on 256k rows, bench/curate.py):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from numba import njit
@@ -35,6 +36,7 @@ def _collision_errors(threshold: float, b: int, r: int) -> tuple[float, float]:
     return fp, fn
 
 
+@cache
 def choose_bands(threshold: float, num_perm: int, fn_weight: float = 0.7) -> int:
     """Bands for an LSH at this Jaccard threshold (weighing the S-curve's errors as datasketch does); rensa
     needs a divisor of num_perm, which datasketch's own choice need not be.
@@ -50,7 +52,7 @@ def choose_bands(threshold: float, num_perm: int, fn_weight: float = 0.7) -> int
 
 
 @njit(cache=True)
-def _band_keys(sig, band, rows_per_band):
+def band_keys(sig, band, rows_per_band):
     """One 64-bit key per row for this band's slots (equal slots, equal key)."""
     out = np.empty(sig.shape[0], dtype=np.uint64)
     for i in range(sig.shape[0]):
@@ -62,7 +64,7 @@ def _band_keys(sig, band, rows_per_band):
 
 
 @njit(cache=True)
-def _bucket_pairs(keys_sorted, order, max_earlier):
+def bucket_pairs(keys_sorted, order, max_earlier):
     """(earlier, later) row pairs within each run of equal keys; each member meets the run's first members."""
     m = len(keys_sorted)
     total = 0
@@ -89,7 +91,7 @@ def _bucket_pairs(keys_sorted, order, max_earlier):
 
 
 @njit(cache=True)
-def _agreement(sig, a, b):
+def agreement(sig, a, b):
     """Share of equal MinHash slots of rows a[k] and b[k] (the Jaccard estimate), pair by pair."""
     out = np.empty(len(a), dtype=np.float64)
     for k in range(len(a)):
@@ -119,39 +121,39 @@ class MinHashLSH:
             return np.zeros((0, self.num_perm), dtype=np.uint32)
         return np.asarray(self.digests(sub).to_rows(), dtype=np.uint32)
 
+    def bands(self) -> int:
+        return choose_bands(self.threshold, self.num_perm)
+
+    def close_pairs(self, sig: np.ndarray, bands: range | None = None) -> np.ndarray:
+        """Pairs (i, j), i < j, of the rows of `sig` that share a bucket in one of `bands` (all by default) and whose
+        estimated Jaccard reaches the threshold, each once, as codes j * len(sig) + i in ascending order: sorted
+        by the later row, then the earlier. The union over any split of the bands is the whole set (a pair's
+        agreement is its own), so slices of the bands can be searched apart and merged with np.union1d."""
+        n, nb = len(sig), self.bands()
+        r = self.num_perm // nb
+        codes = [np.zeros(0, dtype=np.int64)]
+        for b in range(nb) if bands is None else bands:
+            keys = band_keys(sig, b, r)
+            order = np.argsort(keys, kind="stable")  # stable: row order inside a bucket
+            a, c = bucket_pairs(keys[order], order, MAX_EARLIER_PER_BUCKET)
+            # a shared band is only a hint: keep the pairs whose estimated Jaccard reaches the threshold, so the
+            # costlier confirmation (ROUGE-L) runs on few pairs (filtered per band: the pair lists stay short)
+            close = agreement(sig, a, c) >= self.threshold
+            codes.append(c[close] * n + a[close])
+        # each pair once (np.unique's hashing path measured ~10x slower than a plain sort here)
+        code = np.sort(np.concatenate(codes))
+        return code[np.concatenate([[True], code[1:] != code[:-1]])] if len(code) else code
+
     def candidates(self, shingles: Tokens, *, consider: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Candidate pairs (i, j), i < j, as two index arrays sorted by (j, i): all of a row's earlier candidates
         come before it is itself a candidate for a later row.
 
         `consider` (bool per row) drops rows from the search up front (e.g. rows already dropped)."""
-        n = len(shingles)
-        rows = np.arange(n) if consider is None else np.flatnonzero(consider)
-        empty = np.zeros(0, dtype=np.int64)
+        rows = np.arange(len(shingles)) if consider is None else np.flatnonzero(consider)
         if len(rows) < 2:
-            return empty, empty
-        # every row's signature, then the considered ones: cheaper than copying their shingles out first
-        sig = np.ascontiguousarray(self.signatures(shingles)[rows])
-        bands = choose_bands(self.threshold, self.num_perm)
-        r = self.num_perm // bands
-        left, right = [], []
-        for b in range(bands):
-            keys = _band_keys(sig, b, r)
-            order = np.argsort(keys, kind="stable")  # stable: row order inside a bucket
-            a, c = _bucket_pairs(keys[order], order, MAX_EARLIER_PER_BUCKET)
-            left.append(a)
-            right.append(c)
-        a, c = np.concatenate(left), np.concatenate(right)
-        if not len(a):
-            return empty, empty
-        # each pair once, sorted by the later row, then the earlier (np.unique's hashing path measured ~10x
-        # slower than a plain sort here)
-        code = np.sort(c * len(rows) + a)
-        code = code[np.concatenate([[True], code[1:] != code[:-1]])]
-        a, c = code % len(rows), code // len(rows)
-        # a shared band is only a hint: keep the pairs whose estimated Jaccard reaches the threshold, so the
-        # costlier confirmation (ROUGE-L) runs on few pairs
-        close = _agreement(sig, a, c) >= self.threshold
-        return rows[a[close]], rows[c[close]]
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        code = self.close_pairs(np.ascontiguousarray(self.signatures(shingles)[rows]))
+        return rows[code % len(rows)], rows[code // len(rows)]
 
     def cross_candidates(self, queries: Tokens, index: Tokens, *, consider: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(query row, index row, estimated Jaccard) for every pair at or above the threshold.
@@ -162,8 +164,7 @@ class MinHashLSH:
         empty = np.zeros(0, dtype=np.int64)
         if len(index) == 0 or not consider.any():
             return empty, empty, np.zeros(0)
-        bands = choose_bands(self.threshold, self.num_perm)
-        lsh = RMinHashLSH(self.threshold, self.num_perm, bands)
+        lsh = RMinHashLSH(self.threshold, self.num_perm, self.bands())
         idx_digests = self.digests(index)
         lsh.insert_matrix(idx_digests, 0)
         lsh.insert_matrix(idx_digests, len(index))

@@ -4,7 +4,7 @@ Each rule gives every row a value (a token count, a share) or a flag, and a row 
 its value passes the rule's threshold (a param). Before curating, `calibrate` runs every rule over the
 coverage train rows of each task: a rule that would drop more than `curate.max_coverage_drop` of them is
 wrong for that task, so a numeric rule gets the task's own quantile as its threshold and a flag rule is
-switched off for that task (issue #16: rules tuned on synthetic rows dropped 9% of human coding rows).
+switched off for that task (rules tuned on synthetic rows dropped 9% of human coding rows).
 
 Lengths are counted in this project's word tokens (src/llamaduo/curation/tokens.py: runs of letters, digits and `_`;
 punctuation separates), not in a model tokenizer's: the rules need a stable, cheap count, not exact budgets.
@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from llamaduo.curation import hashindex
 from llamaduo.curation.dedup import rouge_l
+from llamaduo.curation.pipeline import Batch, RowFilter
 from llamaduo.curation.tokens import Tokens, tokenize
 
 # Common English function words; a long row with almost none of them is very likely not English.
@@ -67,7 +68,7 @@ def _copy_share(fields: Tokens, floor: float | None) -> np.ndarray:
     """How much of a pair is the instruction copied into the response: the LCS as a share of the instruction
     and of the response, the smaller of the two. An echo ("repeat the prompt back") scores near 1; an answer
     that restates a short question and then answers it scores low, because the copy is a small part of the
-    response (a share of the instruction alone dropped 7% of human open-QA rows, issue #16); so does an
+    response (a share of the instruction alone dropped 7% of human open-QA rows); so does an
     answer that quotes the code it annotates and adds to it.
 
     Only rows that could reach `floor` (the lowest threshold any task uses) are computed: the LCS is at most
@@ -265,3 +266,33 @@ def detail(rule: str, instruction: str, response: str, value, limit, p) -> str:
                 return f"leftover_markup: the whole {name} is JSON"
         return "leftover_markup"
     return rule
+
+
+# ---- the step ---------------------------------------------------------------------------------------------
+
+class QualityFilter(RowFilter):
+    """The rules as a filter: each task's settings calibrated once on train (that task's human rows), then every
+    row checked against its task's settings. A row's reason is the first rule (in RULES' order) it fails."""
+
+    name = "quality"
+    reasons = RULES
+
+    def __init__(self, p, train: list[dict]):
+        self.p = p
+        ins = pa.array([r["instruction"] for r in train], type=pa.large_string())
+        res = pa.array([r["response"] for r in train], type=pa.large_string())
+        self.overrides, self.calibration = calibrate(values(ins, res, tokenize(ins, res), p), [r["task"] for r in train], p)
+
+    def filter(self, batch: Batch) -> np.ndarray:
+        vals = values(batch.column("instruction"), batch.column("response"), batch.fields(), self.p)
+        return check(vals, batch.column("task").to_pylist(), self.overrides, self.p)
+
+    def detail(self, rule: str, instruction: str, response: str, task: str) -> str:
+        """What one row that failed `rule` matched, in words (the report's examples; the row's value is its own,
+        computed again here, so the rows' values need not be kept)."""
+        if rule not in THRESHOLDS:
+            return detail(rule, instruction, response, None, None, self.p)
+        ins, res = pa.array([instruction], type=pa.large_string()), pa.array([response], type=pa.large_string())
+        value = values(ins, res, tokenize(ins, res), self.p)[rule][0]
+        inv, lim = limits([task], self.overrides, self.p)
+        return detail(rule, instruction, response, float(value), lim[rule][inv[0]], self.p)

@@ -148,6 +148,12 @@ class Tokens:
     def row(self, i: int) -> np.ndarray:
         return self.hashes[self.offsets[i]:self.offsets[i + 1]]
 
+    def pair(self, i: int) -> tuple[np.ndarray, int]:
+        """Pair i of a `tokenize(instructions, responses)`: its instruction's and response's tokens together, and
+        where the response starts among them."""
+        start = self.offsets[2 * i]
+        return self.hashes[start:self.offsets[2 * i + 2]], int(self.offsets[2 * i + 1] - start)
+
     def text_hash(self) -> np.ndarray:
         """One order-sensitive hash per text (0 for an empty one): equal token sequences, equal hash."""
         return _text_hashes(self.hashes, self.offsets)
