@@ -10,7 +10,6 @@ checkpoint key leaves them out (`runtime_keys`). tests/test_dvc_deps.py checks b
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -370,19 +369,20 @@ class TrainParams(_Section):
     group_by_length: bool = Field(True, description="Batch rows of similar length (transformers' LengthGroupedSampler: each "
                                                     "epoch still reads every row once, in a seeded order) so less of each "
                                                     "batch is padding; the loss is unchanged.")
-    torch_compile: bool = Field(False, description="torch.compile the model (transformers' torch_compile). On the 2-core CPU "
-                                                   "4 steps (45 s eager) had not finished after 5 min of compiling, each new "
-                                                   "row length recompiling: off unless a long run on fixed shapes pays it back.")
-    batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    packing: bool = Field(False, description="Pack several examples into one max_length row (trl's best-fit packing). Exact only with "
-                                             "flash attention; with CPU/SDPA attention packed examples can see each other.")
+    batch_size: int = Field(16, ge=1, description="Rows per optimizer step: the global batch, the same on any device and any "
+                                                  "number of processes (the QLoRA paper's 16 for 7B bases). How a device cuts "
+                                                  "it into micro-batches is runtime (`micro_batch_size`).")
+    packing: bool = Field(False, description="Pack several examples into one max_length sequence (trl's best-fit packing): a step "
+                                             "then takes `batch_size` packed sequences, many more rows, and what overflows "
+                                             "max_length is cut, so the result changes (contrast the runtime `padding_free`).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (CPU, tcmalloc, 8 rows: peak RSS 3.34 -> 2.05 GB, "
                                                             "0.70x the speed, bench/results/train_gradient_checkpointing.json; "
                                                             "worth it on a small GPU).")
     val_ratio: float = Field(0.05, ge=0, lt=1, description="Share of coverage train rows (seeded) held out for the validation loss; 0 = none.")
     submodels: int = Field(1, ge=1, description="Train this many adapters that differ only in data order (seed + i); >1 needs `merge.method`.")
-    save_steps: int = runtime(5, ge=1, description="Checkpoint every this many steps, so a killed run resumes instead of restarting.")
+    save_steps: int | None = runtime(None, ge=1, description="Checkpoint every this many steps, so a killed run resumes instead "
+                                                             "of restarting; null = every 2 minutes of training (a checkpoint "
+                                                             "costs the same on any device, a step does not).")
     checkpoint_dir: str = runtime(".llamaduo/checkpoints", description="Where checkpoints live (outside DVC), one folder per hash of the "
                                                                        "stage's inputs and params.")
     seed: int = Field(42, description="Seed of the LoRA init, dropout and the held-out slice; sub-model i shuffles the data with seed + i.")
@@ -391,13 +391,41 @@ class TrainParams(_Section):
                                                   "installs libtcmalloc-minimal4): glibc's allocator keeps what each "
                                                   "differently shaped batch freed (bench/train.py: 68.2 -> 80.3 tokens/s, peak "
                                                   "RSS 4.06 -> 3.34 GB on the AMD EPYC). No effect on a GPU or without the library.")
+    # how this device runs the global batch (training/plan.py decides what is `auto`/null): none of these changes
+    # what a step computes, only how fast, so none reruns the stage or keys its checkpoints
+    micro_batch_size: int | None = runtime(None, ge=1, description="Rows per forward pass on each process; a step accumulates "
+                                                                   "`batch_size` / (this x `num_processes`) of them, the loss "
+                                                                   "token-weighted across them. null = per device: on a GPU "
+                                                                   "the most its free memory holds for the rows' lengths, on a "
+                                                                   "CPU the size measured fastest there.")
+    padding_free: bool | Literal["auto"] = runtime("auto", description="Run a micro-batch as one sequence of its rows end to end, "
+                                                                       "each row's positions restarting and a block-diagonal "
+                                                                       "mask, so no compute goes to padding and each row sees "
+                                                                       "only itself (trl's padding-free collator). auto = on a "
+                                                                       "GPU; on a CPU as measured fastest there.")
+    attn_implementation: Literal["auto", "sdpa_varlen", "sdpa", "flash_attention_2", "flex_attention", "eager"] = runtime(
+        "auto", description="transformers' attention kernel; auto = flash_attention_2 on a GPU where the `flash-attn` package is "
+                            "installed, else sdpa_varlen: PyTorch's SDPA, each row of a padding-free batch on its own "
+                            "(training/attention.py) where `sdpa` would mask a [tokens, tokens] square.")
+    liger: bool | Literal["auto"] = runtime("auto", description="Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (`pip install "
+                                                                "liger-kernel`; CUDA only); auto = on a GPU where installed. The "
+                                                                "LM head and loss are fused by trl in any case (no logits tensor).")
+    fused_lm_head: bool | Literal["auto"] = runtime("auto", description="Score the vocabulary through trl's fused LM head "
+                                                                        "(no [tokens, vocabulary] logits tensor: Triton "
+                                                                        "kernels on a GPU); false = the model's own head "
+                                                                        "and transformers' loss (a bf16 matmul: faster "
+                                                                        "where trl falls back to float32 torch tiles, a "
+                                                                        "CPU). auto = fused on a GPU.")
+    torch_compile: bool = runtime(False, description="torch.compile the model (transformers' torch_compile). On the 2-core CPU "
+                                                     "4 steps (45 s eager) had not finished after 5 min of compiling, each new "
+                                                     "row length recompiling: off unless a long run on fixed shapes pays it back.")
     # past one process (README, "Past one machine"): the stage relaunches itself under `accelerate launch`. Runtime:
-    # `batch_size x grad_accum` stays the global batch (training/budget.py `per_process`), so steps, rows per step,
-    # rows read and the schedule do not change with the process count: the recipe is the same, only its random draws
-    # (data order, dropout masks) and float sums differ, as on other hardware
+    # `batch_size` stays the global batch (training/budget.py `per_process`), so steps, rows per step, rows read and
+    # the schedule do not change with the process count: the recipe is the same, only its random draws (data order,
+    # dropout masks) and float sums differ, as on other hardware
     num_processes: int = runtime(1, ge=1, description="Training processes over all machines: one per GPU (or CPU processes on "
-                                                      "gloo). >1 relaunches the stage under `accelerate launch`; they split "
-                                                      "`grad_accum` (then `batch_size`), so the global batch is the same.")
+                                                      "gloo). >1 relaunches the stage under `accelerate launch`; each takes "
+                                                      "`batch_size` / num_processes rows a step, so the global batch is the same.")
     num_machines: int = runtime(1, ge=1, description="Machines taking part (run the stage on each, `machine_rank` 0 first).")
     machine_rank: int = runtime(0, ge=0, description="This machine's rank, 0 .. num_machines - 1; rank 0 writes the outputs.")
     main_process_ip: str | None = runtime(None, description="Address of the rank-0 machine every machine can reach; null = "
@@ -409,18 +437,34 @@ class TrainParams(_Section):
                                                                   "4-bit storage in the compute dtype, no device_map), for a "
                                                                   "base one GPU cannot hold. CUDA only.")
 
-    def split_batch(self, num_processes: int) -> tuple[int, int]:
-        """(batch_size, grad_accum) of each of `num_processes` processes sharing the global batch `batch_size x
-        grad_accum`: grad_accum takes what it can (each process keeps whole micro-batches), batch_size the rest
-        (training/budget.py says why the steps do not change)."""
-        g = math.gcd(self.grad_accum, num_processes)
-        rest = num_processes // g
-        if self.batch_size % rest:
-            raise ValueError(
-                f"`train.num_processes` ({num_processes}) must split the global batch `train.batch_size` x `train.grad_accum` "
-                f"({self.batch_size} x {self.grad_accum}) evenly: grad_accum takes a factor of {g}, and batch_size is not "
-                f"a multiple of the remaining {rest}; e.g. set grad_accum to a multiple of {num_processes}")
-        return self.batch_size // rest, self.grad_accum // g
+    def rows_per_process(self, num_processes: int) -> int:
+        """Rows each of `num_processes` processes takes a step: its share of the global batch `batch_size`."""
+        if self.batch_size % num_processes:
+            raise ValueError(f"`train.batch_size` ({self.batch_size}) must split evenly over `train.num_processes` "
+                             f"({num_processes}): set it to a multiple of {num_processes}")
+        return self.batch_size // num_processes
+
+    def split_batch(self, num_processes: int, micro_batch_size: int) -> tuple[int, int]:
+        """(rows per micro-batch, micro-batches per step) of each of `num_processes` processes sharing the global
+        batch `batch_size` at `micro_batch_size` rows a forward pass (training/budget.py says why the steps do not
+        change)."""
+        share = self.rows_per_process(num_processes)
+        if share % micro_batch_size:
+            fits = [m for m in range(1, share + 1) if share % m == 0]
+            raise ValueError(f"`train.micro_batch_size` ({micro_batch_size}) must divide the rows each process takes a step, "
+                             f"`train.batch_size` / `train.num_processes` = {share}: one of {fits}, or null (chosen per device)")
+        return micro_batch_size, share // micro_batch_size
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data):
+        if isinstance(data, dict) and "grad_accum" in data:
+            batch, accum = data.get("batch_size"), data["grad_accum"]
+            total = f" ({batch} x {accum} = {batch * accum})" if isinstance(batch, int) and isinstance(accum, int) else ""
+            raise ValueError("`train.grad_accum` is no longer a key: `train.batch_size` is the rows of an optimizer step "
+                             f"(batch_size x grad_accum before{total}), and how a device cuts it into micro-batches is the "
+                             "runtime `train.micro_batch_size`")
+        return data
 
     @model_validator(mode="after")
     def _check_processes(self):
@@ -433,7 +477,11 @@ class TrainParams(_Section):
             raise ValueError("`main_process_ip` is required with `num_machines` > 1: the rank-0 machine's address")
         if self.strategy == "fsdp" and self.num_processes < 2:
             raise ValueError("`strategy: fsdp` shards the base over processes: set `num_processes` >= 2")
-        self.split_batch(self.num_processes)  # the global batch must split evenly (its message names the keys)
+        # the global batch must split evenly (the messages name the keys)
+        if self.micro_batch_size is None:
+            self.rows_per_process(self.num_processes)
+        else:
+            self.split_batch(self.num_processes, self.micro_batch_size)
         return self
 
 

@@ -19,9 +19,9 @@ ROWS = [{"id": str(i), "task": "summarize", "instruction": f"Summarize: item {i}
 
 def test_epochs_is_the_budget_and_max_steps_an_optional_cap():
     p = TrainParams()
-    assert p.epochs == 3 and p.max_steps is None and p.quantize == "auto"
-    # 7 rows, batch 2: 4 micro-batches an epoch (the last holds 1 row); grad_accum 3 -> 2 steps an epoch
-    p = TrainParams(batch_size=2, grad_accum=3, epochs=1.5)
+    assert p.epochs == 3 and p.max_steps is None and p.quantize == "auto" and p.batch_size == 16
+    # 7 rows, 6 a step: 2 steps an epoch (the last holds 1 row)
+    p = TrainParams(batch_size=6, epochs=1.5)
     assert steps_per_epoch(p, 7) == 2 and total_steps(p, 7) == 3
     assert total_steps(TrainParams(batch_size=2, epochs=3, max_steps=100), 10) == 15  # the epochs end first
     assert total_steps(TrainParams(batch_size=2, epochs=3, max_steps=4), 10) == 4
@@ -31,18 +31,18 @@ def test_epochs_is_the_budget_and_max_steps_an_optional_cap():
         Params.model_validate({"train": {"epochs": 0}})
 
 
-@pytest.mark.parametrize("kw,n,procs,read", [
-    ({"max_steps": None}, 1000, 1, 1000),
-    ({"max_steps": 10}, 1000, 1, 20),                 # batch 2: 10 steps read 20 rows
-    ({"max_steps": 10, "grad_accum": 4}, 1000, 1, 80),
-    ({"max_steps": 10}, 1000, 4, 80),                 # four processes each read their own batch
-    ({"max_steps": 10}, 15, 1, 15),                   # 8 steps an epoch: the cap is past the first epoch
-    ({"max_steps": 7}, 15, 1, 14),
-    ({"max_steps": None, "epochs": 0.5}, 100, 1, 50),
+@pytest.mark.parametrize("kw,n,read", [
+    ({"max_steps": None}, 1000, 1000),
+    ({"max_steps": 10}, 1000, 20),                 # 2 rows a step: 10 steps read 20 rows
+    ({"max_steps": 10, "batch_size": 8}, 1000, 80),
+    ({"max_steps": 10, "batch_size": 8, "num_processes": 4}, 1000, 80),  # four processes share each step's rows
+    ({"max_steps": 10}, 15, 15),                   # 8 steps an epoch: the cap is past the first epoch
+    ({"max_steps": 7}, 15, 14),
+    ({"max_steps": None, "epochs": 0.5}, 100, 50),
 ])
-def test_rows_read_is_what_the_cap_lets_training_read(kw, n, procs, read):
-    p = TrainParams(batch_size=2, **kw)
-    assert rows_read(p, n, num_processes=procs) == read
+def test_rows_read_is_what_the_cap_lets_training_read(kw, n, read):
+    p = TrainParams(**{"batch_size": 2, **kw})
+    assert rows_read(p, n) == read
 
 
 def test_the_cap_message_names_the_key_and_both_counts():

@@ -17,42 +17,49 @@ from llamaduo.config import Params, TrainParams, load_params
 from llamaduo.errors import ParamsError
 from llamaduo.inference.engines import vllm_kwargs
 from llamaduo.providers.local import LocalVLLMProvider
-from llamaduo.training import base_load_kwargs, launch, per_process, rows_read, sft_config, steps_per_epoch
+from llamaduo.training import base_load_kwargs, launch, per_process, plan, rows_read, sft_config, steps_per_epoch
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("batch,accum,procs,split", [
-    (1, 2, 2, (1, 1)),   # grad_accum takes the processes
-    (4, 1, 2, (2, 1)),   # nothing to accumulate: each micro-batch is split
-    (2, 2, 4, (1, 1)),   # both
-    (2, 6, 4, (1, 3)),   # gcd(6, 4) = 2 from grad_accum, 2 from batch_size
-    (3, 5, 1, (3, 5)),
+@pytest.mark.parametrize("batch,procs,micro,split", [
+    (2, 2, 1, (1, 1)),    # each process one row a step
+    (16, 1, 4, (4, 4)),   # 4 micro-batches of 4
+    (16, 2, 2, (2, 4)),   # 8 rows each: 4 micro-batches of 2
+    (16, 4, 4, (4, 1)),
+    (6, 3, 1, (1, 2)),
 ])
-def test_the_global_batch_splits_over_processes_and_the_budget_does_not_change(batch, accum, procs, split):
-    p = TrainParams(batch_size=batch, grad_accum=accum, num_processes=procs)
-    assert per_process(p, procs) == split
-    b, g = split
-    each = p.model_copy(update={"batch_size": b, "grad_accum": g})
+def test_the_global_batch_splits_over_processes_and_the_budget_does_not_change(batch, procs, micro, split):
+    p = TrainParams(batch_size=batch, num_processes=procs)
+    assert per_process(p, procs, micro) == split
+    m, accum = split
     for n_rows in range(1, 60):
-        # what transformers computes per process with the split batch equals the params' global arithmetic
-        assert steps_per_epoch(each, n_rows, procs) == steps_per_epoch(p, n_rows), n_rows
+        # what transformers computes per process (an epoch is ceil(rows / (micro x processes)) micro-batches, a step
+        # `accum` of them) equals the params' global arithmetic, whatever the split
+        micro_batches = math.ceil(n_rows / (m * procs))
+        assert max(math.ceil(micro_batches / accum), 1) == steps_per_epoch(p, n_rows), n_rows
         for cap in (1, 3, 7):
-            capped = p.model_copy(update={"max_steps": cap})
-            assert rows_read(each.model_copy(update={"max_steps": cap}), n_rows, procs) == rows_read(capped, n_rows)
+            # within the first epoch a capped run reads whole steps of the global batch
+            read = n_rows if cap >= steps_per_epoch(p, n_rows) else min(n_rows, cap * accum * m * procs)
+            assert rows_read(p.model_copy(update={"max_steps": cap}), n_rows) == read
 
 
 def test_a_batch_that_does_not_split_is_an_error_naming_the_keys(tmp_path):
-    with pytest.raises(ValueError, match=r"`train.num_processes` \(2\).*`train.batch_size` x `train.grad_accum` \(3 x 1\)"):
-        per_process(TrainParams(batch_size=3), 2)
+    with pytest.raises(ValueError, match=r"`train.batch_size` \(3\) must split evenly over `train.num_processes` \(2\)"):
+        per_process(TrainParams(batch_size=3), 2, 1)
+    with pytest.raises(ValueError, match=r"`train.micro_batch_size` \(3\) must divide"):
+        per_process(TrainParams(batch_size=16), 2, 3)
     f = tmp_path / "params.yaml"
-    f.write_text(yaml.safe_dump({"train": {"num_processes": 2, "batch_size": 3, "grad_accum": 1}}))
+    f.write_text(yaml.safe_dump({"train": {"num_processes": 2, "batch_size": 3}}))
     with pytest.raises(ParamsError, match="train.num_processes"):
         load_params(f)
-    f.write_text(yaml.safe_dump({"train": {"num_processes": 4, "grad_accum": 4, "num_machines": 2}}))
+    f.write_text(yaml.safe_dump({"train": {"micro_batch_size": 5}}))
+    with pytest.raises(ParamsError, match="`train.micro_batch_size` \\(5\\)"):
+        load_params(f)
+    f.write_text(yaml.safe_dump({"train": {"num_processes": 4, "batch_size": 4, "num_machines": 2}}))
     with pytest.raises(ParamsError, match="`main_process_ip` is required"):
         load_params(f)
-    f.write_text(yaml.safe_dump({"train": {"num_processes": 3, "grad_accum": 3, "num_machines": 2,
+    f.write_text(yaml.safe_dump({"train": {"num_processes": 3, "batch_size": 3, "num_machines": 2,
                                            "main_process_ip": "10.0.0.1"}}))
     with pytest.raises(ParamsError, match="multiple of `num_machines`"):
         load_params(f)
@@ -61,11 +68,24 @@ def test_a_batch_that_does_not_split_is_an_error_naming_the_keys(tmp_path):
         load_params(f)
 
 
-def test_the_trainer_config_takes_each_process_share():
-    cfg = sft_config(TrainParams(batch_size=4, grad_accum=2), Path("/tmp/x"), dtype="float32", num_processes=4)
+def test_the_trainer_config_takes_the_plan():
+    p = TrainParams(batch_size=8, num_processes=4)
+    cpu = plan.decide(p, num_processes=4, lengths=[100], cuda=False)
+    cfg = sft_config(p, Path("/tmp/x"), dtype="float32", plan=cpu)
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (cpu.micro_batch_size, cpu.grad_accum)
+    assert cpu.micro_batch_size * cpu.grad_accum * 4 == 8
+    assert (cfg.use_liger_kernel, cfg.torch_compile) == (False, False)
+    # padding-free batches have no mask to count tokens from: every token counts
+    free = plan.Plan(micro_batch_size=2, grad_accum=1, padding_free=True, attn_implementation="sdpa", liger=True, fused_lm_head=True,
+                     torch_compile=True, device="cuda", why="test")
+    cfg = sft_config(TrainParams(batch_size=2), Path("/tmp/x"), dtype="bfloat16", plan=free)
     assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (2, 1)
-    cfg = sft_config(TrainParams(batch_size=4, grad_accum=2), Path("/tmp/x"), dtype="float32")
-    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (4, 2)
+    assert cfg.include_num_input_tokens_seen == "all" and cfg.use_liger_kernel and cfg.torch_compile
+    assert cfg.liger_kernel_config["fused_linear_cross_entropy"] is False and cfg.liger_kernel_config["swiglu"]
+    # no plan (an evaluation): `micro_batch_size` rows a pass, 1 when null
+    cfg = sft_config(TrainParams(batch_size=4), Path("/tmp/x"), dtype="float32")
+    assert (cfg.per_device_eval_batch_size, cfg.gradient_accumulation_steps) == (1, 4)
+    assert cfg.include_num_input_tokens_seen == "non_padding"
 
 
 def _parse(cmd):
@@ -77,26 +97,26 @@ def _parse(cmd):
 
 def test_the_relaunch_command_is_accelerates_own():
     argv = ["stages/train.py", "--params", "p.yaml", "--out", "models/adapter"]
-    a = _parse(launch.command(TrainParams(num_processes=2, grad_accum=2), argv, port=1234, threads=3))
+    a = _parse(launch.command(TrainParams(num_processes=2), argv, port=1234, threads=3))
     assert a.multi_gpu and not a.use_fsdp and a.num_processes == 2 and a.num_machines == 1 and a.machine_rank == 0
     assert (a.main_process_ip, a.main_process_port, a.num_cpu_threads_per_process) == ("127.0.0.1", 1234, 3)
     assert a.mixed_precision == "no"  # precision is the trainer's call
     assert [a.training_script, *a.training_script_args] == argv
     # one machine: a free port unless one is set
-    free = _parse(launch.command(TrainParams(num_processes=2, grad_accum=2), argv)).main_process_port
+    free = _parse(launch.command(TrainParams(num_processes=2), argv)).main_process_port
     assert 0 < free < 65536
-    several = TrainParams(num_processes=8, grad_accum=8, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1")
+    several = TrainParams(num_processes=8, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1")
     a = _parse(launch.command(several, argv))
     assert (a.num_processes, a.num_machines, a.machine_rank, a.main_process_ip, a.main_process_port) == (
         8, 2, 1, "10.0.0.1", launch.DEFAULT_PORT)
-    a = _parse(launch.command(TrainParams(num_processes=2, grad_accum=2, strategy="fsdp"), argv, port=1))
+    a = _parse(launch.command(TrainParams(num_processes=2, strategy="fsdp"), argv, port=1))
     assert a.use_fsdp and not a.multi_gpu and a.fsdp_sharding_strategy == "FULL_SHARD"
     # peft's FSDP + QLoRA settings
     assert (a.fsdp_cpu_ram_efficient_loading, a.fsdp_sync_module_states, a.fsdp_use_orig_params) == ("true", "true", "false")
 
 
 def test_launch_is_needed_once_and_what_the_machine_cannot_run_names_the_key(monkeypatch):
-    p = TrainParams(num_processes=2, grad_accum=2)
+    p = TrainParams(num_processes=2)
     for k in launch.LAUNCHED_ENV:
         monkeypatch.delenv(k, raising=False)
     assert launch.needs_launch(p) and not launch.needs_launch(TrainParams())
@@ -107,11 +127,11 @@ def test_launch_is_needed_once_and_what_the_machine_cannot_run_names_the_key(mon
     launch.check(p, gpus=0, cores=2)
     launch.check(p, gpus=2, cores=1)
     with pytest.raises(ParamsError, match=r"`train.num_processes` \(3\).*no GPU and 2 CPU core"):
-        launch.check(TrainParams(num_processes=3, grad_accum=3), gpus=0, cores=2)
+        launch.check(TrainParams(num_processes=3, batch_size=3), gpus=0, cores=2)
     with pytest.raises(ParamsError, match=r"`train.num_processes` \(4\).*2 processes a machine.*1 GPU"):
-        launch.check(TrainParams(num_processes=4, grad_accum=4, num_machines=2, main_process_ip="h"), gpus=1)
+        launch.check(TrainParams(num_processes=4, num_machines=2, main_process_ip="h"), gpus=1)
     with pytest.raises(ParamsError, match="`train.strategy: fsdp` needs CUDA"):
-        launch.check(TrainParams(num_processes=2, grad_accum=2, strategy="fsdp"), gpus=0, cores=2)
+        launch.check(TrainParams(num_processes=2, strategy="fsdp"), gpus=0, cores=2)
     monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ParamsError, match=r"`train.num_processes` is 2: .*`accelerate` command"):
         launch.check(p, gpus=0, cores=2)
@@ -199,10 +219,10 @@ def test_two_cpu_processes_train_disjoint_shards_and_write_one_adapter(tmp_path,
 
     tables.write(tmp_path / "train.parquet", "split", ROWS)
     tables.write(tmp_path / "curated.parquet", "synthetic", [])
-    # 9 rows, 1 held out: 8 rows, global batch 1 x 2 -> 4 steps; each process 1 row a step (grad_accum split)
+    # 9 rows, 1 held out: 8 rows, 2 a step -> 4 steps; each process 1 row a step
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "compute": {"dtype": "float32"},
-        "train": {"quantize": False, "num_processes": 2, "batch_size": 1, "grad_accum": 2, "epochs": 1, "max_steps": None,
+        "train": {"quantize": False, "num_processes": 2, "batch_size": 2, "epochs": 1, "max_steps": None,
                   "max_length": 48, "val_ratio": 0.1, "lora_r": 4, "learning_rate": 1e-3,
                   "checkpoint_dir": str(tmp_path / "ckpt")}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",

@@ -36,20 +36,28 @@ def test_training_changes_the_adapter_and_loss_is_finite(tmp_path, base_model_di
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_model_dir):
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, base_model_dir, monkeypatch):
     from transformers import TrainerCallback
+
+    from llamaduo.training import trainer as trainer_mod
 
     class Kill(TrainerCallback):
         def on_save(self, args, state, control, **kw):
-            raise KeyboardInterrupt("killed after the first checkpoint")
+            if state.global_step == 2:
+                raise KeyboardInterrupt("killed after the second checkpoint")
 
-    p = tiny(tmp_path, quantize=False, max_steps=3, save_steps=2)
+    # checkpoints by time (`save_steps: null`), due at every step end here; a change of the micro-batch (runtime)
+    # between the killed run and its resumption keeps the checkpoint
+    monkeypatch.setattr(trainer_mod, "CHECKPOINT_INTERVAL_S", 0)
+    p = tiny(tmp_path, quantize=False, max_steps=3, micro_batch_size=2)
     out = tmp_path / "adapter"
     with pytest.raises(KeyboardInterrupt):
         train(rows=ROWS, base_dir=str(base_model_dir), out_dir=str(out), p=p, callbacks=[Kill()])
-    assert not out.exists() and list((tmp_path / "ckpt").glob("train-*/sub-0/checkpoint-2"))
-    m = train(rows=ROWS, base_dir=str(base_model_dir), out_dir=str(out), p=p)
+    # save_total_limit 1: the second checkpoint replaced the first
+    assert not out.exists() and [c.name for c in (tmp_path / "ckpt").glob("train-*/sub-0/checkpoint-*")] == ["checkpoint-2"]
+    m = train(rows=ROWS, base_dir=str(base_model_dir), out_dir=str(out), p=p.model_copy(update={"micro_batch_size": 1}))
     assert m["resumed_from_step"] == 2 and m["steps"] == 3 and len(m["loss_curve"]) == 3
+    assert (m["plan"]["micro_batch_size"], m["plan"]["grad_accum"]) == (1, 2)
     assert m["val_loss"] is None and m["val_rows"] == 0
 
 

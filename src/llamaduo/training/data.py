@@ -48,12 +48,15 @@ def to_examples(rows: list[dict], tokenizer=None) -> list[dict]:
     ]
 
 
-def count_truncated(tokenizer, examples: list[dict], max_length: int) -> tuple[int, int]:
-    """(examples longer than max_length, total tokens) after the chat template."""
-    over = total = 0
-    for ex in examples:
-        # return_dict=False: transformers 5 returns a BatchEncoding (whose len() is its key count) by default
-        n = len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=False))
-        total += min(n, max_length)
-        over += n > max_length
-    return over, total
+def token_lengths(tokenizer, examples: list[dict]) -> list[int]:
+    """Each example's token count after the chat template, before any truncation."""
+    # return_dict=False: transformers 5 returns a BatchEncoding (whose len() is its key count) by default
+    return [len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=False))
+            for ex in examples]
+
+
+def count_truncated(tokenizer, examples: list[dict], max_length: int, lengths: list[int] | None = None) -> tuple[int, int]:
+    """(examples longer than max_length, total tokens) after the chat template; `lengths` (`token_lengths`) when
+    already counted."""
+    lengths = token_lengths(tokenizer, examples) if lengths is None else lengths
+    return sum(n > max_length for n in lengths), sum(min(n, max_length) for n in lengths)

@@ -23,11 +23,16 @@ from llamaduo.atomic import replacing_dir
 from llamaduo.config import runtime_keys
 from llamaduo.errors import DataError
 from llamaduo.hardware import compute_dtype
+from llamaduo.training import plan as planning
 from llamaduo.training.budget import per_process, steps_per_epoch
-from llamaduo.training.data import count_truncated, lora_shape, to_examples
+from llamaduo.training.data import count_truncated, lora_shape, to_examples, token_lengths
 from llamaduo.training.launch import process_state
 
 SUBMODELS_FILE = "submodels.json"
+# `train.save_steps: null`: a checkpoint this often. A save writes the adapter and its AdamW states (rank 8 on all
+# linear layers: ~30 MB for the default model, ~250 MB for a 7B one) whatever a step costs, and a step costs tens of
+# seconds on a 2-core CPU but a fraction of one on a GPU: a count of steps cannot suit both, a time can
+CHECKPOINT_INTERVAL_S = 120
 
 
 def parameter_count(base_dir: str) -> int:
@@ -82,8 +87,10 @@ def resolve_quantize(p, base_dir: str, dtype: str) -> tuple[bool, str]:
     return False, "auto: cpu, base fits in memory"
 
 
-def base_load_kwargs(*, quantize: bool, dtype, fsdp: bool = False, cuda: bool = False, local_index: int = 0) -> dict:
-    """`from_pretrained` arguments for the base: `dtype` (a torch dtype), 4-bit NF4 computing in it when `quantize`.
+def base_load_kwargs(*, quantize: bool, dtype, fsdp: bool = False, cuda: bool = False, local_index: int = 0,
+                     attn_implementation: str | None = None) -> dict:
+    """`from_pretrained` arguments for the base: `dtype` (a torch dtype), 4-bit NF4 computing in it when `quantize`,
+    the attention kernel when given (`plan.attention_kernel`; None = transformers' default).
 
     QLoRA under FSDP as peft documents it (docs "FSDP", "Use PEFT QLoRA and FSDP"): the 4-bit weights are stored in
     the compute dtype (`bnb_4bit_quant_storage`) so FSDP can flatten them with the float parameters, and no
@@ -92,6 +99,8 @@ def base_load_kwargs(*, quantize: bool, dtype, fsdp: bool = False, cuda: bool = 
     from transformers import BitsAndBytesConfig
 
     kwargs = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if quantize:
         extra = {"bnb_4bit_quant_storage": dtype} if fsdp else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -102,49 +111,69 @@ def base_load_kwargs(*, quantize: bool, dtype, fsdp: bool = False, cuda: bool = 
     return kwargs
 
 
-def load_base(base_dir: str, *, quantize: bool, dtype=None, fsdp: bool = False):
+def load_base(base_dir: str, *, quantize: bool, dtype=None, fsdp: bool = False, attn_implementation: str | None = None):
     """The base model in `dtype` (torch dtype; float32 when None), 4-bit NF4 computing in `dtype` when `quantize`."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    if attn_implementation == "sdpa_varlen":
+        from llamaduo.training import attention  # noqa: F401  (registers the kernel with transformers)
     kwargs = base_load_kwargs(quantize=quantize, dtype=dtype or torch.float32, fsdp=fsdp, cuda=torch.cuda.is_available(),
-                              local_index=process_state().local_process_index)
+                              local_index=process_state().local_process_index, attn_implementation=attn_implementation)
     return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+
+
+def weights_stamp(base_dir: str) -> list:
+    """The base folder's files as (name, bytes, modification time): which weights these are, read from the file
+    system. Hashing their content instead took 1.1 s for the default model's 538 MB on the 2-core CPU before every
+    training, and grows with the base (15 GB for a 7B one in bf16); a replaced base (a `dvc checkout` of other
+    weights, a new conversion) is new files, with their own times."""
+    path = Path(base_dir).resolve()
+    return [str(path)] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.iterdir()) if f.is_file()]
 
 
 def checkpoint_key(rows: list[dict], val_rows: list[dict], base_dir: str, p, **resolved) -> str:
     """Hash of what the run computes from: rows, held-out rows, base weights, the params that matter and what
     `resolved` names (the dtype and quantization the hardware decided)."""
-    from llamaduo.weights import fingerprint
-
     h = hashlib.sha256()
     h.update(json.dumps([rows, val_rows], sort_keys=True, default=str).encode())
-    h.update(fingerprint(base_dir).encode())
+    h.update(json.dumps(weights_stamp(base_dir)).encode())
     # runtime knobs (threads, checkpoint folder) change how a run goes, not what it computes
     h.update(json.dumps(p.model_dump(exclude=runtime_keys(type(p))), sort_keys=True).encode())
     h.update(json.dumps(resolved, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
-def sft_config(p, output_dir: Path, *, dtype: str, num_processes: int = 1, **overrides):
-    """trl's SFTConfig for `p`; `dtype` the compute dtype ("bfloat16" / "float32", `hardware.compute_dtype`);
-    `num_processes` the processes that share the global batch (`budget.per_process`)."""
+def sft_config(p, output_dir: Path, *, dtype: str, plan: planning.Plan | None = None, num_processes: int = 1, **overrides):
+    """trl's SFTConfig for `p`; `dtype` the compute dtype ("bfloat16" / "float32", `hardware.compute_dtype`); `plan`
+    how this device runs the global batch (`plan.decide`); without one (an evaluation), `train.micro_batch_size` rows
+    a forward pass (1 when null) over `num_processes` processes."""
     import torch
     from trl import SFTConfig
 
-    batch, accum = per_process(p, num_processes)
+    if plan is None:
+        micro, accum = per_process(p, num_processes, p.micro_batch_size or 1)
+    else:
+        micro, accum = plan.micro_batch_size, plan.grad_accum
+    padding_free = bool(plan and plan.padding_free) or p.packing
     kwargs = dict(
-        output_dir=str(output_dir), max_length=p.max_length, per_device_train_batch_size=batch,
-        per_device_eval_batch_size=batch, gradient_accumulation_steps=accum,
+        output_dir=str(output_dir), max_length=p.max_length, per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro, gradient_accumulation_steps=accum,
         learning_rate=p.learning_rate, lr_scheduler_type=p.lr_scheduler,
         # the budget follows the data: `epochs` passes; `_train_one` applies the `max_steps` cap once trl has built
         # (and maybe packed) the dataset whose length the epochs count
         num_train_epochs=p.epochs, max_steps=-1,
         gradient_checkpointing=p.gradient_checkpointing, packing=p.packing, logging_steps=1, report_to="none",
         seed=p.seed, use_cpu=not torch.cuda.is_available(), bf16=dtype == "bfloat16", dataset_num_proc=None,
-        torch_compile=p.torch_compile,
+        torch_compile=bool(plan and plan.torch_compile),
+        # Liger's layer kernels; its fused linear cross-entropy stays off (trl fuses the LM head and loss itself)
+        use_liger_kernel=bool(plan and plan.liger),
+        liger_kernel_config={"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                             "fused_linear_cross_entropy": False} if plan and plan.liger else None,
         train_sampling_strategy="group_by_length" if p.group_by_length else "random",
-        include_num_input_tokens_seen="non_padding", eval_strategy="no", save_strategy="no",
+        # a padding-free batch has no padding and no attention mask to count it from, and its pad token is the end
+        # of turn that every row holds (SmolLM2): count every token there, the mask's ones elsewhere
+        include_num_input_tokens_seen="all" if padding_free else "non_padding", eval_strategy="no", save_strategy="no",
         # LoRA leaves most parameters frozen: DDP's unused-parameter search would only cost time
         ddp_find_unused_parameters=False,
     )
@@ -166,14 +195,18 @@ class _RowRecorder:
 
 
 def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data_seed, ckpt: Path, final: Path,
-               quantize: bool, dtype: str, callbacks=()) -> dict:
+               quantize: bool, dtype: str, lengths: list[int], callbacks=(), started: float | None = None) -> dict:
     import torch
     from accelerate.utils import gather_object
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerState
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTTrainer
+
+    from llamaduo.training.callbacks import CheckpointEvery, StepClock
+    from llamaduo.training.sft import StepTrainer
+
+    started = time.perf_counter() if started is None else started
 
     # same seed for every sub-model: identical LoRA init and dropout, so they differ only in data order
     torch.manual_seed(p.seed)
@@ -182,15 +215,30 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
     # the trainer's sampler also shuffles by data_seed; the pre-shuffle keeps orders distinct whatever the sampler does
     random.Random(data_seed).shuffle(examples)
     fsdp = p.strategy == "fsdp"
-    model = load_base(base_dir, quantize=quantize, dtype=getattr(torch, dtype), fsdp=fsdp)
+    cuda = torch.cuda.is_available()
+    attention = planning.attention_kernel(p, cuda)
+    model = load_base(base_dir, quantize=quantize, dtype=getattr(torch, dtype), fsdp=fsdp, attn_implementation=attention)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora_dropout, target_modules=p.target_modules, task_type="CAUSAL_LM")
     procs = process_state().num_processes
+    # the micro-batch from the memory the loaded base leaves free (on a GPU), the rest from what this device runs
+    plan = planning.decide(p, num_processes=procs, lengths=[min(n, p.max_length) for n in lengths], cuda=cuda,
+                           config=model.config.get_text_config(), dtype_bytes=torch.finfo(getattr(torch, dtype)).bits // 8,
+                           attn_implementation=attention)
+    clock = StepClock()
+    saving = ({"save_strategy": "steps", "save_steps": p.save_steps} if p.save_steps
+              else {"save_strategy": "no"})  # CheckpointEvery asks for them
+    timed = [] if p.save_steps else [CheckpointEvery(CHECKPOINT_INTERVAL_S, procs)]
     # remove_unused_columns=False keeps `row` up to the collator (trl's collator reads only the columns it needs)
-    cfg = sft_config(p, ckpt, dtype=dtype, num_processes=procs, data_seed=data_seed, save_strategy="steps",
-                     save_steps=p.save_steps, save_total_limit=1, remove_unused_columns=p.packing)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(examples),
-                         eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
-                         processing_class=tokenizer, peft_config=lora, callbacks=list(callbacks))
+    cfg = sft_config(p, ckpt, dtype=dtype, plan=plan, data_seed=data_seed, save_total_limit=1,
+                     remove_unused_columns=p.packing, **saving)
+    trainer = StepTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(examples),
+                          eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
+                          processing_class=tokenizer, peft_config=lora, callbacks=[*callbacks, clock, *timed],
+                          fused_lm_head=plan.fused_lm_head)
+    if plan.padding_free and not p.packing:
+        # trl's own collator, switched to padding-free: trl declines `padding_free` with `max_length` unless packing,
+        # as its collator would not truncate; here trl's dataset preparation has truncated to max_length already
+        trainer.data_collator.padding_free = True
     recorder = trainer.data_collator = _RowRecorder(trainer.data_collator)
     # what the sampler draws from: the examples, or fewer packed sequences under `packing`
     n_seqs = len(trainer.train_dataset)
@@ -216,7 +264,7 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
     val_loss = trainer.evaluate().get("eval_loss") if val_examples else None
     tokens = trainer.state.num_input_tokens_seen
     steps = trainer.state.global_step
-    seqs_read = steps * p.batch_size * p.grad_accum  # the global batch, over all processes
+    seqs_read = steps * p.batch_size  # the global batch, over all processes
     # every process's rows, in process order; a row on several processes only where accelerate repeats the first
     # rows to fill an epoch's last micro-batches (even_batches)
     by_process = [sorted(set(rows)) for rows in gather_object([recorder.rows])] if not p.packing else None
@@ -244,10 +292,13 @@ def _train_one(*, examples, val_examples, base_dir, tokenizer, p, r, alpha, data
         "rows_dropped_too_long": len(examples) - n_seqs if not p.packing else None,
         "unique_rows_exact": not p.packing or seqs_read >= n_seqs,
         "wall_s": round(wall, 2),
-        # this process's share only, so a resumed run reports its real speed
+        # since this run (re)started, so a resumed run reports its real speed; over the trainer's wall, the first
+        # step included (the clock's steady rate leaves it out)
         "tokens_per_s": round((tokens - start_tokens) / wall, 1),
+        **clock.summary(started, start_tokens),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "processes": procs,
+        "plan": plan.metrics(),
         # rows each process trained on since this run (re)started; null when packed
         "rows_by_process": [len(rows) for rows in by_process] if by_process else None,
         "rows_on_several_processes": (sum(len(rows) for rows in by_process) - len(set().union(*by_process))
@@ -283,6 +334,7 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
     import torch
     from transformers import AutoTokenizer
 
+    started = time.perf_counter()
     if not rows:
         raise DataError("no training rows (train split and curated synthetic data are both empty)")
     if p.threads:
@@ -290,7 +342,8 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
     val_rows = list(val_rows or [])
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     examples, val_examples = to_examples(rows, tokenizer), to_examples(val_rows, tokenizer)
-    truncated, tokens = count_truncated(tokenizer, examples, p.max_length)
+    lengths = token_lengths(tokenizer, examples)
+    truncated, tokens = count_truncated(tokenizer, examples, p.max_length, lengths)
     r, alpha = lora_shape(p, len(rows))
     state = process_state()
     dt = compute_dtype(dtype)
@@ -309,7 +362,8 @@ def train(*, rows: list[dict], base_dir: str, out_dir: str, p, val_rows: list[di
             continue
         subs.append(_train_one(examples=examples, val_examples=val_examples, base_dir=base_dir, tokenizer=tokenizer,
                                p=p, r=r, alpha=alpha, data_seed=p.seed + i, ckpt=root / f"sub-{i}", final=final,
-                               quantize=quantize, dtype=dt["dtype"], callbacks=callbacks))
+                               quantize=quantize, dtype=dt["dtype"], lengths=lengths, callbacks=callbacks,
+                               started=started if i == 0 else None))
 
     if state.is_main_process:
         with replacing_dir(out_dir) as tmp:

@@ -1,0 +1,72 @@
+"""The trainer's callbacks: a clock that splits a run into start-up and steady state, and checkpoints by time.
+
+Imported when training starts (transformers with it), not with the params."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+
+def _sync_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # a step's kernels are queued: its end is when the GPU is done with them
+
+
+class StepClock(TrainerCallback):
+    """When training's first step began, and (time, tokens seen) at the end of every optimizer step."""
+
+    def __init__(self):
+        self.first_begin: float | None = None
+        self.marks: list[tuple[float, int]] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_begin is None:
+            self.first_begin = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync_cuda()
+        self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
+
+    def summary(self, since: float, start_tokens: int = 0) -> dict:
+        """{setup_s: `since` (the run's start) to the first step, first_step_s, steady_tokens_per_s and
+        steady_s_per_step over the steps after the first (None with fewer than two), steady_steps}. The first
+        step carries one-off costs (allocator growth, kernel selection, compilation), hence apart."""
+        if self.first_begin is None or not self.marks:
+            return {"setup_s": None, "first_step_s": None, "steady_tokens_per_s": None, "steady_s_per_step": None,
+                    "steady_steps": 0}
+        (t1, n1), (tn, nn) = self.marks[0], self.marks[-1]
+        steady = len(self.marks) - 1
+        return {"setup_s": round(self.first_begin - since, 2), "first_step_s": round(t1 - self.first_begin, 2),
+                "first_step_tokens": n1 - start_tokens,
+                "steady_tokens_per_s": round((nn - n1) / (tn - t1), 1) if steady else None,
+                "steady_s_per_step": round((tn - t1) / steady, 3) if steady else None, "steady_steps": steady}
+
+
+class CheckpointEvery(TrainerCallback):
+    """Ask for a checkpoint at the first step end `seconds` after the last one (or the start). Every process must
+    take part in a save (each writes its RNG state; FSDP gathers shards), so the main process's clock decides
+    for all."""
+
+    def __init__(self, seconds: float, num_processes: int = 1):
+        self.seconds, self.num_processes = seconds, num_processes
+        self.last = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        due = time.perf_counter() - self.last >= self.seconds and state.global_step < state.max_steps
+        if self.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            due = broadcast_object_list([due], from_process=0)[0]
+        if due:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.perf_counter()
