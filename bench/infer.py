@@ -10,7 +10,9 @@ generation time alone (all prompts submitted at once, K samples each); start-up 
         [--prompts 16 --k 4 --max-new-tokens 64 --rounds 2 --variants offline,offline-nopreload,server]
 
 Variant names: offline | server | transformers (each with the schema's defaults: what a stage gets), with
-optional suffixes -nopreload, -bf16, -nobind, -bindauto (vLLM's `auto`), -bindall (llamaduo's `all`), -kv<GiB>.
+optional suffixes -nopreload, -bf16, -nobind, -bindauto (vLLM's `auto`), -bindall (llamaduo's `all`), -kv<GiB>,
+-share (vLLM's own CPU memory sizing: `gpu_memory_utilization` of the RAM, where the stages size the KV cache from
+the model and the batch). Each variant's peak RSS is summed over its process tree (the engine's workers too).
 Writes bench/results/infer.json. CPU heavy (~1.5 min per variant here): run it on an idle machine.
 """
 
@@ -49,7 +51,7 @@ def parse_variant(name: str) -> dict:
     d = InferParams()
     engine, *opts = name.split("-")
     v = {"engine": engine, "dtype": "float32", "cpu_preload": d.cpu_preload, "cpu_threads_bind": d.cpu_threads_bind,
-         "cpu_kvcache_gib": d.cpu_kvcache_gib}
+         "cpu_kvcache_gib": d.cpu_kvcache_gib, "share": False}
     for o in opts:
         if o == "nopreload":
             v["cpu_preload"] = False
@@ -61,6 +63,8 @@ def parse_variant(name: str) -> dict:
             v["cpu_threads_bind"] = "all"
         elif o == "bindauto":  # vLLM's own choice: it keeps a core per rank for its scheduler process
             v["cpu_threads_bind"] = "auto"
+        elif o == "share":
+            v["share"] = True
         elif o.startswith("kv"):
             v["cpu_kvcache_gib"] = int(o[2:])
         else:
@@ -105,11 +109,33 @@ def run_server(model: str, prompts, infer, v: dict) -> tuple[list[dict], dict]:
     return rows, {"load_s": t1 - t0, "generate_s": t2 - t1, "engine_tokens": counters}
 
 
+def run_measured(cmd: list[str]) -> tuple[int, int]:
+    """Run a variant's process; return its exit code and the peak RSS of its process tree (sampled every 0.2 s)."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak, root = 0, psutil.Process(proc.pid)
+    while proc.poll() is None:
+        total = 0
+        for p in [root, *root.children(recursive=True)] if proc.poll() is None else []:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        peak = max(peak, total)
+        time.sleep(0.2)
+    return proc.returncode, peak
+
+
 def child(args) -> None:
     from llamaduo.config import InferParams
     from llamaduo.inference import ENGINES, run_stats
 
     v = parse_variant(args.child)
+    if v["share"]:  # the baseline: vLLM sizes its memory itself, as before the stages sized the KV cache
+        from llamaduo import vllm_cpu
+
+        vllm_cpu.memory_args = lambda *a, **k: {}
     # the schema's defaults (sampling, seed, memory share), not params.yaml: a bench independent of a run's edits
     p = InferParams().model_copy(update={
         "k": args.k, "max_new_tokens": args.max_new_tokens, "cpu_preload": v["cpu_preload"],
@@ -153,15 +179,17 @@ def main() -> None:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 cmd = [sys.executable, __file__, "--child", v, "--out", out.name, "--model", args.model,
                        "--prompts", str(args.prompts), "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens)]
-                rc = subprocess.call(cmd, stdout=subprocess.DEVNULL)
+                rc, peak = run_measured(cmd)
                 if rc != 0:
                     sys.exit(f"variant {v} failed (exit {rc}): rerun `{' '.join(cmd)}` to see why")
-                stats = json.loads(Path(out.name).read_text())
+                stats = json.loads(Path(out.name).read_text()) | {"peak_rss_gib": round(peak / 2**30, 2)}
             runs[v].append(stats)
-            print(f"round {r} {v}: {stats['tokens_per_s']} tokens/s (load {stats['load_s']} s)", file=sys.stderr, flush=True)
+            print(f"round {r} {v}: {stats['tokens_per_s']} tokens/s (load {stats['load_s']} s, "
+                  f"peak RSS {stats['peak_rss_gib']} GiB)", file=sys.stderr, flush=True)
     summary = {v: {"tokens_per_s": [s["tokens_per_s"] for s in rs], "load_s": [s["load_s"] for s in rs],
                    "mean_tokens_per_s": round(sum(s["tokens_per_s"] for s in rs) / len(rs), 2),
-                   "mean_computed_tokens_per_s": round(sum(s.get("computed_tokens_per_s", 0) for s in rs) / len(rs), 2)}
+                   "mean_computed_tokens_per_s": round(sum(s.get("computed_tokens_per_s", 0) for s in rs) / len(rs), 2),
+                   "peak_rss_gib": max(s["peak_rss_gib"] for s in rs)}
                for v, rs in runs.items()}
     ref = summary[variants[0]]["mean_tokens_per_s"]
     for v in variants:

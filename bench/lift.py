@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from llamaduo import hardware  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
-from llamaduo.config import InferParams, Params  # noqa: E402
+from llamaduo.config import InferParams, Params, TrainParams  # noqa: E402
 from llamaduo.coverage import load_task, split  # noqa: E402
 from llamaduo.inference import generate  # noqa: E402
 from llamaduo.judging.reference import REFERENCE_METRICS, Scorer, reference_scores  # noqa: E402
@@ -75,30 +75,36 @@ def paired_lift(base: list[dict], tuned: list[dict], metric: str, *, resamples: 
     return {"mean": round(float(d.mean()), 3), "ci95": [round(float(lo), 3), round(float(hi), 3)], "prompts": len(ids)}
 
 
-def _generate_child(spec_path: str) -> None:
-    """`--child SPEC`: one `generate` call, its answers and stats written beside the spec (see `generate_apart`)."""
+def _child(spec_path: str) -> None:
+    """`--child SPEC`: one `generate` or `train` call, its result written beside the spec (see `apart`)."""
     spec = json.loads(Path(spec_path).read_text())
-    answers, stats = generate(test=spec["test"], base_dir=spec["base"], adapter_dir=spec["adapter"],
-                              p=InferParams(**spec["infer"]), compute=spec["compute"],
-                              # the untuned base: generate's `merged_dir` path takes a full model folder as it is
-                              merged_dir=None if spec["adapter"] else spec["base"])
-    write_json(spec_path + ".out", {"answers": answers, "stats": stats})
+    if spec["kind"] == "generate":
+        answers, stats = generate(test=spec["test"], base_dir=spec["base"], adapter_dir=spec["adapter"],
+                                  p=InferParams(**spec["infer"]), compute=spec["compute"],
+                                  # the untuned base: generate's `merged_dir` path takes a full model folder as it is
+                                  merged_dir=None if spec["adapter"] else spec["base"])
+        write_json(spec_path + ".out", {"answers": answers, "stats": stats})
+    else:
+        metrics = train(rows=spec["rows"], base_dir=spec["base"], out_dir=spec["out_dir"], p=TrainParams(**spec["train"]),
+                        dtype=spec["dtype"])
+        write_json(spec_path + ".out", {"metrics": metrics})
 
 
-def generate_apart(test, *, base, adapter, p, compute, work: Path) -> tuple[list[dict], dict]:
-    """`generate` in a process of its own: vLLM's offline engine left its engine and worker processes (5 GiB) alive
-    after the call returned, and the next engine in the same process was killed for memory (a --quick run here)."""
-    spec = work / f"generate-{time.monotonic_ns()}.json"
-    write_json(spec, {"test": test, "base": base, "adapter": adapter, "infer": p.model_dump(), "compute": compute})
-    res = subprocess.run([sys.executable, __file__, "--child", str(spec)])
+def apart(kind: str, work: Path, **spec) -> dict:
+    """`generate` or `train` in a process of its own, so that each step gives its memory back: vLLM's offline
+    engine left its engine and worker processes (5 GiB) alive after the call returned, and the next engine in the
+    same process was killed for memory (a --quick run here); the bench process held 9.4 GB after training in it."""
+    path = work / f"{kind}-{time.monotonic_ns()}.json"
+    write_json(path, {"kind": kind, **spec})
+    res = subprocess.run([sys.executable, __file__, "--child", str(path)])
     if res.returncode:
-        raise SystemExit(f"generation failed (exit {res.returncode}); its output is above")
-    out = json.loads(Path(f"{spec}.out").read_text())
-    return out["answers"], out["stats"]
+        raise SystemExit(f"{kind} failed (exit {res.returncode}); its output is above")
+    return json.loads(Path(f"{path}.out").read_text())
 
 
 def answer_and_score(test, *, base, adapter, p, compute, scorer, boot, work) -> tuple[list[dict], dict, dict]:
-    answers, stats = generate_apart(test, base=base, adapter=adapter, p=p, compute=compute, work=work)
+    out = apart("generate", work, test=test, base=base, adapter=adapter, infer=p.model_dump(), compute=compute)
+    answers, stats = out["answers"], out["stats"]
     rows = reference_scores(answers, test, scorer=scorer)
     return rows, reference_summary(rows, **boot), {k: stats.get(k) for k in ("engine", "wall_s", "load_s", "generate_s", "tokens")}
 
@@ -121,8 +127,8 @@ def run_task(task: str, *, args, params: Params, base: str, work: Path, compute:
     for frac in sorted(args.fractions):
         n = max(1, round(frac * len(train_rows)))
         t1 = time.perf_counter()
-        m = train(rows=train_rows[:n], base_dir=base, out_dir=str(work / f"{task}-{frac}"), p=params.train,
-                  dtype=params.compute.dtype)
+        m = apart("train", work, rows=train_rows[:n], base=base, out_dir=str(work / f"{task}-{frac}"),
+                  train=params.train.model_dump(), dtype=params.compute.dtype)["metrics"]
         train_s = time.perf_counter() - t1
         rows_f, sum_f, run_f = answer_and_score(test, base=base, adapter=str(work / f"{task}-{frac}"), p=ip, compute=compute,
                                                 scorer=scorer, boot=boot, work=work)
@@ -147,7 +153,7 @@ def run_task(task: str, *, args, params: Params, base: str, work: Path, compute:
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
-        return _generate_child(sys.argv[2])
+        return _child(sys.argv[2])
     defaults = Params()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=["classify", "closed_qa"])
@@ -157,8 +163,7 @@ def main() -> None:
     ap.add_argument("--fractions", type=float, nargs="+", default=None, help="learning curve: shares of train (default 0.25 0.5 1)")
     ap.add_argument("--epochs", type=float, default=None, help=f"train.epochs (default {defaults.train.epochs})")
     ap.add_argument("--max-steps", type=int, default=None, help="train.max_steps cap (default: none)")
-    ap.add_argument("--batch-size", type=int, default=None, help=f"train.batch_size (default {defaults.train.batch_size})")
-    ap.add_argument("--grad-accum", type=int, default=None, help=f"train.grad_accum (default {defaults.train.grad_accum})")
+    ap.add_argument("--batch-size", type=int, default=None, help=f"train.batch_size: rows per step (default {defaults.train.batch_size})")
     ap.add_argument("--engine", default=None, choices=["auto", "vllm", "transformers"], help="infer.engine (default auto)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for training and the transformers engine")
     ap.add_argument("--quick", action="store_true", help="smoke run: " + json.dumps(QUICK))
@@ -179,7 +184,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-lift-") as tmp:
         work = Path(tmp)
         train_update = {"val_ratio": 0, "save_steps": 10**9, "checkpoint_dir": str(work / "ckpt"), "threads": args.threads}
-        for key in ("epochs", "max_steps", "max_length", "batch_size", "grad_accum"):
+        for key in ("epochs", "max_steps", "max_length", "batch_size"):
             if getattr(args, key, None) is not None:
                 train_update[key] = getattr(args, key)
         infer_update = {"threads": args.threads}

@@ -1,3 +1,4 @@
+import csv
 import hashlib
 import json
 import re
@@ -223,3 +224,44 @@ def test_one_file_per_task(tmp_path):
     (tmp_path / "t.csv").write_text("prompt,response\np,r\n")
     with pytest.raises(CoverageError, match=r"several files .*t.jsonl.*t.csv"):
         load_task(tmp_path, "t")
+
+
+def _rows_of_size(size: int) -> list[dict]:
+    """A first row whose text is exactly `size` bytes of UTF-8 (a multi-byte character in each field, so bytes are
+    what is counted, not characters), after a small row on line 2 / row 1."""
+    system, response, category, pid = "Be brief. é", "A fox. ü", "Summarize", "big-1"
+    fixed = sum(len(t.encode()) for t in (system, response, category, pid))
+    prompt = "€" + "x" * (size - fixed - len("€".encode()))
+    return [{"prompt": "Small one.", "response": "Small.", "system": None, "category": "Summarize", "prompt_id": "small-1"},
+            {"prompt": prompt, "response": response, "system": system, "category": category, "prompt_id": pid}]
+
+
+def _write(path, rows):
+    ext = path.suffix[1:]
+    if ext == "jsonl":
+        write_jsonl(path, [{k: v for k, v in r.items() if v is not None} for r in rows])
+    elif ext == "csv":
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.mark.parametrize("ext,where", [("jsonl", r"t\.jsonl:2"), ("csv", r"t\.csv:3"), ("parquet", r"t\.parquet: row 2")])
+def test_one_row_size_limit_in_every_format(tmp_path, ext, where):
+    """One limit for every format, on the row's text: a row at MAX_ROW_BYTES loads whole (the csv module alone would
+    stop at 131,072 characters), one byte more fails naming the file, the line and the size."""
+    from llamaduo.coverage.prepare import MAX_ROW_BYTES
+
+    field_limit = csv.field_size_limit()
+    rows = _rows_of_size(MAX_ROW_BYTES)
+    assert MAX_ROW_BYTES > 131072 * 4  # past the csv module's field limit, even counted in 4-byte characters
+    _write(tmp_path / f"t.{ext}", rows)
+    loaded = load_task(tmp_path, "t")
+    assert loaded[1]["instruction"] == rows[1]["prompt"] and loaded[1]["id"] == "big-1"
+    _write(tmp_path / f"t.{ext}", _rows_of_size(MAX_ROW_BYTES + 1))
+    with pytest.raises(CoverageError, match=rf"{where}: the row holds 1,048,577 bytes of text, over the 1,048,576-byte limit"):
+        load_task(tmp_path, "t")
+    assert csv.field_size_limit() == field_limit  # the reader leaves the process-wide setting as it found it

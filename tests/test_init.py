@@ -81,6 +81,30 @@ def test_init_writes_this_repository_s_project_shape(tmp_path, monkeypatch, caps
     assert f"pins llamaduo==9.9.9 but {__version__} is installed" in capsys.readouterr().err
 
 
+def test_every_output_a_cycle_writes_outside_dvc_s_cache_is_committed_by_the_loop_or_ignored(tmp_path, monkeypatch):
+    """In a project made by `llamaduo init`: the outputs dvc.yaml keeps out of DVC's cache (`cache: false`: DVC writes
+    no .gitignore for them), the loop's own files and its working state, written as a cycle writes them, leave no
+    change the loop would refuse to resume over, and the loop's commit leaves the tree clean."""
+    from llamaduo import paths
+    from llamaduo.cycle import driver
+
+    demo = init(tmp_path / "demo", task="summarize", source=coverage_file(tmp_path / "export.jsonl"))
+    monkeypatch.chdir(demo)
+    uncached = driver._uncached_outs()
+    assert "data/services.json" in uncached and "metrics/summary.json" in uncached
+    written = [*uncached, paths.HISTORY, paths.COST, paths.COST_PLOT, paths.LOOP_STATE, ".llamaduo/calls.sqlite",
+               ".llamaduo/checkpoints/abc/state.json"]
+    for rel in written:
+        (demo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (demo / rel).write_text("written by a cycle")
+    (demo / "dvc.lock").write_text("schema: '2.0'\n")
+    (demo / "notes.txt").write_text("the user's")
+    assert driver._dirty("params.yaml") == ["notes.txt"]
+    driver._commit("llamaduo cycle 0: test", "params.yaml", loop="L", cycle=0, step="cycle")
+    assert git(demo, "status", "--porcelain", "--untracked-files=all") == "?? notes.txt\n"
+    assert "data/services.json" in git(demo, "show", "--name-only", "--format=", "HEAD").split()
+
+
 def test_user_dvc_yaml_swaps_the_source_deps_for_the_pinned_version():
     ours = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     theirs = yaml.safe_load(template.user_dvc_yaml((ROOT / "dvc.yaml").read_text()))

@@ -1,14 +1,23 @@
 """The API key is read from the environment and written nowhere: run real stage scripts against a fake
 service with a sentinel key, including a failing run whose server echoes the key back, then scan every file
-the stages wrote (params, Parquet, metrics, the cache DB with its WAL) and everything they printed."""
+the stages wrote (params, Parquet, metrics, the cache DB with its WAL) and everything they printed. And every
+other URL the project stores, prints or logs follows one rule (llamaduo.urls): no credential written in params
+or .dvc/config, none in what MLflow prints or records."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+import yaml
 
 from conftest import ROOT, no_robots_row, run_stage
 from fakes.openai_server import FakeOpenAI
-from llamaduo import tables
+from llamaduo import cli, tables
+from llamaduo.config import load_params
+from llamaduo.errors import ParamsError
 
 SENTINEL = "llamaduo-test-sentinel-2b7e151628aed2a6abf7158809cf4f3c"  # plainly not a vendor key
 
@@ -184,3 +193,154 @@ def test_no_artifact_or_log_holds_a_cloud_credential(tmp_path, monkeypatch):
     for text in printed:
         for s in secrets:
             assert s not in text, s
+
+
+# -- every other URL the project stores, prints or logs: params' mlflow.tracking_uri, cluster.address and
+# cluster.storage, `llamaduo init --remote`, and the MLFLOW_TRACKING_URI environment variable
+
+URL_SENTINEL = "llamaduo-url-sentinel-7c1e94b2d05a"
+PARAMS_URLS = {  # each key with the credential spelled the way its kind of URL carries one
+    "mlflow.tracking_uri": f"https://bob:{URL_SENTINEL}@mlflow.example",
+    "cluster.address": f"ray://bob:{URL_SENTINEL}@head.example:10001",
+    "cluster.storage": f"abfs://container/scratch?sv=2024-11-04&sig={URL_SENTINEL}",  # an Azure SAS
+}
+
+
+def params_with(urls: dict[str, str]) -> str:
+    sections: dict = {}
+    for key, url in urls.items():
+        section, field = key.split(".")
+        sections.setdefault(section, {})[field] = url
+    if "address" in sections.get("cluster", {}):
+        sections["cluster"]["engine"] = "ray"
+    return yaml.safe_dump(sections)
+
+
+def test_no_url_in_params_holds_a_credential(tmp_path):
+    """params.yaml is committed every cycle and flattened into MLflow params: a stage refuses it before doing
+    anything, names each key, and quotes no credential back."""
+    (tmp_path / "params.yaml").write_text(params_with(PARAMS_URLS))
+    res = run_stage("prepare.py", "--train-out", "train.parquet", "--test-out", "test.parquet", "--metrics-out", "m.json",
+                    cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    for key in PARAMS_URLS:
+        assert f"`{key}` carries a credential" in res.stderr, res.stderr
+    assert URL_SENTINEL not in res.stdout + res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("key,url,refused", [
+    # used as written: a `${VAR}` there would be sent as those characters, so it is refused as well
+    ("mlflow.tracking_uri", "https://bob:${MLFLOW_PW}@mlflow.example", True),
+    ("mlflow.tracking_uri", "https://${MLFLOW_TOKEN}@mlflow.example", True),  # a token as the user name
+    ("cluster.storage", "s3://AKIDEXAMPLE:${S3_SECRET}@bucket/scratch", True),
+    ("cluster.storage", "gs://bucket/scratch?access_token=ya29.x", True),
+    # a user name alone is a login or a place, not a secret, outside http(s)
+    ("mlflow.tracking_uri", "postgresql://mlflow@db.example:5432/mlflow", False),
+    ("cluster.storage", "abfs://container@account.dfs.core.windows.net/scratch", False),
+    ("cluster.address", "10.0.0.5:6379", False),
+    ("mlflow.tracking_uri", "https://mlflow.example/?workspace=team", False),
+])
+def test_credential_positions_in_params_urls(tmp_path, key, url, refused):
+    f = tmp_path / "params.yaml"
+    f.write_text(params_with({key: url}))
+    if refused:
+        with pytest.raises(ParamsError, match=f"`{key}` carries a credential"):
+            load_params(f)
+    else:
+        assert load_params(f) is not None
+
+
+@pytest.fixture
+def git_identity(monkeypatch):
+    for who in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{who}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.invalid")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+
+
+def test_init_remote_takes_no_credential_and_the_local_config_keeps_one(tmp_path, capsys, git_identity):
+    """`llamaduo init --remote` writes .dvc/config, commits it and prints the URL: a credential in it is refused
+    before anything is written; the way the error gives (`dvc remote modify --local`) keeps it out of git."""
+    for url in (f"https://bob:{URL_SENTINEL}@dvc.example/store", f"https://{URL_SENTINEL}@dvc.example/store",
+                f"webdavs://dav.example/store?token={URL_SENTINEL}"):
+        demo = tmp_path / "refused"
+        assert cli.main(["init", str(demo), "--remote", url]) == 2
+        out, err = capsys.readouterr()
+        assert "`--remote` carries a credential" in err and "dvc remote modify --local" in err, err
+        assert URL_SENTINEL not in out + err
+        assert not demo.exists()
+
+    demo = tmp_path / "demo"
+    assert cli.main(["init", str(demo), "--remote", "https://dvc.example/store"]) == 0
+    res = subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "storage", "password", URL_SENTINEL],
+                         cwd=demo, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert URL_SENTINEL in (demo / ".dvc" / "config.local").read_text()  # where DVC reads it from
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=demo, capture_output=True, text=True, check=True).stdout
+
+    assert git("status", "--porcelain", "--ignored", ".dvc/config.local").startswith("!!")  # ignored
+    assert URL_SENTINEL not in git("log", "-p", "--all") and URL_SENTINEL not in (demo / ".dvc" / "config").read_text()
+    assert URL_SENTINEL not in "".join(capsys.readouterr())
+
+
+@pytest.fixture
+def mlflow_env(monkeypatch):
+    """MLflow's variables restored after the test (tracking.connect sets the credential ones)."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    yield monkeypatch
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # the next test must not talk to a server that is gone
+
+
+def test_mlflow_tracking_uri_credentials_reach_no_output_or_run(tmp_path, mlflow_env, capfd):
+    """MLFLOW_TRACKING_URI from the environment may carry a server's user:password: MLflow gets them through its
+    own credential variables and a URL without them, so what it prints ("View run at ...") and quotes in its
+    errors, and what the loop logs to the run, hold none."""
+    import mlflow
+
+    from fakes.mlflow_server import free_port, mlflow_server
+    from llamaduo.config import MlflowParams
+    from llamaduo.cycle import tracking
+    from llamaduo.errors import UserError
+
+    with mlflow_server(tmp_path / "server") as uri:
+        with_auth = uri.replace("http://", f"http://llamaduo:{URL_SENTINEL}@")
+        mlflow_env.setenv("MLFLOW_TRACKING_URI", with_auth)
+        (tmp_path / "params.yaml").write_text("mlflow: {experiment: secrets}\ntrain: {seed: 1}\n")
+        metrics = tmp_path / "metrics"
+        metrics.mkdir()
+        (metrics / "eval.json").write_text(json.dumps({"score": 61.5}))
+        parent = tracking.start_parent(MlflowParams(experiment="secrets"), resume_id=None, tags={"task": "t"})
+        child = tracking.log_cycle(parent_id=parent, cycle=0, params_file=str(tmp_path / "params.yaml"),
+                                   metrics_dir=str(metrics), tags={})
+        # the credentials were in use: MLflow sends them as basic auth, to the URL without them
+        store = mlflow.tracking.MlflowClient()._tracking_client.store
+        creds = store.get_host_creds()
+        assert (creds.host, creds.username, creds.password) == (uri, "llamaduo", URL_SENTINEL)
+        assert mlflow.get_tracking_uri() == uri
+        run = mlflow.get_run(child)
+        assert run.data.metrics["eval.score"] == 61.5
+        logged = json.dumps([run.data.params, run.data.tags, mlflow.get_run(parent).data.tags])
+    out, err = capfd.readouterr()
+    assert "View run" in out and uri in out  # MLflow printed its URL...
+    assert URL_SENTINEL not in out + err and URL_SENTINEL not in logged  # ...without the credentials
+    for f in (tmp_path / "server").rglob("*"):
+        assert not f.is_file() or URL_SENTINEL.encode() not in f.read_bytes(), f
+
+    # a server that does not answer: MLflow's error quotes the URL it tried, without the credentials
+    mlflow_env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow_env.setenv("MLFLOW_TRACKING_URI", f"http://llamaduo:{URL_SENTINEL}@127.0.0.1:{free_port()}")
+    with pytest.raises(Exception) as exc:  # noqa: B017 (MLflow's own exception types vary with the failure)
+        tracking.connect(MlflowParams(experiment="secrets"))
+    assert "127.0.0.1" in str(exc.value) and URL_SENTINEL not in str(exc.value)
+    # a token as the user name: MLflow sends basic auth only with a password, so this is said, not guessed
+    mlflow_env.setenv("MLFLOW_TRACKING_URI", f"http://{URL_SENTINEL}@127.0.0.1:5000")
+    with pytest.raises(UserError, match="MLFLOW_TRACKING_URI .* names a user and no password") as exc:
+        tracking.connect(MlflowParams(experiment="secrets"))
+    assert URL_SENTINEL not in str(exc.value)
+    assert URL_SENTINEL not in "".join(capfd.readouterr())

@@ -8,6 +8,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from llamaduo import faults
+
+# inside a `-old-` folder: the replaced folder, parked there until the new one is in place
+PARKED = "x"
+
 
 @contextlib.contextmanager
 def replacing(path: str | Path):
@@ -49,22 +54,27 @@ def replacing_dir(path: str | Path):
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed.
 
     The folder is named `.<name>-tmp-<pid>-...` (ignored by git, see .gitignore). A process killed with -9 runs no
-    cleanup, so folders of that pattern whose process is gone are removed here first: a kill leaks nothing for long."""
+    cleanup, so folders of that pattern whose process is gone are removed here first: a kill leaks nothing for long.
+    A kill between the two renames leaves `path` missing and its old copy parked in a `-old-` folder: that copy is
+    put back first, so the next call starts from the old folder (as if the killed writer had never begun)."""
     import shutil
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}-tmp-"
-    for old in path.parent.glob(f"{prefix}*"):
+    for old in sorted(path.parent.glob(f"{prefix}*")):
         pid = old.name[len(prefix):].split("-")[0]
         if pid.isdigit() and not pid_alive(int(pid)):
+            if (old / PARKED).exists() and not path.exists():
+                (old / PARKED).replace(path)
             shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-"))
     try:
         yield tmp
         if path.exists():  # out of the way first, so `path` is never a mix of old and new files
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-old-"))
-            path.replace(old / "x")
+            path.replace(old / PARKED)
+            faults.point("atomic:between_renames")
             tmp.replace(path)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -52,6 +52,13 @@ def _check(args) -> int:
     return 0
 
 
+def _stop(args) -> int:
+    from llamaduo.providers.local import stop_all
+
+    print(f"stopped {stop_all()} shared local vLLM server(s)")
+    return 0
+
+
 def _stop_servers() -> None:
     """Stop the vLLM server the cycle's service stages shared (never left running after a run)."""
     from llamaduo.providers.local import stop_all
@@ -172,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="where the loop stands (cycle, scores, champion, spend, gate), from the state "
                                   "files only").set_defaults(func=_status)
     sub.add_parser("check", help="validate params.yaml and exit").set_defaults(func=_check)
+    sub.add_parser("stop", help="stop the shared local vLLM servers this project's stages started (they also stop "
+                                "on their own once the `dvc repro` that used them ends)").set_defaults(func=_stop)
     run = sub.add_parser("run", help="validate params.yaml, then `dvc repro` one cycle")
     run.add_argument("targets", nargs="*", help="stages to reproduce (default: all)")
     run.set_defaults(func=_run)

@@ -19,11 +19,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llamaduo.errors import ParamsError
 from llamaduo.registries import HOSTED_KINDS, MERGERS, PROVIDERS
-from llamaduo.urls import literal_credentials
+from llamaduo.urls import credential_refusal
 
 # the valid names come from the registries' tables, declared once there
 ProviderKind = Literal[tuple(PROVIDERS)]
 MergeMethod = Literal[tuple(MERGERS)]
+
+
+# why no URL in params may hold a credential (urls.credential_refusal)
+_STORED = "params.yaml is committed with every cycle and recorded in dvc.lock and MLflow"
+
+
+def _refuse(*refusals: str | None) -> None:
+    """Raise one ValueError holding every refusal given (a section's URL checks: each bad key is named)."""
+    found = [r for r in refusals if r]
+    if found:
+        raise ValueError("; ".join(found))
 
 
 def runtime(default, description: str, **constraints):
@@ -93,7 +104,8 @@ class ClusterParams(_Section):
                                                     "`auto` = the one started on this machine); null = none (only `engine: local`).")
     storage: str | None = runtime(None, description="An fsspec URI every node can reach (s3://..., a shared mount) where the stage hands "
                                                     "the rows to the workers as Parquet; null = through Ray's object store. The stage "
-                                                    "still writes its DVC outs locally.")
+                                                    "still writes its DVC outs locally. No credential in it: the "
+                                                    "filesystem reads its own from the environment.")
     block_rows: int = runtime(20000, ge=100, description="Rows per Ray Data block (one map task); there are always at least two "
                                                          "blocks per cluster CPU, so every node gets work.")
 
@@ -102,6 +114,17 @@ class ClusterParams(_Section):
         if self.engine == "ray" and not self.address:
             raise ValueError("`cluster.address` is null but `cluster.engine` is ray: set it to the head node's host:port "
                              "(`ray start --head` prints it) or `auto`, or set `cluster.engine: local`")
+        return self
+
+    @model_validator(mode="after")
+    def _check_url_credentials(self):
+        _refuse(credential_refusal(self.address, "cluster.address", stored=_STORED,
+                                   instead="a Ray address takes none: the head node's host:port, as `ray start --head` prints it"),
+                credential_refusal(self.storage, "cluster.storage", stored=_STORED,
+                                   instead="the filesystem reads its credentials from the environment: AWS_ACCESS_KEY_ID and "
+                                           "AWS_SECRET_ACCESS_KEY (s3://), GOOGLE_APPLICATION_CREDENTIALS (gs://), "
+                                           "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN (abfs://), or fsspec's "
+                                           "FSSPEC_<PROTOCOL>_<OPTION> variables (FSSPEC_S3_KEY, FSSPEC_S3_SECRET)"))
         return self
 
 
@@ -113,8 +136,9 @@ class VllmEngine(_Section):
     data_parallel_size: int = runtime(1, ge=1, description="vLLM data parallel size (engine replicas).")
     cpu_preload: bool = runtime(True, description="On CPU, LD_PRELOAD tcmalloc and Intel OpenMP into vLLM's engine processes "
                                                   "(vLLM's CPU guide; bench/infer.py: 1.04x without them on the AMD EPYC).")
-    cpu_kvcache_gib: int | None = runtime(None, ge=1, description="On CPU, VLLM_CPU_KVCACHE_SPACE in GiB; null = sized from "
-                                                                  "`gpu_memory_utilization`.")
+    cpu_kvcache_gib: int | None = runtime(None, ge=1, description="On CPU, VLLM_CPU_KVCACHE_SPACE in GiB; null = sized from the "
+                                                                  "model, `max_model_len` and the requests the stage sends at "
+                                                                  "once (vllm_cpu.memory_args).")
     cpu_threads_bind: str = runtime("all", description="On CPU, VLLM_CPU_OMP_THREADS_BIND: `all` (every core this process may use, "
                                                        "split between the ranks; 2.1x vLLM's `auto` on 2 cores, bench/infer.py), "
                                                        "`auto` (vLLM's: one NUMA node's cores less one per rank for its "
@@ -130,8 +154,9 @@ class LocalServer(VllmEngine):
     host: str = runtime("127.0.0.1", description="Loopback address the vLLM server binds to.")
     port: int = runtime(0, ge=0, le=65535, description="Port; 0 picks a free one.")
     startup_timeout_s: float = runtime(900, gt=0, description="How long to wait for the server's /health.")
-    gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM's memory share; on CPU the share of the NUMA node's RAM for "
-                                                                         "weights + KV cache (0.15 left no KV room here).")
+    gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM's share of the GPU's memory for weights + KV cache; "
+                                                                         "on CPU the KV cache is sized from the model instead "
+                                                                         "(`cpu_kvcache_gib`).")
     enforce_eager: bool = Field(True, description="Skip graph capture (starts ~3x faster on CPU).")
     max_model_len: int = Field(4096, ge=256, description="Context length the server allows.")
     seed: int = Field(0, description="Engine seed (vllm-cpu cannot take a per-request seed).")
@@ -140,9 +165,9 @@ class LocalServer(VllmEngine):
         None, description="vLLM's --dtype; null = `compute.dtype` (filled in when params load; the resolved dtype is in "
                           "data/services.json, so a new dtype reruns the service stages).")
     idle_timeout_s: float = runtime(900, gt=0, description="The server is shared by the service stages of a cycle and stopped at "
-                                                           "the end of `llamaduo run`/each loop cycle; a watchdog stops it after "
-                                                           "this many seconds without a stage using it (e.g. after a bare "
-                                                           "`dvc repro`).")
+                                                           "the end of `llamaduo run`/each loop cycle; a watchdog stops it once "
+                                                           "the `dvc repro`/`dvc exp run` that used it has ended, or after this "
+                                                           "many seconds without a stage using it.")
     extra_args: list[str] = Field([], description="More `vllm serve` arguments, passed as they are.")
 
 
@@ -215,12 +240,9 @@ class ProviderParams(_Section):
 
     @model_validator(mode="after")
     def _check_url_credentials(self):
-        literal = literal_credentials(self.base_url)
-        if literal:
-            # params.yaml is committed with every cycle, and dvc.lock and MLflow record it
-            raise ValueError("`base_url` carries a credential (in its user:password part or a key/token query value); params.yaml "
-                             "is committed and recorded in dvc.lock and MLflow: put the value in an environment variable and write "
-                             "`${VAR}` in its place (https://user:${GATEWAY_TOKEN}@gateway.example/v1)")
+        _refuse(credential_refusal(self.base_url, "base_url", stored=_STORED, refs_filled=True,
+                                   instead="put the value in an environment variable and write `${VAR}` in its place "
+                                           "(https://user:${GATEWAY_TOKEN}@gateway.example/v1)"))
         return self
 
     @model_validator(mode="after")
@@ -511,7 +533,8 @@ class InferParams(VllmEngine):
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
     seed: int = Field(0, description="Engine seed.")
-    gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM memory share (on CPU, of the NUMA node's RAM).")
+    gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM's share of the GPU's memory (on CPU the KV cache is "
+                                                                         "sized from the model: `cpu_kvcache_gib`).")
     max_model_len: int = Field(2048, ge=256)
     threads: int | None = runtime(None, ge=1, description="torch threads for the transformers engine; null = torch's default.")
 
@@ -622,10 +645,21 @@ class ServeParams(VllmEngine):
 
 
 class MlflowParams(_Section):
-    tracking_uri: str = Field("sqlite:///.llamaduo/mlflow.db", description="Tracking backend; the MLFLOW_TRACKING_URI environment variable wins.")
+    tracking_uri: str = Field("sqlite:///.llamaduo/mlflow.db", description="Tracking backend; the MLFLOW_TRACKING_URI environment variable "
+                                                                           "wins. No credential in it (params are committed): a "
+                                                                           "server's password goes in the environment.")
     experiment: str = Field("llamaduo", description="Experiment holding one parent run per loop.")
     model_prefix: str = Field("llamaduo-", description="Registered model name = prefix + the tasks joined by '+'.")
     champion_alias: str = Field("champion", description="Registry alias the promotion gate moves.")
+
+    @model_validator(mode="after")
+    def _check_url_credentials(self):
+        _refuse(credential_refusal(self.tracking_uri, "mlflow.tracking_uri", stored=_STORED,
+                                   instead="set MLFLOW_TRACKING_URI in the environment instead (it wins; an http(s) URI's "
+                                           "user:password is handed to MLflow as MLFLOW_TRACKING_USERNAME and "
+                                           "MLFLOW_TRACKING_PASSWORD and shown nowhere), or MLflow's own "
+                                           "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"))
+        return self
 
 
 class Params(_Section):

@@ -19,6 +19,10 @@ class FakeAnthropic(FakeServer):
     def error_body(self, code: int) -> dict:
         return {"type": "error", "error": {"type": ERROR_TYPES.get(code, "api_error"), "message": f"injected {code}"}}
 
+    def usage_of(self, payload: dict) -> tuple[int, int]:
+        u = payload.get("usage") or {}
+        return u.get("input_tokens", 0), u.get("output_tokens", 0)
+
     def respond(self, body: dict, index: int, mode: str | None) -> dict:
         text = self.answer(body, 0)
         tool = (body.get("tool_choice") or {}).get("name")

@@ -21,6 +21,10 @@ class FakeGemini(FakeServer):
     def error_body(self, code: int) -> dict:
         return {"error": {"code": code, "message": f"injected {code}", "status": STATUS.get(code, "UNKNOWN")}}
 
+    def usage_of(self, payload: dict) -> tuple[int, int]:
+        u = payload.get("usageMetadata") or {}
+        return u.get("promptTokenCount", 0), u.get("candidatesTokenCount", 0)
+
     def respond(self, body: dict, index: int, mode: str | None) -> dict:
         n = (body.get("generationConfig") or {}).get("candidateCount", 1)
         usage = {"promptTokenCount": 10, "candidatesTokenCount": 5 * n, "totalTokenCount": 10 + 5 * n}

@@ -15,6 +15,10 @@ class FakeOpenAI(FakeServer):
     def error_body(self, code: int) -> dict:
         return {"error": {"message": f"injected {code}", "type": "x", "code": str(code)}}
 
+    def usage_of(self, payload: dict) -> tuple[int, int]:
+        u = payload.get("usage") or {}
+        return u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
+
     def respond(self, body: dict, index: int, mode: str | None) -> dict:
         n = body.get("n", 1)
         choices = []
@@ -41,8 +45,9 @@ class FakeOpenAI(FakeServer):
         if method == "POST" and path == "/v1/files":
             # multipart upload: the JSONL lines are the part's content
             lines = [json.loads(s) for s in body.decode().splitlines() if s.startswith('{"custom_id"')]
-            with self.lock:
-                fid = f"file-{len(self.batches) + 1}-{len(lines)}"
+            with self.lock:  # a sequence number: uploads in flight at once get ids of their own
+                self._file_seq = getattr(self, "_file_seq", 0) + 1
+                fid = f"file-{self._file_seq}-{len(lines)}"
                 self._uploads = getattr(self, "_uploads", {}) | {fid: lines}
             return 200, {"id": fid, "object": "file", "bytes": len(body), "created_at": 0,
                          "filename": "batch.jsonl", "purpose": "batch", "status": "processed"}, {}

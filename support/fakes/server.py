@@ -6,14 +6,24 @@ Faults, consumed one per generation request in arrival order:
   ("status", code[, headers])  an error response in the vendor's error shape
   ("sleep", seconds)           answer late (past the client's timeout, if you like)
   ("drop",)                    close the connection without answering
+  ("reset",)                   reset the connection (TCP RST) without answering
+  ("cut",)                     200 whose body breaks off half-way (Content-Length promises the whole)
   ("broken",)                  200 with a body that is not JSON
   ("refusal",) ("empty",) ("truncated",)  a well-formed answer that declines / is empty / hit max_tokens
+
+As a gateway at volume (bench/faults.py): `fault_rate` draws one of `rate_faults` (seeded) for that share of
+the requests, generation and Batch API alike; a batch request's fault strikes after the vendor did the work
+(the job exists, the poll counted), only the response is lost. Billing follows a vendor's: a generation attempt
+is billed when its complete answer has been written (`billed`), a batch job in full once created (`ledger`).
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import random
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,10 +48,16 @@ class _Server(ThreadingHTTPServer):
 class FakeServer:
     def __init__(self, answer=None, faults: list | None = None, latency: float = 0.0, rpm: int | None = None,
                  rpm_burst_s: float = 1.0, hold_after: int | None = None, batch_polls: int = 1,
-                 batch_create_faults: list | None = None, lose_batches: bool = False):
+                 batch_create_faults: list | None = None, lose_batches: bool = False, fault_rate: float = 0.0,
+                 rate_faults: list | None = None, seed: int = 0):
         # answer(request_body, sample_index) -> the model's text (request_body in the vendor's wire format)
         self.answer = answer or default_answer
         self.faults = list(faults or [])
+        self.fault_rate, self.rate_faults = fault_rate, list(rate_faults or [])
+        self._rng = random.Random(seed)
+        self._tls = threading.local()  # per handler thread: whether the request being routed is a generation
+        self.injected = collections.Counter()  # rate-drawn faults, per kind and route ("gen"/"batch")
+        self.billed: list[dict] = []          # complete 200 answers to generation requests: prompt, times, payload
         self.latency = latency
         # the limit as vendors enforce it: a token bucket refilled at rpm/60 a second, holding `rpm_burst_s` of it
         self.rpm, self.rpm_burst_s = rpm, rpm_burst_s
@@ -98,14 +114,28 @@ class FakeServer:
     def respond(self, body: dict, index: int, mode: str | None) -> dict:
         raise NotImplementedError
 
+    def usage_of(self, payload: dict) -> tuple[int, int]:
+        """(input, output) tokens a vendor response bills."""
+        return 0, 0
+
     # -- the generation path every vendor shares
 
+    def _draw(self, route: str):
+        """A rate-drawn fault, or None (call with the lock held)."""
+        if self.fault_rate and self._rng.random() < self.fault_rate:
+            fault = self._rng.choice(self.rate_faults)
+            self.injected[f"{route} {' '.join(map(str, fault[:2]))}{' +headers' if len(fault) > 2 else ''}"] += 1
+            return fault
+        return None
+
     def generate(self, handler, body: dict):
+        arrived = time.time()
+        self._tls.generation = True
         with self.lock:
             self.requests.append(body)
             self.prompts.append(self.prompt_of(body))
             index = len(self.requests) - 1
-            fault = self.faults.pop(0) if self.faults else None
+            fault = self.faults.pop(0) if self.faults else self._draw("gen")
             limited = False
             if self.rpm:
                 now = time.monotonic()
@@ -126,17 +156,22 @@ class FakeServer:
             self._released.wait()
             return None  # the client that sent it is gone
         if fault and fault[0] == "status":
-            return fault[1], self.error_body(fault[1]), (fault[2] if len(fault) > 2 else {})
+            return fault[1], self.error_body(fault[1]), dict(fault[2] if len(fault) > 2 else {})
         if fault and fault[0] == "sleep":
             time.sleep(fault[1])
         if fault and fault[0] == "drop":
             return None
+        if fault and fault[0] == "reset":
+            return "reset"
         if fault and fault[0] == "broken":
             return 200, b'{"id": "x", "choices": [{"index": 0, ', {}
         if self.latency:
             time.sleep(self.latency)
-        mode = fault[0] if fault else None
-        return 200, self.respond(body, index, mode), {"_answered": self.prompts[index]}
+        mode = fault[0] if fault and fault[0] != "cut" else None
+        payload = self.respond(body, index, mode)
+        if fault and fault[0] == "cut":
+            return 200, payload, {"_cut": True}
+        return 200, payload, {"_answered": self.prompts[index], "_bill": {"arrived": arrived, "payload": payload}}
 
     def _handler(self):
         fake = self
@@ -149,8 +184,10 @@ class FakeServer:
 
             def _serve(self, method):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path == "/_fake/stats":  # for a client in another process (the benchmark); not counted
-                    data = json.dumps({"requests": len(fake.requests), "rate_limited": fake.rate_limited}).encode()
+                if self.path in ("/_fake/stats", "/_fake/ledger"):  # for a client in another process (the benchmarks)
+                    with fake.lock:
+                        data = json.dumps({"requests": len(fake.requests), "rate_limited": fake.rate_limited,
+                                           "injected": dict(fake.injected)} if self.path == "/_fake/stats" else fake.ledger()).encode()
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -160,16 +197,34 @@ class FakeServer:
                     fake.seen_headers.append(dict(self.headers))
                 ctype = self.headers.get("Content-Type", "")
                 body = json.loads(raw) if raw and "json" in ctype else raw
+                fake._tls.generation = False
                 out = fake.route(method, self.path.split("?")[0], body)
-                if out is None:  # drop the connection without a word
+                if isinstance(out, tuple) and not fake._tls.generation and fake.fault_rate:
+                    # a Batch API request: the vendor did the work; a drawn fault loses only its response
+                    with fake.lock:
+                        fault = fake._draw("batch")
+                    if fault and fault[0] == "sleep":
+                        time.sleep(fault[1])
+                    elif fault and fault[0] == "status":
+                        out = fault[1], fake.error_body(fault[1]), dict(fault[2]) if len(fault) > 2 else {}
+                    elif fault and fault[0] in ("drop", "reset"):
+                        out = None if fault[0] == "drop" else "reset"
+                    elif fault and fault[0] == "cut":
+                        out = (*out[:2], {**out[2], "_cut": True})
+                if out is None or out == "reset":  # close the connection without a word (a reset: an RST, not a FIN)
                     self.close_connection = True
                     try:
-                        self.connection.shutdown(2)
+                        if out == "reset":
+                            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        else:
+                            self.connection.shutdown(2)
                     except OSError:
                         pass
                     return
                 code, payload, headers = out
                 answered = headers.pop("_answered", None)
+                bill = headers.pop("_bill", None)
+                cut = headers.pop("_cut", False)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(code)
@@ -178,12 +233,20 @@ class FakeServer:
                     for k, v in headers.items():
                         self.send_header(k, v)
                     self.end_headers()
-                    self.wfile.write(data)
+                    self.wfile.write(data[: len(data) // 2] if cut else data)
+                    if cut:  # the rest never comes: the client reads a short body
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                 except OSError:
                     return
                 if answered is not None:
                     with fake.lock:
                         fake.answered.append(answered)
+                        if bill is not None:
+                            fake.billed.append({"prompt": answered, "arrived": bill["arrived"], "sent": time.time(),
+                                                "tokens": fake.usage_of(bill["payload"]), "text": data.decode()})
 
             def do_POST(self):
                 self._serve("POST")
@@ -238,7 +301,20 @@ class FakeServer:
 
     def batch_answers(self, job_id: str) -> list[tuple[str, dict]]:
         """(custom id, vendor response) for every item, computed once."""
-        job = self.batches[job_id]
+        return self._answers(self.batches[job_id])
+
+    def _answers(self, job: dict) -> list[tuple[str, dict]]:
         if "answers" not in job:
             job["answers"] = [(cid, self.respond(body, -1, None)) for cid, body in job["items"]]
         return job["answers"]
+
+    def ledger(self) -> dict:
+        """What a vendor bills (call with the lock held): every generation answer written whole, and every item of
+        every batch job created (the vendor runs a job whether or not its results are ever fetched)."""
+        jobs = []
+        for job_id, job in [*self.batches.items(), *self.lost_batches.items()]:
+            items = {cid: body for cid, body in job["items"]}
+            jobs.append({"job_id": job_id, "created": job["created"],
+                         "items": [{"custom_id": cid, "prompt": self.prompt_of(items[cid]), "tokens": self.usage_of(resp),
+                                    "text": json.dumps(resp)} for cid, resp in self._answers(job)]})
+        return {"online": self.billed, "batches": jobs}

@@ -15,7 +15,7 @@ def test_growth_schedule_doubles_from_start_and_caps():
 
 
 def params(**train) -> Params:
-    return Params.model_validate({"train": {"batch_size": 2, "grad_accum": 1, "val_ratio": 0.05, **train}})
+    return Params.model_validate({"train": {"batch_size": 2, "val_ratio": 0.05, **train}})
 
 
 def test_volume_doubles_from_the_start_volume_and_stops_at_the_max():

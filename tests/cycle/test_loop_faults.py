@@ -1,10 +1,12 @@
 """The loop's side effects are idempotent: the lock, the dirty-tree refusal, commits that name their paths and are
-found again by their trailers, MLflow names from free text, one registry version per run, a promotion written once,
-scratch and temp folders that never delete or leak what they should not. (The kill -9 at each point, for real,
-is in test_driver_e2e.py.)"""
+found again by their trailers, MLflow names from free text, a parent run adopted by its key, a cycle's parent points
+logged once, one logged model and one registry version per run, a promotion written once, scratch and temp folders
+that never delete or leak what they should not. (The kill -9 at each loop point, for real, is in
+test_driver_e2e.py.)"""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from llamaduo import atomic
+from llamaduo import atomic, faults, weights
 from llamaduo.config import MlflowParams, Params
 from llamaduo.cycle import driver, model_registry, tracking
 from llamaduo.errors import LoopError, ParamsError
@@ -122,18 +124,25 @@ def test_free_text_metric_names_log_and_a_cut_short_child_is_logged_again(tmp_pa
     assert tracking.safe_name("eval.x's") != tracking.safe_name("eval.x`s")  # no two names collide
 
 
+def model_folders(tmp_path) -> dict:
+    """A stand-in base (files its fingerprint covers) and adapter: the registry stores and names them, loads neither."""
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    for folder, name in ((base, "config.json"), (adapter, "adapter_config.json")):
+        folder.mkdir()
+        (folder / name).write_text(json.dumps({"folder": folder.name}))
+    return {"adapter_dir": str(adapter), "base_dir": str(base)}
+
+
 def test_one_version_per_run_and_a_repeated_promotion_is_written_once(tmp_path, mlflow_db):
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
     with mlflow.start_run() as run:
-        kw = dict(name="llamaduo-t", adapter_dir=str(adapter), base_dir=str(tmp_path), base_md5="x")
+        kw = dict(name="llamaduo-t", base_md5="x", **model_folders(tmp_path))
         v1 = model_registry.log_and_register(**kw, tags={"cycle": 0, "loop": "L", "ci_low": None})
         v2 = model_registry.log_and_register(**kw, tags={"cycle": 0, "loop": "L"})
     assert v1 == v2 == "1"
     assert model_registry.version_of_run("llamaduo-t", run.info.run_id) == "1"
     mv = mlflow.MlflowClient().get_model_version("llamaduo-t", "1")
-    assert mv.tags == {"cycle": "0", "loop": "L"}  # created with the version; None is no tag
+    fp = weights.fingerprint(kw["base_dir"])
+    assert mv.tags == {"cycle": "0", "loop": "L", "base_fingerprint": fp}  # created with the version; None is no tag
     for _ in range(2):
         model_registry.promote("llamaduo-t", "1", alias="champion", reason="gate, cycle 0: passes")
     assert [h["version"] for h in model_registry.history("llamaduo-t")] == ["1"]
@@ -169,3 +178,68 @@ def test_a_model_folder_is_replaced_whole_and_a_killed_writer_leaks_nothing(tmp_
 
 def test_the_loop_has_a_push_switch():
     assert Params.model_validate({}).loop.push is True
+
+
+def test_a_kill_between_the_two_renames_puts_the_old_folder_back(tmp_path):
+    out = tmp_path / "models" / "adapter"
+    with atomic.replacing_dir(out) as tmp:
+        (tmp / "a").write_text("old")
+    write_new = f"from llamaduo import atomic\nwith atomic.replacing_dir({str(out)!r}) as tmp:\n    (tmp / 'a').write_text('new')\n"
+    killed = subprocess.run([sys.executable, "-c", write_new], env=os.environ | {faults.ENV: "atomic:between_renames"})
+    assert killed.returncode == -signal.SIGKILL and not out.exists()  # the window: old copy parked, new one not in place
+    with pytest.raises(RuntimeError), atomic.replacing_dir(out):  # the next writer fails: the old folder is back all the same
+        raise RuntimeError("killed")
+    assert (out / "a").read_text() == "old" and [p.name for p in out.parent.iterdir()] == ["adapter"]
+    with atomic.replacing_dir(out) as tmp:
+        (tmp / "a").write_text("newer")
+    assert (out / "a").read_text() == "newer" and [p.name for p in out.parent.iterdir()] == ["adapter"]
+
+
+def test_an_unrecorded_parent_run_is_adopted_and_a_cycle_logged_again_keeps_one_parent_point(tmp_path, mlflow_db):
+    parent = tracking.start_parent(mlflow_db, resume_id=None, key="k1", tags={})
+    assert tracking.start_parent(mlflow_db, resume_id=None, key="k1", tags={}) == parent  # found by its key, not made twice
+    assert tracking.start_parent(mlflow_db, resume_id=None, key="k2", tags={}) != parent
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "eval.json").write_text(json.dumps({"precision": {"mean": 50.0}}))
+    (tmp_path / "params.yaml").write_text("synth:\n  volume: 0\n")
+    client = mlflow.MlflowClient()
+    for attempt in range(2):  # a kill after the parent's points, before the child's done tag: the cycle is logged again
+        assert tracking.find_cycle_run(parent, 0) is None
+        child = tracking.log_cycle(parent_id=parent, cycle=0, params_file=str(tmp_path / "params.yaml"),
+                                   metrics_dir=str(metrics), tags={}, at_ms=1_700_000_000_000)
+        if attempt == 0:
+            client.delete_tag(child, tracking.DONE_TAG)
+    assert tracking.find_cycle_run(parent, 0) == child
+    (metrics / "eval.json").write_text(json.dumps({"precision": {"mean": 70.0}}))
+    tracking.log_cycle(parent_id=parent, cycle=1, params_file=str(tmp_path / "params.yaml"), metrics_dir=str(metrics),
+                       tags={}, at_ms=1_700_000_100_000)
+    points = client.get_metric_history(parent, "eval.precision.mean")
+    assert sorted((m.step, m.value) for m in points) == [(0, 50.0), (1, 70.0)]
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent}'", output_format="list")
+    assert sorted(r.data.tags[tracking.CYCLE_TAG] for r in children) == ["0", "1"]
+
+
+def test_a_model_logged_but_not_registered_is_registered_not_logged_again(tmp_path, mlflow_db):
+    kw = dict(name="llamaduo-t", base_md5="x", tags={"cycle": 0}, **model_folders(tmp_path))
+    with mlflow.start_run() as run:
+        pass
+    register = textwrap.dedent(f"""
+        import mlflow
+        from llamaduo.config import MlflowParams
+        from llamaduo.cycle import model_registry, tracking
+        tracking.connect(MlflowParams(tracking_uri={mlflow_db.tracking_uri!r}))
+        with mlflow.start_run(run_id={run.info.run_id!r}):
+            model_registry.log_and_register(**{kw!r})
+    """)
+    killed = subprocess.run([sys.executable, "-c", register], env=os.environ | {faults.ENV: "registry:model_logged"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    client = mlflow.MlflowClient()
+    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert len(logged) == 1 and client.search_model_versions("name = 'llamaduo-t'") == []
+    with mlflow.start_run(run_id=run.info.run_id):
+        assert model_registry.log_and_register(**kw) == "1"
+    again = client.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [m.model_id for m in again] == [logged[0].model_id]
+    assert client.get_model_version("llamaduo-t", "1").source == f"models:/{logged[0].model_id}"

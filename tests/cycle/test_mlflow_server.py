@@ -12,6 +12,7 @@ from fakes.mlflow_server import mlflow_server
 from llamaduo.config import MlflowParams
 from llamaduo.cycle import model_registry as registry
 from llamaduo.cycle import tracking
+from llamaduo.weights import fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def uri(server, monkeypatch, tmp_path):
     uri, _ = server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # so that any stray local store would show up in tmp_path
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # fetched base models: this test's own cache
     yield uri
     mlflow.set_tracking_uri(None)  # the next test must not talk to a server that is gone
 
@@ -44,19 +46,26 @@ def test_runs_and_registry_go_through_the_server(uri, server, tmp_path):
     child = tracking.log_cycle(parent_id=parent, cycle=1, params_file=str(tmp_path / "params.yaml"), metrics_dir=str(metrics), tags={})
     assert tracking.find_cycle_run(parent, 1) == child
     assert mlflow.get_run(child).data.metrics["eval.score"] == 61.5
-    adapter = tmp_path / "adapter"
+    adapter, base = tmp_path / "adapter", tmp_path / "base"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"r": 4}')
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama"}')
     with mlflow.start_run():
-        version = registry.log_and_register(name="llamaduo-t", adapter_dir=str(adapter), base_dir=str(tmp_path),
+        version = registry.log_and_register(name="llamaduo-t", adapter_dir=str(adapter), base_dir=str(base),
                                             base_md5="x", tags={"cycle": 1, "score": 61.5})
     registry.promote("llamaduo-t", version, alias="champion", reason="gate")
-    assert registry.champion("llamaduo-t", "champion") == {"version": "1", "cycle": "1", "score": "61.5", "promotion_reason": "gate"}
+    fp = fingerprint(str(base))
+    assert registry.champion("llamaduo-t", "champion") == {"version": "1", "cycle": "1", "score": "61.5",
+                                                           "promotion_reason": "gate", "base_fingerprint": fp}
     # the files are the server's: they sit under its --artifacts-destination and come back over HTTP
     _, root = server
     assert [p.read_text() for p in (root / "artifacts").rglob("adapter_config.json")] == ['{"r": 4}']
     from llamaduo.cycle.serving import resolve
 
-    got, folder, _ = resolve("llamaduo-t", "champion")
+    got, folder, base_copy = resolve("llamaduo-t", "champion")
     assert got == "1" and (Path(folder) / "adapter_config.json").read_text() == '{"r": 4}'
+    # the base came back over HTTP too, from the server's store (the upload sits under --artifacts-destination)
+    assert (Path(base_copy) / "config.json").read_text() == '{"model_type": "llama"}' and fingerprint(base_copy) == fp
+    assert [p.read_text() for p in (root / "artifacts").rglob("config.json")] == ['{"model_type": "llama"}']
     assert not (tmp_path / ".llamaduo").exists() and not (tmp_path / "mlruns").exists()

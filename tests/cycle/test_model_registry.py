@@ -8,18 +8,23 @@ from llamaduo.config import MlflowParams
 from llamaduo.cycle import model_registry as registry
 from llamaduo.cycle import tracking
 from llamaduo.errors import UserError
+from llamaduo.weights import fingerprint
 
 
 @pytest.fixture
 def name(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this test's own cache of fetched bases
     tracking.connect(MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    adapter = tmp_path / "adapter"
+    adapter, base = tmp_path / "adapter", tmp_path / "base"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    base.mkdir()  # a stand-in: the files the fingerprint covers (the registry stores the base, never loads it here)
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    (base / "model.safetensors").write_bytes(bytes(range(256)) * 64)
     for cycle in range(3):
         with mlflow.start_run():
-            registry.log_and_register(name="llamaduo-t", adapter_dir=str(adapter), base_dir=str(tmp_path), base_md5="x",
+            registry.log_and_register(name="llamaduo-t", adapter_dir=str(adapter), base_dir=str(base), base_md5="x",
                                       tags={"cycle": cycle, "ci_low": 50 + cycle})
     return "llamaduo-t"
 
@@ -54,7 +59,7 @@ def test_champion_file_holds_numbers_and_no_absent_figures(name, tmp_path):
     assert registry.save_champion(name, "champion", out) == {"version": "2", "cycle": 1, "ci_low": 51.0}
     assert json.loads(out.read_text()) == {"version": "2", "cycle": 1, "ci_low": 51.0}
     with mlflow.start_run():
-        version = registry.log_and_register(name=name, adapter_dir=str(tmp_path / "adapter"), base_dir=str(tmp_path),
+        version = registry.log_and_register(name=name, adapter_dir=str(tmp_path / "adapter"), base_dir=str(tmp_path / "base"),
                                             base_md5="x", tags={"cycle": 9, "ci_low": None})
     assert "ci_low" not in mlflow.MlflowClient().get_model_version(name, version).tags
 
@@ -68,6 +73,35 @@ def test_serve_resolves_the_champion_to_its_files(name, tmp_path):
 
     registry.promote(name, "2", alias="champion", reason="gate")
     version, folder, base = resolve(name, "champion")
-    assert version == "2" and (tmp_path / "adapter").name in folder
-    assert (Path(folder) / "adapter_config.json").is_file() and base == str(tmp_path.resolve())
+    fp = fingerprint(str(tmp_path / "base"))
+    assert version == "2" and (tmp_path / "adapter").name in folder and (Path(folder) / "adapter_config.json").is_file()
+    assert base == str(tmp_path / "cache" / "llamaduo" / "base" / fp)  # fetched by content, not the registering path
     assert resolve(name, "3")[0] == "3"
+
+
+def test_the_base_is_stored_once_per_fingerprint_and_fetched_by_it(name, tmp_path):
+    """Three versions, one stored base; a copy cut short while uploading is never used; the registering machine's
+    folder moved away, the base comes back from the artifact store, byte for byte; a fingerprint nobody stored is
+    refused."""
+    client = mlflow.MlflowClient()
+    fp = fingerprint(str(tmp_path / "base"))
+    assert {client.get_model_version(name, v).tags["base_fingerprint"] for v in ("1", "2", "3")} == {fp}
+    exp = mlflow.get_experiment_by_name("llamaduo").experiment_id
+    stored = client.search_logged_models(experiment_ids=[exp], filter_string=f"name = '{registry.BASE_MODEL_NAME}'")
+    assert [m.tags[registry.BASE_TAG] for m in stored] == [fp] and registry._bases(fp)[0].model_id == stored[0].model_id
+    # an upload cut short (never set ready): not taken for the base, which is logged in full beside it
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "other"}')
+    cut = client.create_logged_model(exp, name=registry.BASE_MODEL_NAME, tags={registry.BASE_TAG: fingerprint(str(other))})
+    assert registry._bases(fingerprint(str(other))) == []
+    assert registry.store_base(other, experiment_id=exp) == fingerprint(str(other))
+    (again,) = registry._bases(fingerprint(str(other)))
+    assert again.model_id != cut.model_id
+
+    original = {f.name: f.read_bytes() for f in (tmp_path / "base").iterdir()}
+    (tmp_path / "base").rename(tmp_path / "gone")
+    got = registry.fetch_base(fp)
+    assert {f.name: f.read_bytes() for f in got.iterdir()} == original and fingerprint(str(got)) == fp
+    with pytest.raises(UserError, match="base model 0000000000000000 is not in the artifact store"):
+        registry.fetch_base("0" * 16)

@@ -12,6 +12,7 @@ import pytest
 from fakes.s3 import AWS_UNSET, objects, s3_server
 from llamaduo.cycle import remote
 from llamaduo.errors import LoopError
+from llamaduo.urls import mask_url
 
 # the one stage writes an "adapter" folder whose bytes depend on the param, as training's output does
 STAGE = """\
@@ -123,6 +124,8 @@ def test_an_unreachable_remote_is_a_loop_error_naming_it_and_keeping_secrets(tmp
     assert "AKIDSHOULDNOTSHOW" not in msg and "sekret-should-not-show" not in msg
 
 
-def test_public_url_drops_user_and_password():
-    assert remote.public_url("https://bob:hunter2@dvc.example.com:8443/store") == "https://dvc.example.com:8443/store"
-    assert remote.public_url("s3://bucket/path") == "s3://bucket/path"
+def test_a_remote_url_is_printed_without_its_credentials():
+    # the rule every URL the project prints follows (llamaduo.urls.mask_url): userinfo and secret query values
+    assert mask_url("https://bob:hunter2@dvc.example.com:8443/store") == "https://***@dvc.example.com:8443/store"
+    assert mask_url("azure://container/path?sig=abc123&sv=2024") == "azure://container/path?sig=***&sv=2024"
+    assert mask_url("s3://bucket/path") == "s3://bucket/path"

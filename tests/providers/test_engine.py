@@ -298,6 +298,26 @@ def test_a_recorded_job_the_vendor_lost_is_submitted_once_more(tmp_path, monkeyp
         assert rows(tmp_path / "c.sqlite", "batch_jobs", "WHERE state = 'completed'") == 1
 
 
+def test_runs_sharing_a_batch_job_count_every_answer_once(tmp_path, monkeypatch):
+    """Runs sharing a cache poll the same jobs: the one that collects a job first counts the answers it did not
+    ask for as well, so the runs' usage adds up to what the vendor billed, and none is counted twice."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    with FakeOpenAI(answer=lambda req, k: f"{prompt_text(req)}#{k}", batch_polls=10**6) as fake:
+        path = tmp_path / "c.sqlite"
+        with pytest.raises(ProviderError, match="still running"):  # a job for q0..q5 stays recorded
+            batch_run(batch_params(fake, batch_wait_s=0.2, price={"input_per_mtok": 1, "output_per_mtok": 2}), CallCache(path))
+        fake.batch_polls = 0
+        priced = batch_params(fake, price={"input_per_mtok": 1, "output_per_mtok": 2})
+        _, other = batch_run(priced, CallCache(path), k=2)  # asks for q0 and q1 only, and collects the whole job
+        results, first = batch_run(priced, CallCache(path))  # the first run again: every answer is in the cache
+        assert [r.choices[1].text for r in results] == [f"q{i}#1" for i in range(6)]
+        assert fake.hits["POST batches"] == 1 and len(fake.batches["batch_1"]["items"]) == 6  # what the vendor billed
+        assert (other.calls, other.batch_calls, other.cached, first.calls, first.cached) == (6, 6, 0, 0, 6)
+        paid = CallCache(path).paid()
+        assert paid["calls"] == other.calls + first.calls == 6
+        assert paid["cost_usd"] == pytest.approx(other.cost_usd + first.cost_usd) and paid["cost_usd"] > 0
+
+
 def test_a_resubmitted_job_lost_again_fails_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     with FakeOpenAI(answer=lambda req, k: "ok", lose_batches=True) as fake:

@@ -80,11 +80,13 @@ def test_structured_answers_n_samples_and_a_free_rerun(kind, tmp_path):
 
 
 def test_retryable_faults_are_retried_by_our_engine(kind, tmp_path):
-    faults = [("status", 429, {"Retry-After": "0"}), ("status", 500), ("status", 503), ("drop",), ("broken",)]
+    faults = [("status", 429, {"Retry-After": "0"}), ("status", 500), ("status", 503), ("drop",), ("reset",), ("cut",),
+              ("broken",)]
     with FAKES[kind](answer=echo, faults=faults) as fake:
-        results, usage = run(make(kind, fake, concurrency=1), reqs(1), tmp_path)
+        results, usage = run(make(kind, fake, concurrency=1, max_retries=7), reqs(1), tmp_path)
         assert json.loads(results[0].choices[0].text) == {"a": "q0#0"}
-        assert len(fake.requests) == 6 and usage.retries == 5 and usage.calls == 1  # SDK retries off: each try is ours
+        assert len(fake.requests) == 8 and usage.retries == 7 and usage.calls == 1  # SDK retries off: each try is ours
+        assert len(fake.billed) == 1 and fake.billed[0]["tokens"] == (usage.input_tokens, usage.output_tokens)  # one paid
 
 
 def test_slow_answer_past_the_timeout_is_retried(kind, tmp_path):

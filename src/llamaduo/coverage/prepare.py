@@ -9,6 +9,11 @@ turns as `history` (None for a single-turn row). Accepted shapes (README, "Your 
 - columns (JSONL keys, a CSV header, Parquet columns): `prompt`, `response`, and optionally `system`,
   `history` (a list of {role, content}; in CSV a JSON string of that list), `prompt_id` (or `id`), `category`.
 
+A row holds at most 1 MiB (1,048,576 bytes) of text in every format: the UTF-8 bytes of its system prompt,
+every turn's content (earlier turns, prompt, response), its category and its id as the file gives them. That is
+about 250,000 tokens of English, past the context of the models this tunes; a longer row is refused, naming the
+file, the line and its size (`llamaduo.coverage.prepare.MAX_ROW_BYTES`, a constant of the package).
+
 Every error names the file and line (Parquet: the row).
 """
 
@@ -19,6 +24,7 @@ import hashlib
 import io
 import json
 import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +34,9 @@ FORMATS = ("jsonl", "csv", "parquet")
 COLUMNS = ("prompt", "response", "system", "history", "prompt_id", "id", "category")
 SYSTEM_ROLES = ("system", "developer")  # OpenAI's newer name for the system message
 ROLES = ("user", "assistant")  # the turns after the system message alternate in this order
+# the one size limit of a row, whatever its format (see the module docstring): counted on the row's text, so a row
+# that passes in JSONL passes in CSV and Parquet (their quoting and encoding overheads differ)
+MAX_ROW_BYTES = 1 << 20
 
 
 # -- reading the files: (where, object) per row
@@ -69,12 +78,17 @@ def _csv(path: Path) -> Iterator[tuple[str, object]]:
     reader = csv.reader(io.StringIO(_utf8(path), newline=""))
     header, prev = None, 0
     while True:
+        # the csv module's own field limit (131,072 characters, process-wide) would cut rows short of
+        # MAX_ROW_BYTES; the whole file is in memory already, so lifting it for our read costs nothing
+        limit = csv.field_size_limit(sys.maxsize)
         try:
             record = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise CoverageError(f"{path}:{prev + 1}: {exc}") from None
+        finally:
+            csv.field_size_limit(limit)
         where, prev = f"{path}:{prev + 1}", reader.line_num  # a quoted field may span lines: report the first
         if header is None:
             _check_header(path, record, where)
@@ -198,14 +212,23 @@ def _row_to_pair(task: str, obj, where: str) -> dict:
     else:
         system, history, instruction, response = _from_columns(obj, where)
     system = system if system and system.strip() else None
-    row_id = next((obj[k] for k in ("prompt_id", "id") if obj.get(k) not in (None, "")), None)
-    if row_id is None:
+    given_id = next((obj[k] for k in ("prompt_id", "id") if obj.get(k) not in (None, "")), None)
+    if given_id is None:
         # content hash; a single-turn row without a system prompt hashes its instruction alone (as it always did)
         material = instruction if not (system or history) else json.dumps([system, history, instruction])
         row_id = hashlib.sha256(material.encode()).hexdigest()
-    elif isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
-        raise CoverageError(f"{where}: `prompt_id` must be a string or an integer, got {type(row_id).__name__}")
+    elif isinstance(given_id, bool) or not isinstance(given_id, (str, int)):
+        raise CoverageError(f"{where}: `prompt_id` must be a string or an integer, got {type(given_id).__name__}")
+    else:
+        row_id = given_id
     category = _text(obj.get("category"), "category", where, required=False)
+    texts = [system or "", *(t["content"] for t in history), instruction, response, category or "",
+             "" if given_id is None else str(given_id)]
+    # surrogatepass: a JSON string may hold a lone surrogate (\ud800), which is still text the row carries
+    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+    if size > MAX_ROW_BYTES:
+        raise CoverageError(f"{where}: the row holds {size:,} bytes of text, over the {MAX_ROW_BYTES:,}-byte limit of a "
+                            "coverage row (system prompt, turns, category and id, as UTF-8); shorten or split it")
     return {
         "id": str(row_id),
         "task": task,

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from llamaduo import faults, paths
@@ -81,10 +82,27 @@ def _say(msg: str) -> None:
     print(f"[llamaduo loop] {msg}", file=sys.stderr, flush=True)
 
 
-# what the loop itself writes and commits: a tree dirty only here is a loop that was interrupted, not user edits
+def _uncached_outs() -> list[str]:
+    """The outputs dvc.yaml declares with `cache: false` (the metrics, data/services.json), as DVC reads them: DVC
+    records their hashes in dvc.lock but keeps no copy and writes no .gitignore for them, so git must hold them, or a
+    clone's dvc.lock names files it does not have and a resumed loop finds them untracked."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        with Repo() as repo:
+            return sorted(os.path.relpath(o.fs_path) for o in repo.index.outs if not o.use_cache)
+    except NotDvcRepoError:  # no DVC project: no stage outputs
+        return []
+
+
+# what the loop itself writes and commits: a tree dirty only here is a loop that was interrupted, not user edits.
+# With DVC's .gitignore files for the cached outputs and .gitignore's `.llamaduo/`, every file the pipeline and the
+# loop write is committed here or ignored
 def _loop_paths(params_file: str) -> list[str]:
     ignores = [f for f in _git("ls-files", "-om", "--exclude-standard").stdout.split() if f.endswith(".gitignore")]
-    return [params_file, "dvc.lock", str(paths.METRICS_DIR), *ignores]
+    outs = [o for o in _uncached_outs() if Path(o).exists()]  # a pathspec naming no file fails `git add`
+    return [params_file, "dvc.lock", str(paths.METRICS_DIR), *outs, *ignores]
 
 
 def _dirty(params_file: str) -> list[str]:
@@ -162,7 +180,10 @@ def _run(params, params_file: str, dvc: tuple[str, ...]) -> dict:
         state = {"cycle": 0, "parent_run_id": None, "stopped_by": None, "started_at": time.time(), "cycles": {}}
     state.setdefault("started_at", time.time())
     state.setdefault("cycles", {})
-    parent = tracking.start_parent(params.mlflow, resume_id=state["parent_run_id"], tags={"llamaduo.tasks": ",".join(params.data.tasks)})
+    state.setdefault("key", uuid.uuid4().hex)
+    write_json(paths.LOOP_STATE, state)  # the key before the parent run: a restart finds a run it did not record by it
+    parent = tracking.start_parent(params.mlflow, resume_id=state["parent_run_id"], key=state["key"],
+                                   tags={"llamaduo.tasks": ",".join(params.data.tasks)})
     state["parent_run_id"] = parent
     write_json(paths.LOOP_STATE, state)
     name = model_registry.model_name(params.mlflow.model_prefix, params.data.tasks)
@@ -236,8 +257,10 @@ def _cycle(params, params_file: str, dvc: tuple[str, ...], parent: str, cycle: i
     _say(f"cycle {cycle}: {entry['train_rows']} train rows ({entry['synthetic_curated']} synthetic), "
          f"{g['metric']} {g['score']} (95% CI {g.get('ci95')}), {usage['calls']} paid calls, "
          f"{entry['tokens']} tokens, ${usage['cost_usd']:.4f}, {entry['wall_s']} s")
-    return _commit(f"llamaduo cycle {cycle}: volume {entry['volume']}, {entry['metric']} {entry['score']}, "
-                   f"{entry['calls']} paid calls", params_file, loop=parent, cycle=cycle, step="cycle")
+    sha = _commit(f"llamaduo cycle {cycle}: volume {entry['volume']}, {entry['metric']} {entry['score']}, "
+                  f"{entry['calls']} paid calls", params_file, loop=parent, cycle=cycle, step="cycle")
+    faults.point("loop:cycle_committed")
+    return sha
 
 
 def _report() -> None:
@@ -291,20 +314,25 @@ def _record(params, parent: str, name: str, cycle: int, entry: dict, rec: dict, 
     tracking.connect(params.mlflow)
     versions = _data_versions()
     if not rec.get("run_id"):
-        rec["run_id"] = tracking.find_cycle_run(parent, cycle) or tracking.log_cycle(
+        committed_ms = int(_git("show", "-s", "--format=%ct", rec["commit"]).stdout) * 1000
+        run_id = tracking.find_cycle_run(parent, cycle) or tracking.log_cycle(
             parent_id=parent, cycle=cycle, params_file=params_file, metrics_dir=str(paths.METRICS_DIR),
-            tags={"git_commit": rec["commit"], **versions})
+            tags={"git_commit": rec["commit"], **versions}, at_ms=committed_ms)
+        faults.point("loop:child_run_logged")
+        rec["run_id"] = run_id
         write_json(paths.LOOP_STATE, state)
         faults.point("loop:after_child_run")
     if not rec.get("version"):
         with mlflow.start_run(run_id=rec["run_id"]):
             ci = entry.get("ci95") or (None, None)
             merged = str(paths.MERGED) if (paths.MERGED / "config.json").is_file() else None
-            rec["version"] = model_registry.log_and_register(
+            version = model_registry.log_and_register(
                 name=name, adapter_dir=str(paths.ADAPTER), base_dir=str(paths.BASE_MODEL), merged_dir=merged,
                 base_md5=versions.get(f"dvc.{paths.BASE_MODEL}", ""),
                 tags={"cycle": cycle, "loop": parent, "metric": entry["metric"], "score": entry["score"], "ci_low": ci[0],
                       "ci_high": ci[1], "volume": entry["volume"], "git_commit": rec["commit"], "run_id": rec["run_id"]})
+        faults.point("loop:version_registered")
+        rec["version"] = version
         write_json(paths.LOOP_STATE, state)
         faults.point("loop:after_register")
 
@@ -326,9 +354,11 @@ def _gate_and_promote(params, params_file: str, name: str, cycle: int, rec: dict
         alias = params.mlflow.champion_alias
         model_registry.promote(name, rec["version"], alias=alias, reason=f"gate, cycle {cycle}: {reason}")
         model_registry.save_champion(name, alias, paths.CHAMPION)
-        rec["promoted"] = _find_commit(parent, cycle, "promotion") or _commit(
+        sha = _find_commit(parent, cycle, "promotion") or _commit(
             f"llamaduo cycle {cycle}: v{rec['version']} is now {alias!r} ({reason})", params_file,
             loop=parent, cycle=cycle, step="promotion")
+        faults.point("loop:promotion_committed")
+        rec["promoted"] = sha
         write_json(paths.LOOP_STATE, state)
     return passed
 

@@ -12,9 +12,9 @@ import os
 import subprocess
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 from llamaduo.errors import LoopError
+from llamaduo.urls import mask_url
 
 # config keys of DVC remotes (s3, http, ssh, webdav, azure, gs ...) whose values are secrets
 SECRET_KEYS = ("secret_access_key", "access_key_id", "session_token", "password", "token", "account_key",
@@ -38,21 +38,11 @@ def default_remote() -> str | None:
     return _remote_config()[0]
 
 
-def public_url(url: str) -> str:
-    """`url` without the user and password a URL may carry (http://user:pass@host/...): safe to print."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _redact(text: str, section: dict) -> str:
     """dvc's message with every secret we know of (the remote's config values, AWS env) replaced by ***."""
     secrets = [str(section[k]) for k in SECRET_KEYS if section.get(k)] + [os.environ[k] for k in SECRET_ENV if os.environ.get(k)]
     if section.get("url"):
-        text = text.replace(section["url"], public_url(section["url"]))
+        text = text.replace(section["url"], mask_url(section["url"]))
     for s in sorted(set(secrets), key=len, reverse=True):
         if len(s) >= 4:  # a 1-3 character "secret" would blank unrelated words; real keys are longer
             text = text.replace(s, "***")
@@ -78,7 +68,7 @@ def push(*, jobs: int | None = None) -> dict:
         # dvc's error lines without its "Having any troubles? Hit us up at ..." footer
         lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip() and "dvc.org/support" not in ln]
         err = _redact("\n".join(lines)[-2000:], section)
-        url = public_url(section.get("url", "?"))
+        url = mask_url(section.get("url", "?"))
         raise LoopError(f"`dvc push` to remote {name!r} ({url}) failed: {err}\n"
                         f"the cycle's commit is kept; rerun `dvc push` once the remote is reachable")
     return {"remote": name, "pushed": True, "seconds": round(seconds, 3)}

@@ -13,8 +13,11 @@ from llamaduo.weights import folded
 
 
 def resolve(name: str, ref: str) -> tuple[str, str, str | None]:
-    """(version, adapter or merged-model dir, base dir or None) of `ref`: an alias (e.g. champion) or a version."""
+    """(version, adapter or merged-model dir, base dir or None) of `ref`: an alias (e.g. champion) or a version. The
+    base comes by its fingerprint from the tracking server's artifact store (cached), as the registered model loads it."""
     import mlflow
+
+    from llamaduo.cycle.model_registry import BASE_TAG, fetch_base
 
     client = mlflow.MlflowClient()
     mv = client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
@@ -23,7 +26,7 @@ def resolve(name: str, ref: str) -> tuple[str, str, str | None]:
     merged = os.path.join(local, "artifacts", "merged")
     if os.path.isdir(merged):
         return str(mv.version), merged, None
-    return str(mv.version), os.path.join(local, "artifacts", "adapter"), conf["base_path"]
+    return str(mv.version), os.path.join(local, "artifacts", "adapter"), str(fetch_base(conf[BASE_TAG]))
 
 
 def command(model_dir: str, *, name: str, host: str, port: int, p, extra: list[str], dtype: str = "auto") -> list[str]:

@@ -6,12 +6,16 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import yaml
 
+from llamaduo.urls import userinfo_to_env
+
 CYCLE_TAG = "llamaduo.cycle"
 LOOP_TAG = "llamaduo.loop"
+KEY_TAG = "llamaduo.loop_key"  # the loop's own id, recorded before its parent run exists (see start_parent)
 DONE_TAG = "llamaduo.logged"  # set last: a child run without it was cut short and is logged again
 VERSION_TAG = "llamaduo.version"
 # what MLflow accepts in a metric or param name (mlflow.utils.validation); anything else becomes "_"
@@ -22,7 +26,10 @@ def connect(p) -> None:
     """Point MLflow at the configured backend (the environment's MLFLOW_TRACKING_URI wins) and experiment."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or p.tracking_uri
+    # a server's user:password goes to MLflow's own credential variables: MLflow prints its URL ("View run at")
+    # and quotes it in errors
+    uri = userinfo_to_env(os.environ.get("MLFLOW_TRACKING_URI") or p.tracking_uri, "MLFLOW_TRACKING_USERNAME",
+                          "MLFLOW_TRACKING_PASSWORD", source="MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -61,14 +68,23 @@ def numeric(d: dict) -> dict[str, float]:
     return {safe_name(k): float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def start_parent(p, *, resume_id: str | None, tags: dict) -> str:
+def start_parent(p, *, resume_id: str | None, tags: dict, key: str | None = None) -> str:
+    """The loop's parent run: `resume_id` when the loop state names it, else the run tagged with the loop's `key`
+    (the loop state records the key before the run exists, so a kill between creating the run and recording its
+    id leaves no orphan: the restart adopts that run), else a new one."""
     import mlflow
+
+    from llamaduo import faults
 
     connect(p)
     if resume_id:
         return resume_id
-    run = mlflow.start_run(run_name="llamaduo-loop", tags={LOOP_TAG: "parent", **tags})
+    found = mlflow.search_runs(filter_string=f"tags.`{KEY_TAG}` = '{key}'", output_format="list") if key else []
+    if found:
+        return found[0].info.run_id
+    run = mlflow.start_run(run_name="llamaduo-loop", tags={LOOP_TAG: "parent", **({KEY_TAG: key} if key else {}), **tags})
     mlflow.end_run()
+    faults.point("loop:parent_started")
     return run.info.run_id
 
 
@@ -86,12 +102,19 @@ def find_cycle_run(parent_id: str, cycle: int) -> str | None:
     return done[0].info.run_id if done else None
 
 
-def log_cycle(*, parent_id: str, cycle: int, params_file: str, metrics_dir: str, tags: dict) -> str:
-    """A child run holding the cycle's flattened params, every metric (step = cycle), and the metrics files; its
-    DONE_TAG is set last (see find_cycle_run)."""
+def log_cycle(*, parent_id: str, cycle: int, params_file: str, metrics_dir: str, tags: dict, at_ms: int | None = None) -> str:
+    """A child run holding the cycle's flattened params, every metric (step = cycle), and the metrics files; then the
+    parent's points of this cycle; the child's DONE_TAG last (see find_cycle_run), so a kill anywhere before it has
+    the whole cycle logged again.
+
+    The parent's points carry the time `at_ms` (default now; the loop passes its cycle commit's): logged again after a
+    kill they are the same (key, step, timestamp, value), which MLflow's store keeps once (its metric key), so no point
+    is lost or doubled."""
     import mlflow
+    from mlflow.entities import Metric
 
     import llamaduo
+    from llamaduo import faults
 
     params = yaml.safe_load(Path(params_file).read_text())
     metrics = {}
@@ -104,7 +127,11 @@ def log_cycle(*, parent_id: str, cycle: int, params_file: str, metrics_dir: str,
             mlflow.log_params(flat)
             mlflow.log_metrics(numeric(metrics), step=cycle)
             mlflow.log_artifacts(metrics_dir, artifact_path="metrics")
-            mlflow.set_tag(DONE_TAG, "true")
-        # the parent carries the history, one point per cycle
-        mlflow.log_metrics({k: v for k, v in numeric(metrics).items() if k.startswith(("eval.", "summary.gate"))}, step=cycle)
+    client = mlflow.MlflowClient()
+    # the parent carries the history, one point per cycle
+    history = {k: v for k, v in numeric(metrics).items() if k.startswith(("eval.", "summary.gate"))}
+    at_ms = int(time.time() * 1000) if at_ms is None else at_ms
+    client.log_batch(parent_id, metrics=[Metric(k, v, at_ms, cycle) for k, v in history.items()])
+    faults.point("tracking:parent_metrics_logged")
+    client.set_tag(child.info.run_id, DONE_TAG, "true")
     return child.info.run_id

@@ -56,10 +56,11 @@ def server_token_counters(base_url: str, timeout: float = 10) -> dict[str, int]:
                           if s.name.endswith("_total"))
 
 
-def vllm_kwargs(model_dir: str, p, dtype: str) -> dict:
+def vllm_kwargs(model_dir: str, p, dtype: str, requests: int = 1) -> dict:
     """The offline engine's arguments: `dtype` from `hardware.compute_dtype` (bf16 is emulated, ~4x slower, on
     CPUs without AVX512-BF16/AMX), parallelism from `infer.tensor_parallel_size` / `infer.data_parallel_size`,
-    and `infer.distributed_executor_backend` (`ray` spreads the workers over a Ray cluster's machines)."""
+    and `infer.distributed_executor_backend` (`ray` spreads the workers over a Ray cluster's machines). On CPU
+    the KV cache holds the `requests` prompts the stage sends at once (`vllm_cpu.memory_args`)."""
     if p.distributed_executor_backend == "ray" and importlib.util.find_spec("ray") is None:
         raise ParamsError("`infer.distributed_executor_backend` is `ray`, but Ray is not installed (pip install 'ray[default]' "
                           "here and on every node)")
@@ -69,7 +70,8 @@ def vllm_kwargs(model_dir: str, p, dtype: str) -> dict:
             "max_model_len": p.max_model_len, "enforce_eager": True, "disable_log_stats": False,
             "tensor_parallel_size": p.tensor_parallel_size, "data_parallel_size": p.data_parallel_size,
             # None is vLLM's own default (it picks by the parallel sizes)
-            "distributed_executor_backend": p.distributed_executor_backend}
+            "distributed_executor_backend": p.distributed_executor_backend,
+            **vllm_cpu.memory_args(p, model_dir, dtype, requests)}
 
 
 @contextmanager
@@ -93,7 +95,7 @@ def _vllm(model_dir: str, prompts: list[list[dict]], p, dtype: str = "float32") 
     t0 = time.perf_counter()
     cpu_env = vllm_cpu.env(p)
     with _environ(cpu_env):
-        llm = LLM(**vllm_kwargs(model_dir, p, dtype))
+        llm = LLM(**vllm_kwargs(model_dir, p, dtype, requests=len(prompts)))
     t1 = time.perf_counter()
     sp = SamplingParams(n=p.k, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_new_tokens)
     outs = llm.chat(prompts, sp, use_tqdm=True)

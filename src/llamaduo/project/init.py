@@ -14,6 +14,7 @@ from llamaduo import __version__
 from llamaduo.atomic import write_json
 from llamaduo.errors import CoverageError, UserError
 from llamaduo.project import template
+from llamaduo.urls import credential_refusal
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a coverage file's stem (`<task>.jsonl`), no path
 
@@ -102,6 +103,13 @@ def init(target: str | Path, *, task: str | None = None, source: str | Path | No
         raise UserError("`--task NAME` and `--from FILE` go together: the task's coverage file and its name")
     if task is not None and not TASK_NAME.match(task):
         raise UserError(f"--task {task!r}: a task name is a file stem (letters, digits, `_`, `.`, `-`)")
+    refusal = credential_refusal(remote, "--remote", stored="the remote's URL is written to .dvc/config, committed and printed",
+                                 instead="give the URL alone and, once the project exists, `dvc remote modify --local storage "
+                                         "user|password|access_key_id|secret_access_key|... VALUE` (written to "
+                                         ".dvc/config.local, which git ignores), or the storage's own environment variables "
+                                         "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://)")
+    if refusal:
+        raise UserError(refusal)
     # DVC from the interpreter that runs llamaduo: a fresh venv may have no `dvc` on PATH
     dvc = dvc or (sys.executable, "-m", "dvc")
     base = template.root()

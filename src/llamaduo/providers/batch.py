@@ -147,14 +147,10 @@ class BatchDriver:
         for key in job.keys:
             res = results.get(key)
             if isinstance(res, ChatResult):
-                if key in ledger.answers:
-                    continue
-                if key in todo and self.cache.get(key) is not None:  # collected by another process polling the same job
-                    ledger.from_cache(key, self.cache.get(key), len(todo[key]))
-                elif key in todo:
-                    ledger.answered(key, res, len(todo[key]), batch=True)
-                else:  # asked for by an earlier run with other params: keep it (it was paid) for when it is asked again
-                    ledger.store(key, res, batch=True)
+                if key not in ledger.answers:
+                    # a call this run did not ask for (another run's in a shared job, an earlier run's with other
+                    # params) is kept too: it was paid, and is there when it is asked again
+                    ledger.collected(key, res)
             elif key in todo:
                 err = res if isinstance(res, ProviderError) else self.provider.error(
                     f"batch {job.job_id} ({status.state}) has no result for this call" + (f": {status.error}" if status.error else ""),

@@ -136,13 +136,16 @@ class CallCache:
         row = self._db.execute("SELECT result FROM calls WHERE key = ?", (key,)).fetchone()
         return ChatResult.from_json(row[0]) if row else None
 
-    def put(self, key: str, identity: str, result: ChatResult, cost_usd: float = 0.0) -> None:
-        """Store an answer and what it cost; its claim, whoever held it, is done."""
+    def put(self, key: str, identity: str, result: ChatResult, cost_usd: float = 0.0, *, first: bool = False) -> bool:
+        """Store an answer and what it cost; its claim, whoever held it, is done. With `first` an answer stored
+        already stays (several processes may collect one batch job's answers): returns whether this call stored it."""
         with self._tx():
-            self._db.execute("INSERT OR REPLACE INTO calls (key, identity, result, created, cost_usd, input_tokens, output_tokens) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (key, identity, result.to_json(), time.time(), cost_usd, result.input_tokens, result.output_tokens))
+            cur = self._db.execute(f"INSERT OR {'IGNORE' if first else 'REPLACE'} INTO calls (key, identity, result, created, "
+                                   "cost_usd, input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                   (key, identity, result.to_json(), time.time(), cost_usd, result.input_tokens,
+                                    result.output_tokens))
             self._db.execute("DELETE FROM claims WHERE key = ?", (key,))
+        return cur.rowcount == 1
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]

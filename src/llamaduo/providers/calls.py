@@ -41,18 +41,31 @@ class Ledger:
         self.abort: ProviderError | None = None  # set by a fatal error: no new calls
         self.bar = None  # the progress bar (tqdm), set by the run once the cache has answered what it holds
 
-    def store(self, key: str, result: ChatResult, *, batch: bool) -> float:
-        """Cache a paid answer with what it cost; return the cost."""
-        cost = call_cost(self.price, result, batch=batch)
-        self.cache.put(key, self.identity, result, cost_usd=cost)
-        return cost
-
-    def answered(self, key: str, result: ChatResult, n_units: int, *, batch: bool = False) -> None:
-        cost = self.store(key, result, batch=batch)  # first: a kill after this line loses nothing
+    def answered(self, key: str, result: ChatResult, n_units: int) -> None:
+        """An online call's answer, paid by this run (it held the call's claim)."""
+        cost = call_cost(self.price, result, batch=False)
+        self.cache.put(key, self.identity, result, cost_usd=cost)  # first: a kill after this line loses nothing
         self.answers[key] = result
+        self._paid(result, cost, n_units, batch=False)
+
+    def collected(self, key: str, result: ChatResult) -> None:
+        """A Batch API answer, for a call of this run or of another one sharing the job (a run beside it, an earlier
+        run's job). Every run polling the job may collect it: the first to store it counts it as paid, whether or
+        not it asked for that call, and the others take it from the cache, so the runs' usage adds up to what the
+        vendor billed."""
+        n_units = len(self.todo.get(key, ()))
+        cost = call_cost(self.price, result, batch=True)
+        if self.cache.put(key, self.identity, result, cost_usd=cost, first=True):
+            if n_units:
+                self.answers[key] = result
+            self._paid(result, cost, n_units, batch=True)
+        elif n_units:
+            self.from_cache(key, self.cache.get(key), n_units)
+
+    def _paid(self, result: ChatResult, cost: float, n_units: int, *, batch: bool) -> None:
         u = self.usage
         u.calls += 1
-        u.cached += n_units - 1  # duplicates of this call in the same run
+        u.cached += max(n_units - 1, 0)  # duplicates of this call in the same run
         u.batch_calls += int(batch)
         u.input_tokens += result.input_tokens
         u.output_tokens += result.output_tokens

@@ -6,8 +6,10 @@ starts nothing) and writes a small state file under `.llamaduo/servers/` (model 
 the next stage finds it there, checks its pid and /health and uses it, or replaces it when it is dead or
 unhealthy. A file lock around the look-up and the start keeps concurrent stages from starting two. The server
 outlives the stage that started it; it is stopped at the end of `llamaduo run` and of each loop cycle
-(`stop_all`, in finally blocks), or by a small watchdog process once no stage has used it for
-`server.idle_timeout_s`. Every start appends a line to `starts.jsonl` there (bench/cycle.py counts them).
+(`stop_all`, in finally blocks), or by a small watchdog process: once the DVC process that ran its stages has
+exited (a whole or partial `dvc repro`/`dvc exp run`: the server never outlives the run that needed it), or once
+no stage has used it for `server.idle_timeout_s`. `llamaduo stop` stops them by hand. Every start appends a line
+to `starts.jsonl` there (bench/cycle.py counts them).
 """
 
 from __future__ import annotations
@@ -59,6 +61,23 @@ def healthy(host: str, port: int, timeout: float = 5) -> bool:
 # the paid services (its log, a crash dump or a plugin could leak them)
 _VENDOR_KEYS = re.compile(r"^(OPENAI_API_KEY|ANTHROPIC_API_KEY|GEMINI_API_KEY|GOOGLE_API_KEY|AZURE_.*|AWS_SECRET_ACCESS_KEY"
                           r"|AWS_SESSION_TOKEN|.*_API_KEY)$", re.IGNORECASE)
+
+
+_SHELLS = frozenset({"sh", "bash", "dash", "zsh"})
+
+
+def session_pid() -> int | None:
+    """The process whose end ends this stage's run: under DVC (which sets DVC_STAGE in each stage command's
+    environment) the `dvc repro`/`dvc exp run` process that runs the stages back to back, found above the shell
+    it runs each command in. None outside DVC (a stage run by hand or a library call): idle time decides then."""
+    if "DVC_STAGE" not in os.environ:
+        return None
+    import psutil  # vLLM's own dependency, so present wherever a local server can start
+
+    proc = psutil.Process().parent()
+    while proc is not None and proc.name() in _SHELLS:
+        proc = proc.parent()
+    return proc.pid if proc is not None else None
 
 
 def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -177,6 +196,9 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
             cmd += ["--distributed-executor-backend", srv.distributed_executor_backend]
         if srv.enforce_eager:
             cmd.append("--enforce-eager")
+        # on CPU a KV cache for the requests this provider sends at once, not a share of the machine's RAM
+        for key, value in vllm_cpu.memory_args(srv, self.params.model, self.dtype(), self.params.concurrency).items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
         return cmd + list(srv.extra_args)
 
     def env(self) -> dict[str, str]:
@@ -235,6 +257,9 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
                     state.stop(st)
                 st = self._launch(state, srv)
             st["users"] = [*st.get("users", []), os.getpid()]
+            session = session_pid()
+            if session is not None and session not in st.setdefault("sessions", []):
+                st["sessions"].append(session)
             state.write(st)
         self._state = state
         self.base_url = f"http://{st['host']}:{st['port']}/v1"
@@ -273,8 +298,11 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
         start = time.monotonic()
         while True:
             if proc.poll() is not None:
+                tail = _tail(log)
+                holders = (f"\nthe memory is held by (largest first, llamaduo's servers at the top):\n{memory_holders()}"
+                           if refused_for_memory(tail) else "")
                 raise ProviderError(f"provider `{self.name}`: the vLLM server exited with code {proc.returncode} "
-                                    f"before it was healthy; its log ({log}) ends:\n{_tail(log)}")
+                                    f"before it was healthy; its log ({log}) ends:\n{tail}{holders}")
             if healthy(host, port):
                 print(f"[{self.name}] vLLM healthy after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
                 return
@@ -299,6 +327,46 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
         return False
 
 
+def is_server(cmdline: list[str]) -> bool:
+    """Whether a command line is one of our shared servers (`command()`'s shape)."""
+    return "vllm.entrypoints.openai.api_server" in cmdline and SERVED_NAME in cmdline
+
+
+def memory_holders(limit: int = 5) -> str:
+    """The process groups holding the most memory, our own lingering vLLM servers first, each with how to stop it:
+    what a refused start says (a vLLM engine refuses to start when its memory is not free)."""
+    import psutil
+
+    groups: dict[int, dict] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            rss = proc.info["memory_info"].rss if proc.info["memory_info"] else 0
+            group = groups.setdefault(os.getpgid(proc.pid), {"rss": 0, "leader": None})
+            group["rss"] += rss  # an engine's workers share its group: the server's memory is the group's
+            if proc.pid == os.getpgid(proc.pid) or group["leader"] is None:
+                group["leader"] = proc
+    rows = []
+    for pgid, group in groups.items():
+        with contextlib.suppress(psutil.Error, OSError):
+            cmd = group["leader"].cmdline()
+            ours = is_server(cmd)
+            if ours:
+                where = group["leader"].cwd()
+                how = f"`llamaduo stop` in {where}, or `kill -TERM -{pgid}`"
+            else:
+                how = f"`kill {group['leader'].pid}` if it is yours to stop"
+            what = "llamaduo's shared vLLM server" if ours else " ".join(cmd)[:80] or group["leader"].name()
+            rows.append((not ours, -group["rss"], f"  pid {group['leader'].pid}: {what}, "
+                                                  f"{group['rss'] / 2**30:.1f} GiB (stop: {how})"))
+    rows.sort()
+    return "\n".join(row[2] for row in rows[:limit])
+
+
+def refused_for_memory(text: str) -> bool:
+    """Whether a vLLM start failed for memory (its CPU worker's and its KV cache's refusals both say so)."""
+    return "Available memory" in text or "out of memory" in text.lower()
+
+
 def _tail(path: Path, n: int = 60) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -307,14 +375,15 @@ def _tail(path: Path, n: int = 60) -> str:
 
 
 def watch(state_path: Path, poll_s: float | None = None) -> str:
-    """The watchdog of one server: stop it once no live process has used it for its `idle_timeout_s`; return
-    (and exit) when the server is stopped or replaced by anyone else. Returns why it ended."""
+    """The watchdog of one server: stop it once no live process uses it and every DVC run that used it has
+    ended, or once none has used it for its `idle_timeout_s`; return (and exit) when the server is stopped or
+    replaced by anyone else. Returns why it ended."""
     state = ServerState(state_path.stem, state_path.parent)
     first = state.read()
     if first is None:
         return "no server"
     pid, idle = first["pid"], first["idle_timeout_s"]
-    poll_s = poll_s or min(30.0, idle / 4)
+    poll_s = poll_s or min(5.0, idle / 4)  # a look at a small file: a server outlives its run by seconds
     quiet_since = None
     while True:
         time.sleep(poll_s)
@@ -328,6 +397,11 @@ def watch(state_path: Path, poll_s: float | None = None) -> str:
             if any(pid_alive(u) for u in st.get("users", [])):
                 quiet_since = None
                 continue
+            sessions = st.get("sessions", [])
+            if sessions and not any(pid_alive(s) for s in sessions):
+                # the `dvc repro` that ran its stages has exited: no later stage of that run will use it
+                state.stop(st)
+                return "run ended"
             # idle since the last release, or since we first saw no live user (one died without releasing)
             quiet_since = quiet_since or time.time()
             if time.time() - max(st.get("released_at", 0), quiet_since) >= idle:
