@@ -36,6 +36,18 @@ def pytest_collection_modifyitems(items):
 LONGEST = ("tests/test_pipeline_e2e.py", "tests/cycle/test_driver_e2e.py")
 
 
+def wait_for(cond, timeout: float = 20) -> bool:
+    """Poll `cond` every 0.1 s until it holds or `timeout` seconds pass; its last value."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from llamaduo import vllm_cpu
 from llamaduo.atomic import pid_alive as alive
 from llamaduo.config import Params, VllmEngine
@@ -26,15 +27,6 @@ from llamaduo.inference.engines import vllm_kwargs
 from llamaduo.providers import local
 from llamaduo.providers.local import LocalVLLMProvider, ServerState, starts, stop_all
 from llamaduo.services import services
-
-
-def _wait(cond, timeout: float = 20) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
 
 
 def test_two_stage_processes_share_one_server(fake, tmp_path):
@@ -52,7 +44,7 @@ def test_two_stage_processes_share_one_server(fake, tmp_path):
     assert state["users"] == [] and state["pid"] == outs[0]["pid"] and state["model"] == str(model)
     assert alive(state["pid"])  # outlives the stages that used it, for the cycle's next stage
     assert stop_all(state_dir) == 1
-    assert _wait(lambda: not alive(state["pid"]))
+    assert wait_for(lambda: not alive(state["pid"]))
     assert not st.exists()
 
 
@@ -62,7 +54,7 @@ def test_a_dead_or_unhealthy_server_is_replaced(fake):
     first.start()
     pid1 = first._state.read()["pid"]
     os.killpg(pid1, signal.SIGKILL)
-    assert _wait(lambda: not alive(pid1))
+    assert wait_for(lambda: not alive(pid1))
     second = make()
     second.start()
     st = second._state.read()
@@ -87,8 +79,8 @@ def test_idle_watchdog_stops_the_server_only_when_no_stage_uses_it(fake):
     time.sleep(2.5)  # in use (this process is a live user): the watchdog leaves it
     assert alive(pid) and state.path.exists()
     prov.__exit__(None, None, None)
-    assert _wait(lambda: not alive(pid), timeout=20)
-    assert _wait(lambda: not state.path.exists(), timeout=5)
+    assert wait_for(lambda: not alive(pid), timeout=20)
+    assert wait_for(lambda: not state.path.exists(), timeout=5)
 
 
 def test_llamaduo_run_stops_the_shared_server(fake, tmp_path):
@@ -103,7 +95,7 @@ def test_llamaduo_run_stops_the_shared_server(fake, tmp_path):
     # `dvc repro` fails here (no DVC project): the server is stopped all the same
     rc = cli.main(["--params", str(tmp_path / "params.yaml"), "run", "no-such-stage"])
     assert rc != 0
-    assert _wait(lambda: not alive(pid))
+    assert wait_for(lambda: not alive(pid))
     assert list(state_dir.glob("*.json")) == []
 
 

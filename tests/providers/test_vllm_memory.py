@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from llamaduo import vllm_cpu
 from llamaduo.atomic import pid_alive
 from llamaduo.config import Params
@@ -33,14 +34,6 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def _wait(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
-
 
 def test_the_server_stops_when_the_dvc_run_that_used_it_ends(fake, tmp_path):
     make, state_dir, script, model = fake
@@ -55,8 +48,8 @@ def test_the_server_stops_when_the_dvc_run_that_used_it_ends(fake, tmp_path):
     time.sleep(4)
     assert pid_alive(served["pid"])
     runner.wait(timeout=30)
-    assert _wait(lambda: not pid_alive(served["pid"]), timeout=20)
-    assert _wait(lambda: not list(state_dir.glob("*.json")), timeout=10)
+    assert wait_for(lambda: not pid_alive(served["pid"]), timeout=20)
+    assert wait_for(lambda: not list(state_dir.glob("*.json")), timeout=10)
 
 
 def test_outside_dvc_a_stage_records_no_session(fake):
@@ -93,11 +86,14 @@ def test_a_start_refused_for_memory_names_who_holds_it(fake, lingering_server, t
         prov.start()
     text = str(err.value)
     assert "the memory is held by" in text
-    first = text.split("the memory is held by")[1].splitlines()[1]
-    # our lingering server comes first, with its size and how to stop it
-    assert f"pid {lingering_server.pid}: llamaduo's shared vLLM server" in first
-    assert "llamaduo stop" in first and f"kill -TERM -{lingering_server.pid}" in first
-    size = float(first.split(", ")[1].split(" GiB")[0])
+    lines = text.split("the memory is held by")[1].splitlines()[1:]
+    ours = [i for i, line in enumerate(lines) if "llamaduo's shared vLLM server" in line]
+    # llamaduo's servers come first (this one, and any other running on the machine), then the rest by size
+    assert ours and ours == list(range(len(ours)))
+    line = next(line for line in lines if f"pid {lingering_server.pid}:" in line)
+    assert "llamaduo's shared vLLM server" in line
+    assert "llamaduo stop" in line and f"kill -TERM -{lingering_server.pid}" in line
+    size = float(line.split(", ")[1].split(" GiB")[0])
     assert 0.25 <= size <= 1.0
 
 
