@@ -57,16 +57,25 @@ def _env() -> dict:
                 RAY_DEDUP_LOGS="0", TOKENIZERS_PARALLELISM="false")
 
 
-def _node_args(temp: Path, cpus: int, object_store: int) -> list[str]:
+def _worker_range(taken: set[int], width: int = 40) -> tuple[int, int]:
+    """Ports for the node's workers (one per process): a range above a free port that holds none of the ports its
+    other parts listen on (`ray start` refuses a range that holds one of them)."""
+    while True:
+        lo = free_ports(1)[0]
+        hi = min(lo + width, 65535)
+        if not any(lo <= port <= hi for port in taken):
+            return lo, hi
+
+
+def _node_args(temp: Path, cpus: int, object_store: int, taken: tuple[int, ...] = ()) -> list[str]:
     # every port this node listens on, chosen free: two nodes on one machine would collide on Ray's fixed defaults
     nm, om, agent, agent_grpc, metrics, rt_env = free_ports(6)
-    lo = free_ports(1)[0]
+    lo, hi = _worker_range({nm, om, agent, agent_grpc, metrics, rt_env, *taken})
     return ["--node-ip-address", HOST, f"--num-cpus={cpus}", "--num-gpus=0", f"--object-store-memory={object_store}",
             f"--temp-dir={temp}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rt_env}",
-            # worker ports: a small range above a free port (workers bind them one per process)
-            f"--min-worker-port={lo}", f"--max-worker-port={min(lo + 40, 65535)}", "--disable-usage-stats", "--block"]
+            f"--min-worker-port={lo}", f"--max-worker-port={hi}", "--disable-usage-stats", "--block"]
 
 
 def _start(args: list[str], log: Path, *, plain: bool = False) -> subprocess.Popen:
@@ -178,7 +187,7 @@ def _cluster(nodes: int, object_store: int, cpus_per_node: int, *, plain: bool):
             tmp.mkdir()
             first = ["--head", f"--port={gcs}", f"--ray-client-server-port={client}", "--include-dashboard=false"]
             procs.append(_start([*(first if i == 0 else [f"--address={address}"]),
-                                 *_node_args(tmp, cpus_per_node, object_store)], log, plain=plain))
+                                 *_node_args(tmp, cpus_per_node, object_store, (gcs, client))], log, plain=plain))
             _wait_started(procs[-1], log)
         yield address, pids
     finally:
