@@ -9,7 +9,7 @@ from dvc.yaml, run as DVC runs it, in a scratch workspace holding the three Parq
 start, imports, Parquet in and out, metrics. `curate_call_s` is the curate() call alone, in this process.
 Reports rows/s, peak RSS and the recall of both planted sets, and compares with a naive baseline on a
 5,000-row slice: datasketch `MinHash` with per-row `update`, and rouge-score ROUGE-L over every pair.
-`coverage_keep_rate` (issue #16): per shipped task, the share of its human coverage rows that curation keeps
+`coverage_keep_rate`: per shipped task, the share of its human coverage rows that curation keeps
 when they are curated as if they were syntheses (no train, no test, so no calibration: the rules alone);
 `coverage_keep_rate_held_out`: each half of a task's rows curated with the other half as train (calibrated).
 

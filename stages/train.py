@@ -2,7 +2,7 @@
 
 Several processes, GPUs or machines: `train.num_processes` > 1 makes the stage relaunch itself under
 `accelerate launch` (llamaduo.training.launch), so dvc.yaml's command stays the same; every process trains, only
-the main one writes (README, "Past one machine").
+the main one writes (docs/training-and-hardware.md).
 """
 
 import sys

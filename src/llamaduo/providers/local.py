@@ -192,7 +192,7 @@ class LocalVLLMProvider(OpenAICompatibleProvider):
                "--data-parallel-size", str(srv.data_parallel_size),
                "--uvicorn-log-level", "warning"]
         if srv.distributed_executor_backend:
-            # absent = vLLM's own choice; `ray` joins the Ray cluster the nodes started (README, "Past one machine")
+            # absent = vLLM's own choice; `ray` joins the Ray cluster the nodes started (docs/training-and-hardware.md)
             cmd += ["--distributed-executor-backend", srv.distributed_executor_backend]
         if srv.enforce_eager:
             cmd.append("--enforce-eager")
