@@ -27,7 +27,7 @@ PAGES = [ROOT / "README.md", *DOCS]
 # list (`mean(path)`); FIGURE is the number as the text shows it, rounded to the digits it shows.
 TRACE = re.compile(r"<!--\s*trace\s+(?P<file>[^\s:]+):\s*(?P<items>.*?)\s*-->", re.S)
 ITEM = re.compile(r"^(?P<key>mean\([^)]+\)|[\w.\-]+)(?:(?P<op>[*/])(?P<factor>[\d.e]+))?=(?P<shown>[+-]?[\d,]*\.?\d+)$")
-NUMBER = r"(?<![\w.])[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+NUMBER = r"(?<![\w.\-])[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 # a number followed by a unit of time, memory, rate, ratio or share: what a reader takes for a measurement
 UNIT = re.compile(NUMBER + r"(?:\s?(?:ms|s|sec|seconds?|min|minutes?|h|hours?|GB|GiB|MB|MiB|KB|KiB|TB|tokens/s|rows/s|"
                   r"requests/s|TFLOP/s|USD)(?![\w/])|x(?!\w)|%)")
@@ -129,6 +129,24 @@ def test_every_figure_in_readme_and_docs_is_traced_or_allowed():
     assert not errors, "\n".join(errors)
 
 
+def test_each_benchmark_section_names_the_machine_of_the_files_it_cites():
+    # a results file records its machine; the section quoting it says which CPU that was (a CPU's flags decide
+    # the compute dtype, so a figure without them cannot be compared)
+    errors = []
+    for section in re.split(r"^## ", (ROOT / "docs" / "benchmarks.md").read_text(), flags=re.M)[1:]:
+        title = section.splitlines()[0]
+        for m in TRACE.finditer(section):
+            machine = json.loads((ROOT / m["file"]).read_text()).get("machine")
+            if not isinstance(machine, dict):
+                continue
+            flags = machine.get("cpu_flags") or []
+            named = ("AVX512-BF16", "Zen 4") if "avx512_bf16" in flags else ("AVX2",)
+            gpu = machine.get("gpu")
+            if (gpu and gpu not in section) or (not gpu and (machine["cpu_model"] not in section or not any(n in section for n in named))):
+                errors.append(f"benchmarks.md, {title!r}: cites {m['file']} but does not name its machine ({machine})")
+    assert not errors, "\n".join(errors)
+
+
 def test_the_figure_check_catches_a_stale_an_unshown_and_an_untraced_figure():
     # bench/results/merge.json holds methods.weighted_average_k2.s_per_billion_params = 14.5
     good = "Merging took 14.5 s a billion.\n<!-- trace bench/results/merge.json: methods.weighted_average_k2.s_per_billion_params=14.5 -->"
@@ -138,7 +156,7 @@ def test_the_figure_check_catches_a_stale_an_unshown_and_an_untraced_figure():
     unshown = "Merging was quick.\n<!-- trace bench/results/merge.json: methods.weighted_average_k2.s_per_billion_params=14.5 -->"
     assert "which the text does not show" in check_block(unshown, "t")[0]
     assert "no trace marker backs" in check_block("A cycle took 12.3 min.", "t")[0]
-    assert check_block("Rows are capped at 1 MiB; `timeout_s: 300 s` is code.", "t") == []
+    assert check_block("Rows are capped at 1 MiB; `timeout_s: 300 s` is code; UTF-8 bytes are no figure.", "t") == []
     missing = "It took 5 s.\n<!-- trace bench/results/merge.json: methods.nope=5 -->"
     assert "has no number at methods.nope" in check_block(missing, "t")[0]
     # a block of markers alone belongs to the block before it (a table, a list)
