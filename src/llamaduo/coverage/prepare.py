@@ -2,7 +2,7 @@
 
 A row becomes {id, task, instruction, response, system, history, category}: the last user turn is the
 instruction, the last assistant turn the response (the target), an optional system prompt, and the earlier
-turns as `history` (None for a single-turn row). Accepted shapes (docs/your-project.md):
+turns as `history` (None for a single-turn row). Accepted shapes (llamaduo's docs/your-project.md):
 
 - JSONL, one object a line: `{"messages": [...]}` (OpenAI chat / no_robots: an optional system message first,
   then user and assistant turns alternating, ending with the assistant's), or the columns below as keys;
