@@ -45,7 +45,7 @@ ALLOWED = {
 
 def blocks(text: str) -> list[str]:
     """The text split into blocks at blank lines; a block of markers only is joined to the block before it."""
-    text = re.sub(r"^```.*?^```[ \t]*$", "", text, flags=re.S | re.M)  # code blocks hold examples, not figures
+    text = re.sub(r"^[ \t]*```.*?^[ \t]*```[ \t]*$", "", text, flags=re.S | re.M)  # code blocks hold examples, not figures
     out: list[str] = []
     for block in re.split(r"\n[ \t]*\n", text):
         if out and block.strip() and not TRACE.sub("", block).strip():
@@ -161,6 +161,7 @@ def test_the_figure_check_catches_a_stale_an_unshown_and_an_untraced_figure():
     assert "has no number at methods.nope" in check_block(missing, "t")[0]
     # a block of markers alone belongs to the block before it (a table, a list)
     assert blocks("| a | 9 s |\n\n<!-- trace x.json: k=9 -->")[0].endswith("-->")
+    assert "12 s" not in "".join(blocks("- a step:\n\n  ```bash\n  sleep 12 s\n  ```\n"))
 
 
 # ---- the README, the site and the params page -----------------------------------------------------------------
