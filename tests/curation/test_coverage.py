@@ -1,4 +1,4 @@
-"""Issue #16's acceptance: curation keeps what a person would keep. Every shipped task's human coverage rows,
+"""Curation keeps what a person would keep. Every shipped task's human coverage rows,
 curated as if they were syntheses, keep at least 99%; and held out from calibration, at least 98% (the rest
 are real duplicates across the halves, e.g. one review classified twice)."""
 
@@ -28,7 +28,7 @@ def test_curation_keeps_the_tasks_own_human_rows(task):
     raw = rows(task)
     kept, dropped, counts = curate(raw, train=[], test=[], p=CurateParams())
     assert len(kept) / len(raw) >= 0.99, counts["dropped"]
-    # none of the rules issue #16 found misfiring drops a human row of these tasks any more
+    # the markup and refusal rules, whose patterns ordinary answers come close to, drop none of these human rows
     assert not {"leftover_markup", "refusal"} & set(counts["dropped"])
 
 

@@ -1,4 +1,4 @@
-"""Quality rules: each still fires on the real failure it exists for, none fires on ordinary answers (issue #16),
+"""Quality rules: each still fires on the real failure it exists for, none fires on ordinary answers,
 and calibration on a task's own human rows loosens or switches off a rule that would drop them."""
 
 import pyarrow as pa

@@ -2,7 +2,7 @@
 127.0.0.1) gives exactly what the local path gives: the same kept ids, drop reasons, counts and Parquet bytes.
 
 The rows are bench/curate.py's (stitched from the coverage rows, with planted near duplicates and test leaks),
-3,000 of them plus planted exact copies and a later cycle ahead of an earlier one, rather than the issue's ~20k:
+3,000 of them plus planted exact copies and a later cycle ahead of an earlier one, rather than ~20k:
 the cluster costs ~20 s to start and stop on this 2-core machine, and 3,000 rows already reach every drop
 reason the bench rows reach while keeping the module under a minute.
 """
