@@ -14,7 +14,8 @@ What runs where:
 - per block, a task merges that block's pairs from every share and scores them (`NearDuplicates.score`), fetching
   the rows they touch from the object store. It scores every pair, also those the walk will skip (the local
   executor scores a pair only when the walk reads it): so every block is scored at once, not one after another.
-- the driver walks each block's scored pairs in order (`NearDuplicates.run`; its state: a byte a row).
+  It sends back only the pairs that confirm (`NearDuplicates.confirms`): no other pair can drop a row.
+- the driver walks each block's confirming pairs in order (`NearDuplicates.run`; its state: a byte a row).
 - the outcome (kept and dropped rows, counts) is one more pass over the rows in order (outcome.py): for the stage's
   files, in a task pinned to the driver's node, which writes them there.
 `stats` (a dict, if given) receives the nodes that ran each kind of task and the workers' peak memory.
@@ -79,16 +80,17 @@ def _buckets(plan: Plan, n: int, rank: int, world_size: int, sig_refs: list, sta
 
 
 def _score(plan: Plan, n: int, row_refs: list, starts: list[int], *pieces: np.ndarray):
-    """One block's close pairs, from every share of the bands, each once, and scored: (their codes, which of them
-    confirm, the ROUGE-L of those pairs and of their responses, where it ran). Only the confirming pairs' scores go
-    back: the driver reads the rest as not confirming."""
+    """One block's close pairs, from every share of the bands, each once, scored: (the codes of those that confirm, in
+    the walk's order, their ROUGE-L and their responses', how many close pairs the block had, where it ran). Only a
+    confirming pair can drop a row, so the walk over these alone decides what the walk over all of them would: the
+    driver gets a few pairs a block, not every candidate."""
     import ray
 
     step = _near(plan, n)
     code = np.unique(np.concatenate(pieces))
-    score, answers = np.zeros(len(code)), np.zeros(len(code))
     if not len(code):
-        return code, np.zeros(0, dtype=np.int64), score, answers, _here()
+        return code, np.zeros(0), np.zeros(0), 0, _here()
+    score, answers = np.zeros(len(code)), np.zeros(len(code))
     earlier, later = code % step.n_rows, code // step.n_rows
     touched = np.unique(np.concatenate([earlier, later]))
     block = np.searchsorted(starts, touched, side="right") - 1
@@ -100,7 +102,7 @@ def _score(plan: Plan, n: int, row_refs: list, starts: list[int], *pieces: np.nd
     for k, (a, b) in enumerate(zip(np.searchsorted(touched, earlier).tolist(), np.searchsorted(touched, later).tolist())):
         score[k], answers[k] = step.score(*fields.pair(a), *fields.pair(b))
     hits = np.flatnonzero([step.confirms(s, a) for s, a in zip(score.tolist(), answers.tolist())])
-    return code, hits, score[hits], answers[hits], _here()
+    return code[hits], score[hits], answers[hits], len(code), _here()
 
 
 def _write(rows: Rows, verdict: Verdict, plan: Plan, sink):
@@ -210,9 +212,9 @@ class RayExecutor:
                 close = 0
                 confirm_nodes = []
                 for b in range(len(scored)):
-                    (code, hits, score_, answers, (node, rss)), scored[b] = ray.get(scored[b]), None
-                    next(step.run([Pairs.scored(code, step.n_rows, hits, score_, answers)]))
-                    close += len(code)
+                    (code, score_, answers, pairs, (node, rss)), scored[b] = ray.get(scored[b]), None
+                    next(step.run([Pairs.scored(code, step.n_rows, score_, answers)]))
+                    close += pairs
                     confirm_nodes.append(node)
                     peak.append(rss)
                 group = ray.get(group)

@@ -95,11 +95,9 @@ class Pairs:
     score: Callable[[int], tuple[float, float]]
 
     @classmethod
-    def scored(cls, code: np.ndarray, n_rows: int, hits: np.ndarray, score: np.ndarray, answers: np.ndarray) -> Pairs:
-        """Pairs scored elsewhere, of which only those that confirm (`hits`, with their scores) were kept: any other
-        pair reads as scoring 0."""
-        found = dict(zip(hits.tolist(), zip(score.tolist(), answers.tolist())))
-        return cls(code % n_rows, code // n_rows, lambda k: found.get(k, (0.0, float("nan"))))
+    def scored(cls, code: np.ndarray, n_rows: int, score: np.ndarray, answers: np.ndarray) -> Pairs:
+        """Pairs scored elsewhere: their codes (later * n_rows + earlier) and each one's two scores."""
+        return cls(code % n_rows, code // n_rows, lambda k: (score[k], answers[k]))
 
 
 class NearDuplicates(PipelineStep):
@@ -148,8 +146,9 @@ class NearDuplicates(PipelineStep):
         return score >= self.p.rouge_l_threshold and (self.p.min_response_rouge_l is None or answers >= self.p.min_response_rouge_l)
 
     def run(self, data: Iterable[Pairs], rank: int = 0, world_size: int = 1) -> Iterator[Pairs]:
-        """Chunks of close pairs in the walk's order in (all of them, one after the other), the same chunks out, each
-        pair's later row dropped where the pair confirms with a kept row."""
+        """Chunks of close pairs in the walk's order in (all of them, one after the other; or only those that confirm,
+        since no other pair drops a row), the same chunks out, each pair's later row dropped where the pair confirms
+        with a kept row."""
         for pairs in data:
             self._walk(pairs)
             yield pairs
