@@ -84,11 +84,13 @@ def child(work: Path, engine: str, address: str | None, block_rows: int) -> None
                             train=tables.read(work / "train.parquet", "split"), test=tables.read(work / "test.parquet", "split"),
                             p=p, cluster=cluster, stats=stats)
     write_json(out / "curate.json", counts)
-    wall = time.perf_counter() - t0
-    print(json.dumps({"wall_s": round(wall, 2), "rows_per_s": round(counts["rows_in"] / wall),
-                      "peak_rss_mb": round(peak_rss_mb(), 1),
-                      "rows_out": counts["rows_out"], "stats": stats,
-                      "md5": {f: hashlib.md5((out / f).read_bytes()).hexdigest() for f in OUTPUTS}}))
+    wall, peak = time.perf_counter() - t0, peak_rss_mb()
+    md5 = {}
+    for f in OUTPUTS:
+        with (out / f).open("rb") as fh:
+            md5[f] = hashlib.file_digest(fh, "md5").hexdigest()
+    print(json.dumps({"wall_s": round(wall, 2), "rows_per_s": round(counts["rows_in"] / wall), "peak_rss_mb": round(peak, 1),
+                      "rows_out": counts["rows_out"], "stats": stats, "md5": md5}))
 
 
 def run_child(work: Path, engine: str, address: str | None, block_rows: int) -> dict:

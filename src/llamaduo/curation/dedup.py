@@ -1,8 +1,8 @@
 """Near-duplicate search: MinHash signatures (rensa), LSH candidate pairs, ROUGE-L (rapidfuzz's LCS) to confirm.
 
-Why this split (measured on 256k rows, bench/curate.py):
-- rensa computes the whole digest matrix from flat shingle hashes in one call (~0.4 s for 57M shingles,
-  128 permutations); datasketch's per-row `MinHash` is the naive baseline in the bench.
+Why this split:
+- rensa computes the whole digest matrix from flat shingle hashes in one call, not a Python call per row or per
+  shingle (what datatrove's MinHash signature step does per document: bench/curate.py runs it beside ours).
 - rensa's LSH can flag rows that share a band with another row, but it names the candidate *keys* only for
   per-row `RMinHash` objects (a Python object per row and shingle). So the banding that names the pairs is
   done here, on the digest matrix: one sort of band keys per band, pairs from each bucket's runs (compiled).

@@ -14,7 +14,8 @@ What runs where:
 - per block, a task merges that block's pairs from every share and scores them (`NearDuplicates.score`), fetching
   the rows they touch from the object store. It scores every pair, also those the walk will skip (the local
   executor scores a pair only when the walk reads it): so every block is scored at once, not one after another.
-- the driver walks each block's scored pairs in order (`NearDuplicates.run`; its state: a byte a row).
+  It sends back only the pairs that confirm (`NearDuplicates.confirms`): no other pair can drop a row.
+- the driver walks each block's confirming pairs in order (`NearDuplicates.run`; its state: a byte a row).
 - the outcome (kept and dropped rows, counts) is one more pass over the rows in order (outcome.py): for the stage's
   files, in a task pinned to the driver's node, which writes them there.
 `stats` (a dict, if given) receives the nodes that ran each kind of task and the workers' peak memory.
@@ -79,15 +80,17 @@ def _buckets(plan: Plan, n: int, rank: int, world_size: int, sig_refs: list, sta
 
 
 def _score(plan: Plan, n: int, row_refs: list, starts: list[int], *pieces: np.ndarray):
-    """One block's close pairs, from every share of the bands, each once and scored: (codes, ROUGE-L of the pair,
-    of the responses, where it ran)."""
+    """One block's close pairs, from every share of the bands, each once, scored: (the codes of those that confirm, in
+    the walk's order, their ROUGE-L and their responses', how many close pairs the block had, where it ran). Only a
+    confirming pair can drop a row, so the walk over these alone decides what the walk over all of them would: the
+    driver gets a few pairs a block, not every candidate."""
     import ray
 
     step = _near(plan, n)
     code = np.unique(np.concatenate(pieces))
-    score, answers = np.zeros(len(code)), np.zeros(len(code))
     if not len(code):
-        return code, score, answers, _here()
+        return code, np.zeros(0), np.zeros(0), 0, _here()
+    score, answers = np.zeros(len(code)), np.zeros(len(code))
     earlier, later = code % step.n_rows, code // step.n_rows
     touched = np.unique(np.concatenate([earlier, later]))
     block = np.searchsorted(starts, touched, side="right") - 1
@@ -98,7 +101,8 @@ def _score(plan: Plan, n: int, row_refs: list, starts: list[int], *pieces: np.nd
     fields = tokenize(pa.concat_arrays(ins), pa.concat_arrays(res))
     for k, (a, b) in enumerate(zip(np.searchsorted(touched, earlier).tolist(), np.searchsorted(touched, later).tolist())):
         score[k], answers[k] = step.score(*fields.pair(a), *fields.pair(b))
-    return code, score, answers, _here()
+    hits = np.flatnonzero([step.confirms(s, a) for s, a in zip(score.tolist(), answers.tolist())])
+    return code[hits], score[hits], answers[hits], len(code), _here()
 
 
 def _write(rows: Rows, verdict: Verdict, plan: Plan, sink):
@@ -181,8 +185,9 @@ class RayExecutor:
 
             # the exact step, here, over each block's findings in order
             exact, map_nodes, peak = ExactDuplicates(train.key, notes), {}, []
-            for f_ref in found:
-                batch, node, rss = ray.get(f_ref)
+            for k in range(len(found)):
+                # each result let go once read: the object store reuses its memory (this process has mapped it)
+                (batch, node, rss), found[k] = ray.get(found[k]), None
                 next(exact.run([batch]))
                 first = batch.start - n_train
                 codes[first:first + len(batch)] = plan.codes.encode(batch.reason)
@@ -201,16 +206,18 @@ class RayExecutor:
                 shares = [bucket.remote(plan_ref, n, rank, world, sig_refs, starts, considered) for rank in range(world)]
                 score = ray.remote(_score)
                 scored = [score.remote(plan_ref, n, row_refs, starts, *(share[b] for share in shares)) for b in range(len(found))]
+                # what the tasks read is theirs now (they borrow it): nothing of it is held here any more
+                group, shares, sig_refs, row_refs = [share[-1] for share in shares], None, None, None
                 # the walk, here, block by block in order
                 close = 0
                 confirm_nodes = []
-                for ref in scored:
-                    code, score_, answers, (node, rss) = ray.get(ref)
+                for b in range(len(scored)):
+                    (code, score_, answers, pairs, (node, rss)), scored[b] = ray.get(scored[b]), None
                     next(step.run([Pairs.scored(code, step.n_rows, score_, answers)]))
-                    close += len(code)
+                    close += pairs
                     confirm_nodes.append(node)
                     peak.append(rss)
-                group = ray.get([share[-1] for share in shares])
+                group = ray.get(group)
                 codes = np.where(step.reason > 0, step.reason, codes)
                 stats["group_nodes"] = _tally([node for node, _ in group])
                 stats["confirm_nodes"] = _tally(confirm_nodes)

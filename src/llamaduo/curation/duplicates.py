@@ -96,6 +96,7 @@ class Pairs:
 
     @classmethod
     def scored(cls, code: np.ndarray, n_rows: int, score: np.ndarray, answers: np.ndarray) -> Pairs:
+        """Pairs scored elsewhere: their codes (later * n_rows + earlier) and each one's two scores."""
         return cls(code % n_rows, code // n_rows, lambda k: (score[k], answers[k]))
 
 
@@ -140,9 +141,14 @@ class NearDuplicates(PipelineStep):
             return pair, float("nan")
         return pair, rouge_l(a[a_split:].tolist(), b[b_split:].tolist())
 
+    def confirms(self, score: float, answers: float) -> bool:
+        """Whether a pair with these scores makes its later row a duplicate of the earlier one."""
+        return score >= self.p.rouge_l_threshold and (self.p.min_response_rouge_l is None or answers >= self.p.min_response_rouge_l)
+
     def run(self, data: Iterable[Pairs], rank: int = 0, world_size: int = 1) -> Iterator[Pairs]:
-        """Chunks of close pairs in the walk's order in (all of them, one after the other), the same chunks out, each
-        pair's later row dropped where the pair confirms with a kept row."""
+        """Chunks of close pairs in the walk's order in (all of them, one after the other; or only those that confirm,
+        since no other pair drops a row), the same chunks out, each pair's later row dropped where the pair confirms
+        with a kept row."""
         for pairs in data:
             self._walk(pairs)
             yield pairs
@@ -154,9 +160,7 @@ class NearDuplicates(PipelineStep):
             if j < 0 or reason[j] or (x >= n_train and reason[x - n_train]):
                 continue  # two train rows, or a row already dropped: only a kept row (or train) drops a later one
             score, answers = pairs.score(k)
-            if score < self.p.rouge_l_threshold:
-                continue
-            if self.p.min_response_rouge_l is None or answers >= self.p.min_response_rouge_l:
+            if self.confirms(score, answers):
                 why = "near_duplicate_train" if x < n_train else "near_duplicate"
                 reason[j] = self.code[why]
                 self.notes.add(why, j, f"ROUGE-L {score:.2f} (responses {answers:.2f}) with ", x)
