@@ -21,7 +21,7 @@ class BudgetError(ProviderError):
     """A call not sent because it could cross the spending cap; what was paid before it stays cached."""
 
     def __init__(self, message: str):
-        super().__init__(message, fatal=True)  # no later call of the run fits either: stop sending
+        super().__init__(message, fatal=True)  # fatal: the stage stops, never writes a row without this answer
 
 
 @dataclass
