@@ -3,6 +3,7 @@ Table 1) -> their answers, their judgments, metrics/baseline.json. Every call go
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
+from llamaduo.budget import loop_budget
 from llamaduo.judging.baseline import baseline
 from llamaduo.judging.report import baseline_report
 from llamaduo.providers import open_providers
@@ -12,7 +13,7 @@ from llamaduo.stage import run
 
 def main(params, test, responses_out, judgments_out, metrics_out):
     j = params.judge
-    with CallCache(params.cache.path) as cache, open_providers(params.providers, j.services + j.panel) as providers:
+    with CallCache(params.cache.path, budget=loop_budget(params)) as cache, open_providers(params.providers, j.services + j.panel) as providers:
         answers, judgments, answer_usage, judge_usage = baseline(test=tables.read(test, "split"), providers=providers, j=j,
                                                                  cache=cache)
     tables.write(responses_out, "baseline_responses", answers)

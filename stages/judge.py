@@ -4,6 +4,7 @@ beside them every local and service answer's reference metrics (ROUGE-L, chrF, e
 
 from llamaduo import tables
 from llamaduo.atomic import write_json
+from llamaduo.budget import loop_budget
 from llamaduo.judging.grading import evaluate
 from llamaduo.judging.names import LOCAL
 from llamaduo.judging.reference import reference_scores
@@ -23,7 +24,7 @@ def main(params, responses, test, out, metrics_out, baseline_responses=None, bas
     answers, split = tables.read(responses, "responses"), tables.read(test, "split")
     service_answers = tables.read(baseline_responses, "baseline_responses") if baseline_responses else []
     service_judgments = tables.read(baseline_judgments, "judgments") if baseline_judgments else []
-    with CallCache(params.cache.path) as cache, open_providers(params.providers, j.panel) as judges:
+    with CallCache(params.cache.path, budget=loop_budget(params)) as cache, open_providers(params.providers, j.panel) as judges:
         judgments, pairwise, usages = evaluate(responses=answers, test=split, judges=judges, j=j, cache=cache,
                                                service_answers=service_answers if pairwise_out else None)
     # no judge here: every answer (local and service) against the test row's reference

@@ -11,7 +11,8 @@ from llamaduo.providers.cache import CallCache
 
 HISTORY = [
     {"cycle": 1, "volume": 1000, "synthetic_curated": 990, "train_rows": 1350, "metric": "precision", "score": 61.25,
-     "ci95": [55.5, 66.75], "calls": 300, "cached": 10, "cost_usd": 1.5, "tokens": 90000},
+     "ci95": [55.5, 66.75], "calls": 300, "cached": 10, "cost_usd": 1.5, "tokens": 90000,
+     "estimate": {"cycle": 1, "calls": 280, "usd": 1.25, "complete": True, "wall_s": 600.0}},
     {"cycle": 0, "volume": 0, "synthetic_curated": 0, "train_rows": 360, "metric": "precision", "score": 37.172,
      "ci95": [31.041, 43.755], "calls": 120, "cached": 0, "cost_usd": 0.25, "tokens": 30000},
 ]
@@ -40,9 +41,9 @@ def test_a_stopped_loop_shows_cycles_champion_spend_and_gate(tmp_path):
     text = status(tmp_path)
     assert "loop: stopped at cycle 1: gate passed at cycle 1" in text
     rows = [line.split() for line in text.splitlines() if line.startswith("  ") and line.split()[0].isdigit()]
-    # ordered by cycle, each with its volume, score and interval, paid calls and cost
-    assert rows == [["0", "0", "360", "precision", "37.17", "[31.04,", "43.76]", "120", "$0.2500"],
-                    ["1", "1000", "1350", "precision", "61.25", "[55.50,", "66.75]", "300", "$1.5000"]]
+    # ordered by cycle, each with its volume, score and interval, paid calls and cost, and the estimate made before it
+    assert rows == [["0", "0", "360", "precision", "37.17", "[31.04,", "43.76]", "120", "$0.2500", "-", "-"],
+                    ["1", "1000", "1350", "precision", "61.25", "[55.50,", "66.75]", "300", "$1.5000", "280", "$1.2500"]]
     assert "champion: v2 (cycle 1), precision 61.25 [55.50, 66.75]" in text
     assert "spend so far: $1.7500 on service calls over 2 finished cycle(s) (metrics/history.json)" in text
     assert "gate (last report, metrics/summary.json): passed: precision 61.25 >= 60" in text
@@ -56,6 +57,7 @@ def test_an_interrupted_loop_says_where_it_resumes_and_a_broken_file_is_named(tm
     out = capsys.readouterr().out
     assert "loop: at cycle 1, not stopped (running now, or interrupted: `llamaduo loop` resumes there)" in out
     assert "warning: metrics/summary.json: not valid JSON" in out and "gate: no decision yet" in out
+    assert "cycle 1 (under way" not in out  # cycle 1 is in the history: done
     assert json.loads((tmp_path / paths.LOOP_STATE).read_text())["cycle"] == 1  # untouched
 
 
@@ -75,3 +77,13 @@ def test_spend_comes_from_the_call_cache_since_the_loop_started(tmp_path):
     text = status(tmp_path)
     assert "spend so far: $0.7500 for 2 paid service calls since this loop started (the call cache)" in text
     assert "per cycle: $1.7500 on service calls over 2 finished cycle(s)" in text
+
+
+def test_the_cycle_under_way_shows_its_pre_flight_estimate(tmp_path):
+    write_state(tmp_path)
+    state = json.loads((tmp_path / paths.LOOP_STATE).read_text())
+    write_json(tmp_path / paths.LOOP_STATE, state | {"cycle": 2})
+    write_json(tmp_path / paths.ESTIMATE, {"2": {"cycle": 2, "volume": 2000, "calls": 450, "usd": 2.5, "complete": False,
+                                                  "wall_s": 1200.0}})
+    assert ("cycle 2 (under way or interrupted): estimated 450 paid calls, $2.5000+?, about 1200.0 s "
+            "(metrics/estimate.json)") in status(tmp_path)

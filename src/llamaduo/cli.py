@@ -75,9 +75,18 @@ def _run(args) -> int:
         _stop_servers()
 
 
+def _plan(args) -> int:
+    from llamaduo.cycle import driver, estimate
+
+    print(estimate.table(estimate.loop_plan(_params(args), driver.volume_for)))
+    return 0
+
+
 def _loop(args) -> int:
     from llamaduo.cycle import driver
 
+    if args.dry_run:
+        return _plan(args)
     _pipeline_params(args)
     state = driver.run(args.params, allow_dirty=args.allow_dirty)
     print(state["stopped_by"])
@@ -188,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                                        "resumes where it stopped")
     loop.add_argument("--allow-dirty", action="store_true",
                       help="run although files outside what the loop writes have changes (they are never committed)")
+    loop.add_argument("--dry-run", action="store_true",
+                      help="print the pre-flight estimate of the coming cycles (as `llamaduo plan`) and run nothing")
     loop.set_defaults(func=_loop)
+    sub.add_parser("plan", help="the pre-flight estimate: each coming cycle's paid service calls, tokens, USD at the "
+                                "providers' prices and wall time, from what the last cycle measured and the call cache "
+                                "holds; runs nothing").set_defaults(func=_plan)
     sub.add_parser("cost", help="cost report: the service's measured tokens at its price vs serving the local model "
                                 "(metrics/cost.json and a plot)").set_defaults(func=_cost)
     promote = sub.add_parser("promote", help="move the champion alias to a registry version by hand")

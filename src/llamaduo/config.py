@@ -613,7 +613,9 @@ class LoopParams(_Section):
     growth_factor: float = Field(2.0, ge=1, description="Each later cycle multiplies the volume by this (the paper doubles: 1k ... 256k).")
     max_volume: int = Field(256000, ge=1, description="Never ask for more than this.")
     max_cycles: int = Field(9, ge=1, description="Stop after this many cycles (cycle 0 included).")
-    max_cost_usd: float | None = Field(None, ge=0, description="Stop before a cycle once the service calls so far cost this much; null = no budget.")
+    max_cost_usd: float | None = Field(None, ge=0, description="Budget of the loop's service calls (USD, as priced when paid): the loop stops "
+                                       "before a cycle once they cost this much, and a stage stops before a call (or a Batch API job) "
+                                       "that could cross it, at its prompt and `max_tokens`; what was paid stays cached. null = no budget.")
     allow_unread_rows: bool = Field(False, description="Let the loop raise the synthetic volume past what `train.max_steps` lets training read "
                                                        "(rows paid for and never trained on); false = stop and name the cap.")
     push: bool = Field(True, description="After each cycle's commit, `dvc push` its outputs when the repository has a default DVC "

@@ -21,6 +21,7 @@ HISTORY = Path("metrics/history.json")        # one row per cycle: `dvc plots sh
 CHAMPION = Path("metrics/champion.json")      # the registry's champion as the gate sees it (a dep of `report`)
 COST = Path("metrics/cost.json")
 COST_PLOT = Path("metrics/plots/cost.png")
+ESTIMATE = Path("metrics/estimate.json")      # each cycle's pre-flight estimate, made before it ran
 REPORT = Path("metrics/report.html")          # the report stage writes it; the loop rewrites it with the history
 
 # working state outside DVC and git

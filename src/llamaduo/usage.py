@@ -1,5 +1,5 @@
 """What calls to a service LLM used: the Usage of one run (calls paid, cache hits, failures, retries, tokens
-and cost), the cost of one answer from the provider's price table, and usage records added up across runs.
+paid and tokens of every answer, cost), the cost of one answer from the provider's price table, and usage records added up across runs.
 Imports nothing of the package: the call engine fills it in, and the reports add it up without the engine."""
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0   # of the paid calls, from `providers.<name>.price`
+    # the tokens of every answer, paid now or from the cache (each cached call keeps the tokens it was paid for):
+    # what the answers cost to produce, the same on a rerun from the cache as on the run that paid
+    answered_input_tokens: int = 0
+    answered_output_tokens: int = 0
 
     def add(self, other: Usage) -> Usage:
         """Add `other` field by field, in place (the calls of several runs of one stage)."""
@@ -34,6 +38,14 @@ def call_cost(price, result, *, batch: bool) -> float:
     the Batch API's discount when `batch`."""
     factor = price.batch_factor if batch else 1.0
     return factor * (result.input_tokens * price.input_per_mtok + result.output_tokens * price.output_per_mtok) / 1e6
+
+
+def cost_bound(price, request, *, batch: bool) -> float:
+    """The most `request` (a ChatRequest) can cost at `price` before it is sent: its prompt's estimated tokens
+    and every sample's `max_tokens` of output (a vendor bills no more output than that)."""
+    factor = price.batch_factor if batch else 1.0
+    return factor * (request.estimated_input_tokens() * price.input_per_mtok
+                     + request.max_tokens * request.n * price.output_per_mtok) / 1e6
 
 
 def total(usages) -> dict:

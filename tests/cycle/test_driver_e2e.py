@@ -248,6 +248,14 @@ def test_two_cycles_survive_a_kill_at_every_failpoint_and_the_champion_loads_on_
         assert (volume["old"], volume["new"]) == (0, 4)
 
         assert [h["cycle"] for h in history] == [0, 1] and history[1]["score"] > history[0]["score"]
+        # cycle 1's pre-flight estimate, made from cycle 0 before its first run (kept through the kills): every judge
+        # call of cycle 0 again, and volume 4 at 2 pairs a request (nothing synthesized yet to measure a yield from)
+        est = history[1]["estimate"]
+        judged = json.loads(git(proj, "show", "HEAD~2:metrics/eval.json"))["usage"]
+        assert est["stages"]["judge"]["calls"] == judged["calls"] + judged["cached"] > 0
+        assert est["stages"]["synthesize"]["calls"] == 2 and est["volume"] == 4
+        assert "pre-flight estimate: cycle 1 (volume 4): " in logfile.read_text()
+        assert json.loads(git(proj, "show", "HEAD~1:metrics/estimate.json"))["1"] == est
         # cycle 1 trained on every row it had (coverage train less the validation slice, plus the curated synthetic
         # rows) that fits the tiny max_length: trl drops a row whose prompt alone fills it, and train.json counts those
         trained = json.loads(git(proj, "show", "HEAD~1:metrics/train.json"))

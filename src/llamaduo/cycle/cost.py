@@ -53,11 +53,17 @@ def plot(rep: dict, out: str | Path) -> None:
 
 
 def service_tokens_per_request(baseline: dict, service: str) -> tuple[float, float] | None:
-    """Measured (input, output) tokens per answer of `service` in metrics/baseline.json, or None without a baseline."""
+    """Measured (input, output) tokens per answer of `service` in metrics/baseline.json, or None without a baseline.
+
+    From the tokens of every answer, paid in that run or taken from the call cache (which keeps each call's
+    tokens), so a rerun from the cache measures what the first run did; a baseline written before usage counted
+    cached answers has only the paid tokens."""
     usage = (baseline.get("usage") or {}).get("answers", {}).get(service)
     answers = (baseline.get("services") or {}).get(service, {}).get("answers")
     if not usage or not answers:
         return None
+    if "answered_input_tokens" in usage:
+        return usage["answered_input_tokens"] / answers, usage["answered_output_tokens"] / answers
     return usage["input_tokens"] / answers, usage["output_tokens"] / answers
 
 

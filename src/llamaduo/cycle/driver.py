@@ -20,7 +20,7 @@ from pathlib import Path
 from llamaduo import faults, paths
 from llamaduo.atomic import replacing, write_json
 from llamaduo.config import load_params
-from llamaduo.cycle import cost, model_registry, tracking
+from llamaduo.cycle import cost, estimate, model_registry, tracking
 from llamaduo.errors import LoopError
 from llamaduo.providers.local import stop_all
 
@@ -198,6 +198,8 @@ def _run(params, params_file: str, dvc: tuple[str, ...]) -> dict:
             if params.loop.max_cost_usd is not None and spent >= params.loop.max_cost_usd:
                 return _stop(state, f"cost budget: ${spent:.2f} spent of `loop.max_cost_usd` {params.loop.max_cost_usd}")
             write_json(paths.LOOP_STATE, state)
+            est = estimate.record(estimate.plan(params, {cycle: volume_for(cycle, params.loop)}, spent_usd=spent)["cycles"][0])
+            _say(f"pre-flight estimate: {estimate.describe(est)}")
             rec["commit"] = _cycle(params, params_file, dvc, parent, cycle)
         write_json(paths.LOOP_STATE, state)
         faults.point("loop:after_commit")
@@ -242,7 +244,7 @@ def _cycle(params, params_file: str, dvc: tuple[str, ...], parent: str, cycle: i
              "ci95": g.get("ci95"), "precision": summary["precision"].get("mean"),
              "similarity": summary["similarity"].get("mean"), "judge": params.judge.provider,
              "wall_s": round(time.monotonic() - start, 1), **{k: usage[k] for k in ("calls", "cached", "cost_usd")},
-             "tokens": usage["input_tokens"] + usage["output_tokens"],
+             "tokens": usage["input_tokens"] + usage["output_tokens"], "estimate": estimate.recorded(cycle),
              # every judge's figures with their intervals (the report's Figure 2 draws one line per judge and metric)
              "judges": _load_json(paths.METRICS_DIR / "headline.json", {}).get("judge")}
     history = [h for h in _load_json(paths.HISTORY, []) if h["cycle"] != cycle] + [entry]

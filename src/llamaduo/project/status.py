@@ -26,6 +26,14 @@ def _interval(ci) -> str:
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci[:2] else "[-]"
 
 
+def _estimated(est: dict | None) -> tuple[str, str]:
+    """A cycle's pre-flight estimate (metrics/estimate.json) as (calls, cost); "+?" where a stage was not measured yet."""
+    if not est:
+        return "-", "-"
+    more = "" if est.get("complete", True) else "+?"
+    return f"{est.get('calls', '?')}", f"${est.get('usd') or 0:.4f}{more}"
+
+
 def _cache_path(root: Path) -> Path:
     import yaml
 
@@ -74,12 +82,23 @@ def status(root: str | Path = ".") -> str:
                      f"`llamaduo loop` resumes there)")
 
     if history:
-        lines.append("cycles:")
-        lines.append(f"  {'cycle':>5} {'volume':>8} {'train rows':>10}  {'score':<22} {'95% interval':<18} {'paid calls':>10} {'cost':>9}")
+        lines.append("cycles (paid, and the pre-flight estimate made before the cycle ran):")
+        lines.append(f"  {'cycle':>5} {'volume':>8} {'train rows':>10}  {'score':<22} {'95% interval':<18} {'paid calls':>10} {'cost':>9}"
+                     f" {'est. calls':>10} {'est. cost':>10}")
         for h in sorted(history, key=lambda h: h.get("cycle", 0)):
             score = f"{h.get('metric', '?')} {h['score']:.2f}" if isinstance(h.get("score"), (int, float)) else "-"
+            est_calls, est_cost = _estimated(h.get("estimate"))
             lines.append(f"  {h.get('cycle', '?'):>5} {h.get('volume', '-'):>8} {str(h.get('train_rows', '-')):>10}  "
-                         f"{score:<22} {_interval(h.get('ci95')):<18} {h.get('calls', 0):>10} {'$' + format(h.get('cost_usd') or 0, '.4f'):>9}")
+                         f"{score:<22} {_interval(h.get('ci95')):<18} {h.get('calls', 0):>10} {'$' + format(h.get('cost_usd') or 0, '.4f'):>9}"
+                         f" {est_calls:>10} {est_cost:>10}")
+    done = {h.get("cycle") for h in history}
+    if state is not None and not state.get("stopped_by") and state.get("cycle") not in done:
+        ahead = _read(root / paths.ESTIMATE, {})
+        est = ahead.get(str(state.get("cycle"))) if isinstance(ahead, dict) else None
+        if est:
+            calls, usd = _estimated(est)
+            lines.append(f"cycle {state['cycle']} (under way or interrupted): estimated {calls} paid calls, {usd}, "
+                         f"about {est['wall_s'] if est.get('wall_s') is not None else '?'} s ({paths.ESTIMATE})")
 
     if isinstance(champion, dict) and champion.get("version") is not None:
         score = champion.get("score")

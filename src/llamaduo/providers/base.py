@@ -67,10 +67,13 @@ class ChatRequest:
         """Canonical JSON of everything that determines the answer (for the call cache)."""
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
 
+    def estimated_input_tokens(self) -> int:
+        """The prompt's tokens, about 4 characters a token (no tokenizer of the vendor's is at hand)."""
+        return sum(len(c) for _, c in self.messages) // 4 + 1
+
     def estimated_tokens(self) -> int:
-        """Upper-bound-ish token count for tokens-per-minute pacing (about 4 characters a token)."""
-        chars = sum(len(c) for _, c in self.messages)
-        return chars // 4 + 1 + self.max_tokens * self.n
+        """Upper-bound-ish token count for tokens-per-minute pacing: the prompt and every sample's `max_tokens`."""
+        return self.estimated_input_tokens() + self.max_tokens * self.n
 
 
 @dataclass

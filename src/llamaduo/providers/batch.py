@@ -17,6 +17,7 @@ from llamaduo.errors import ProviderError
 from llamaduo.providers.base import ChatResult, Provider
 from llamaduo.providers.cache import BatchJob, Submission
 from llamaduo.providers.calls import Ledger, Sender
+from llamaduo.usage import cost_bound
 
 
 class BatchDriver:
@@ -75,6 +76,11 @@ class BatchDriver:
                     # left by a run that wanted other calls, and never created: its keys in this run are planned anew
                     self.cache.drop_submission(sub.tag)
                     return
+            over = ledger.reserve({k: cost_bound(p.price, self.todo[k][0].request, batch=True) for k in keys})
+            if over is not None:  # the whole job could cross the budget: not submitted
+                self.cache.drop_submission(sub.tag)
+                ledger.failed(over, keys)
+                return
             try:
                 job_id = await sender.attempt(lambda: prov.batch_submit(items, sub.tag), what="batch submission", retry=False)
             except ProviderError as exc:

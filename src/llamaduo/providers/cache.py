@@ -91,8 +91,10 @@ class BatchPlan:
 
 
 class CallCache:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, budget=None):
+        """`budget` (a `llamaduo.budget.Budget`): the cap the call engine holds every call through this cache to."""
         self.path = Path(path)
+        self.budget = budget
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit; multi-statement changes use `_tx` (BEGIN IMMEDIATE: the write lock is taken before
         # reading, so a check-then-claim cannot interleave with another process's)

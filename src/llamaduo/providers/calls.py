@@ -17,6 +17,13 @@ from llamaduo.providers.limits import Pacer, backoff_delay
 from llamaduo.usage import Usage, call_cost
 
 
+class BudgetError(ProviderError):
+    """A call not sent because it could cross the spending cap; what was paid before it stays cached."""
+
+    def __init__(self, message: str):
+        super().__init__(message, fatal=True)  # fatal: the stage stops, never writes a row without this answer
+
+
 @dataclass
 class Unit:
     """One API call: a whole request, or one sample of it when the provider has no native n."""
@@ -40,12 +47,36 @@ class Ledger:
         self.errors: list[ProviderError] = []
         self.abort: ProviderError | None = None  # set by a fatal error: no new calls
         self.bar = None  # the progress bar (tqdm), set by the run once the cache has answered what it holds
+        self.budget = cache.budget
+        # paid before this run, read once: this run's own payments are added as they land (`usage.cost_usd`)
+        self.spent_before = cache.paid(since=self.budget.since)["cost_usd"] if self.budget is not None else 0.0
+        self.reserved: dict[str, float] = {}  # per call key sent and not yet answered: the most it can cost
+        self.budget_stop: BudgetError | None = None  # set once a call did not fit the budget: no new calls
+
+    def reserve(self, bounds: dict[str, float]) -> BudgetError | None:
+        """Hold the most each call of `bounds` (key -> USD) can cost against the budget before they are sent; a
+        BudgetError (nothing held) when paid + held + these could cross it. Released as each call is answered or fails."""
+        b = self.budget
+        new = {k: v for k, v in bounds.items() if k not in self.reserved}
+        if b is None or not new:
+            return None
+        if self.budget_stop is not None:
+            return BudgetError(f"not sent: {self.budget_stop}")
+        spent, held, need = self.spent_before + self.usage.cost_usd, sum(self.reserved.values()), sum(new.values())
+        if spent + held + need > b.limit_usd:
+            return BudgetError(f"`{b.key}` is ${b.limit_usd:g}: ${spent:.4f} paid since {b.since_what}"
+                               + (f", ${held:.4f} held by calls under way" if held else "")
+                               + f", and the next {len(new)} call(s) could cost up to ${need:.4f}; not sent. What was paid "
+                               f"is in the call cache: raise `{b.key}` and rerun to pay only for the rest")
+        self.reserved.update(new)
+        return None
 
     def answered(self, key: str, result: ChatResult, n_units: int) -> None:
         """An online call's answer, paid by this run (it held the call's claim)."""
         cost = call_cost(self.price, result, batch=False)
         self.cache.put(key, self.identity, result, cost_usd=cost)  # first: a kill after this line loses nothing
         self.answers[key] = result
+        self.reserved.pop(key, None)
         self._paid(result, cost, n_units, batch=False)
 
     def collected(self, key: str, result: ChatResult) -> None:
@@ -55,6 +86,7 @@ class Ledger:
         vendor billed."""
         n_units = len(self.todo.get(key, ()))
         cost = call_cost(self.price, result, batch=True)
+        self.reserved.pop(key, None)
         if self.cache.put(key, self.identity, result, cost_usd=cost, first=True):
             if n_units:
                 self.answers[key] = result
@@ -70,22 +102,34 @@ class Ledger:
         u.input_tokens += result.input_tokens
         u.output_tokens += result.output_tokens
         u.cost_usd += cost
+        self.count_tokens(result, n_units)
         self.bar.update(n_units)
         self.bar.set_postfix(paid=u.calls, cached=u.cached, retries=u.retries, tok_out=u.output_tokens, refresh=False)
 
     def from_cache(self, key: str, result: ChatResult, n_units: int) -> None:
         """Answered meanwhile by another process sharing the cache: free for this run."""
         self.answers[key] = result
+        self.reserved.pop(key, None)
         self.usage.cached += n_units
+        self.count_tokens(result, n_units)
         self.bar.update(n_units)
+
+    def count_tokens(self, result: ChatResult, n_units: int) -> None:
+        """The tokens of an answer, once for each of the run's requests it answers, paid now or not."""
+        self.usage.answered_input_tokens += result.input_tokens * n_units
+        self.usage.answered_output_tokens += result.output_tokens * n_units
 
     def failed(self, err: ProviderError, keys) -> None:
         for key in keys:
+            self.reserved.pop(key, None)
             if key in self.todo and key not in self.answers and key not in self.failures:
                 self.failures[key] = err
                 self.usage.failed += len(self.todo[key])
         self.errors.append(err)
-        if err.fatal and self.abort is None:
+        if isinstance(err, BudgetError):
+            # no new call is sent; calls already sent (a submitted batch job) are still collected: they are paid
+            self.budget_stop = self.budget_stop or err
+        elif err.fatal and self.abort is None:
             self.abort = err
 
 

@@ -5,6 +5,10 @@ that do not parse, saying why.
 One engine for all providers (the SDKs' own retries are off) so that retry, pacing and caching behave the
 same whichever vendor answers, and are tested once.
 
+A budget on the cache (`CallCache.budget`, the loop's `loop.max_cost_usd`) is held before each call is sent: the
+most the call can cost (its prompt and `max_tokens`) is reserved, and a call that could cross the budget is not
+sent; the stage stops with every answer paid so far cached.
+
 Nothing is paid twice, whatever runs beside it or crashes: an online call is claimed in the cache before it is
 sent (another process missing the same key waits for the answer), each answer is stored with its cost the
 moment it arrives, and Batch API submissions and jobs are recorded in the cache DB (`batch.py`).
@@ -24,7 +28,7 @@ from llamaduo.providers.base import ChatRequest, ChatResult, Choice, Provider
 from llamaduo.providers.batch import BatchDriver
 from llamaduo.providers.cache import CallCache, call_key
 from llamaduo.providers.calls import Ledger, Sender, Unit
-from llamaduo.usage import Usage
+from llamaduo.usage import Usage, cost_bound
 
 
 def run_calls(provider: Provider, requests: list[ChatRequest], *, cache: CallCache, desc: str,
@@ -81,11 +85,13 @@ class _Run:
                 continue
             if u.key in ledger.answers:
                 ledger.usage.cached += 1
+                ledger.count_tokens(ledger.answers[u.key], 1)
                 continue
             hit = self.cache.get(u.key)
             if hit is not None:
                 ledger.answers[u.key] = hit
                 ledger.usage.cached += 1
+                ledger.count_tokens(hit, 1)
             else:
                 todo[u.key] = [u]
         ledger.bar = tqdm(total=len(units), initial=ledger.usage.cached, desc=self.desc, unit="call", file=sys.stderr,
@@ -158,6 +164,11 @@ class _Run:
                         ledger.from_cache(key, self.cache.get(key), len(units))
                         return
                     if state == "claimed":
+                        over = ledger.reserve({key: cost_bound(self.p.price, req, batch=False)})
+                        if over is not None:  # stop before the call that could cross the budget
+                            self.cache.release(key)
+                            ledger.failed(over, [key])
+                            return
                         try:
                             res = await sender.attempt(lambda: self.provider.chat(req), tokens=req.estimated_tokens())
                         except ProviderError as exc:

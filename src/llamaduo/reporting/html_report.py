@@ -130,9 +130,12 @@ def _volume_section(history: list[dict], series: Series) -> str:
     if not series:
         return _section("Cycles", _missing("no history yet: run <code>llamaduo loop</code> (each cycle adds a point "
                                         "to metrics/history.json)"), "volume")
-    table = _rows(["cycle", "volume", "metric", "score", "95% low", "95% high", "paid calls", "cost (USD)"],
+    # beside what each cycle paid, the pre-flight estimate made before it ran (cycle/estimate.py)
+    table = _rows(["cycle", "volume", "metric", "score", "95% low", "95% high", "paid calls", "cost (USD)",
+                   "estimated calls", "estimated cost (USD)"],
                   [[h.get("cycle"), h.get("volume"), h.get("metric"), h.get("score"), *(h.get("ci95") or [None, None]),
-                    h.get("calls"), h.get("cost_usd")] for h in history], numeric_from=3)
+                    h.get("calls"), h.get("cost_usd"), (h.get("estimate") or {}).get("calls"),
+                    (h.get("estimate") or {}).get("usd")] for h in history], numeric_from=3)
     return _section("Cycles", _figure(plots.volume(series, title), title) + table, "volume")
 
 
