@@ -215,11 +215,11 @@ def test_odd_reasons_a_broken_schema_and_a_400_become_counted_rows_and_the_gate_
     for name, body in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(body))
     s = summary(**{name: str(tmp_path / f"{name}.json") for name in files}, eval=str(proj / "eval.json"),
-                p=GateParams(threshold=70))
+                p=GateParams(mode="point", threshold=70))
     assert s["gate"]["score"] == 80.0 and s["gate"]["scored_fraction"] == 0.6 and s["gate"]["passed"] is False
     assert s["gate"]["reason"] == "only 60% of judgments scored for `precision`, `gate.min_scored_fraction` is 0.9"
     assert summary(**{name: str(tmp_path / f"{name}.json") for name in files}, eval=str(proj / "eval.json"),
-                   p=GateParams(threshold=70, min_scored_fraction=0.5))["gate"]["passed"] is True
+                   p=GateParams(mode="point", threshold=70, min_scored_fraction=0.5))["gate"]["passed"] is True
 
 
 def test_a_prompt_the_service_rejects_has_no_baseline_answer_and_the_others_are_kept(tmp_path):
