@@ -563,7 +563,10 @@ class JudgeParams(_Section):
     pairwise: bool = Field(True, description="Also compare each local answer with the first baseline service's answer, in both orders "
                                              "(a verdict that flips with the order is a tie).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for each mean's 95% interval in eval.json.")
-    seed: int = Field(0, description="Seed of the bootstrap.")
+    seed: int = Field(0, description="Seed of the bootstrap, and of the order sequential judging takes the test prompts in.")
+    rounds: int = Field(4, ge=1, description="Sequential judging: the test prompts judged in this many rounds (seeded random order), "
+                                             "stopping once the gate cannot pass (its upper bound below the bar); only when "
+                                             "`gate.metric` is a judge metric. 1 = every prompt at once.")
     worst: int = Field(10, ge=0, description="How many of the worst-scored answers (primary judge, gate metric order: precision) "
                                              "go into metrics/worst.json with the judge's reasons.")
     baseline: BaselineParams = Field(default_factory=BaselineParams)

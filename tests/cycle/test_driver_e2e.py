@@ -65,6 +65,7 @@ def tiny_params(proj: Path, base_url: str) -> None:
                               "api_key_env": "FAKE_SERVICE_KEY", "concurrency": 4, "max_retries": 0}
     p["synth"].update(provider="fake", pairs_per_request=2, max_requests=10)
     p["judge"].update(provider="fake", m=2, baseline={"services": []})  # no baseline: its calls would move the scripted scores
+    p["judge"]["rounds"] = 1  # every answer judged: the test counts the calls paid
     # one step in cycle 0; cycle 1's volume would then leave rows unread, and the loop stops at the cap (see the test)
     p["train"].update(epochs=1, max_steps=1, batch_size=2, max_length=128, learning_rate=0.005)
     p["infer"].update(engine="transformers", k=2, max_new_tokens=24)

@@ -43,7 +43,8 @@ def project(tmp_path, base_url):
                                "concurrency": 4, "max_retries": 0}},
         "synth": {"provider": "fake"},
         "cache": {"path": str(tmp_path / "calls.sqlite")},
-        "judge": {"provider": "fake", "m": 2, "retries": 1, "bootstrap": 100, "temperature": 0.5},
+        # rounds 1: every answer judged (these tests count each judgment; tests/judging/test_sequential.py the rounds)
+        "judge": {"provider": "fake", "m": 2, "retries": 1, "bootstrap": 100, "temperature": 0.5, "rounds": 1},
     }
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     tables.write(proj / "test.parquet", "split", TEST)

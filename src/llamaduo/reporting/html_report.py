@@ -125,12 +125,16 @@ def _gate_section(summary: dict) -> str:
     if g.get("power_warning"):
         inner += f"<p class=\"warn\">Underpowered: {_e(g['power_warning'])}</p>"
     level = f"{100 * (1 - test['alpha']):.4g}%" if test.get("alpha") is not None else None
+    seq = summary.get("judging")
     facts = [["tested on", f"{test['prompts']} test prompts" if test.get("prompts") is not None else None],
              ["estimate" + (f" (local - {test['best_service']})" if test.get("best_service") else ""), test.get("estimate")],
              [f"one-sided {level} lower bound (this cycle's share of gate.alpha)" if level else "lower bound",
               test.get("bound") if test.get("mode") != "point" else None],
              ["must be above", test.get("against") if test.get("mode") != "point" else None],
              ["detectable at 80% power", test.get("detectable")],
+             ["judgments paid / a full pass", f"{seq['judgments_paid']} / {seq['judgments_full']} (saved {100 * seq['saving']:.0f}%)"
+              if seq else None],
+             ["judging stopped", seq.get("stopped") if seq else None],
              ["training rows", summary.get("train_rows")], ["synthetic rows (curated)", summary.get("synthetic_curated")],
              ["training loss", summary.get("train_loss")], ["failed judgments", summary.get("failed_judgments")]]
     return _section("Promotion gate", inner + _rows(["", "value"], [f for f in facts if f[1] is not None]), "gate")

@@ -38,6 +38,18 @@ def lower_bound(values: list[float], alpha: float) -> float | None:
     return float(ci.low)
 
 
+def upper_bound(values: list[float], alpha: float) -> float | None:
+    """The one-sided (1 - alpha) upper confidence bound of the mean (Student's t); None with fewer than 2 values."""
+    from scipy.stats import ttest_1samp
+
+    if len(values) < 2:
+        return None
+    if max(values) == min(values):
+        return float(values[0])
+    ci = ttest_1samp(values, 0.0, alternative="less").confidence_interval(confidence_level=1 - alpha)
+    return float(ci.high)
+
+
 def cycle_alpha(total: float, spent: float, cycle: int, max_cycles: int) -> float:
     """The error this cycle's gate may spend: what the loop has left, split evenly over the cycles left (this one
     included). Every cycle that tests spends its share, so the shares add up to at most `total` over the whole

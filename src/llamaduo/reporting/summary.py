@@ -61,6 +61,8 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, cha
         "precision": ev["precision"],
         "similarity": ev["similarity"],
         "failed_judgments": ev["failed_judgments"],
+        # sequential judging: judgments paid against a full pass, and why it stopped (absent from an older eval.json)
+        **({"judging": ev["sequential"]} if "sequential" in ev else {}),
         # the reference metrics' figures (mean, interval) beside the judge's; absent from an older eval.json
         **({"reference": {m: ev["reference"][m] for m in ev["reference"]["metrics"]}} if "reference" in ev else {}),
         "gate": {"metric": p.metric, "mode": p.mode, "threshold": p.threshold, "score": score, "scored_fraction": fraction,
