@@ -117,6 +117,30 @@ def simulate(*, mode: str, sd: float, bar: float, true: float, prompts: int, cyc
             "se": round(float(math.sqrt(anywhere.mean() * (1 - anywhere.mean()) / loops)), 4)}
 
 
+def simulate_sequential(*, sd: float, bar: float, true: float, prompts: int, rounds: int, loops: int, alpha: float,
+                        rng: np.random.Generator) -> dict:
+    """One cycle's gate on a judge metric, judged in `rounds` rounds with llamaduo.judging.sequential's futility stop
+    (upper bound at alpha / rounds below the bar) against a full pass: how often the decisions differ (a stop where the
+    full set passes: the stop never passes a model) and the share of judgments saved."""
+    from scipy.stats import t as student
+
+    from llamaduo.judging.sequential import rounds_of
+
+    x = rng.normal(true, sd, size=(loops, prompts))
+    ends = np.cumsum([len(r) for r in rounds_of(list(range(prompts)), rounds)])
+    stopped_at = np.full(loops, prompts)
+    for end in ends[:-1]:  # after each round but the last
+        part = x[:, :end]
+        upper = part.mean(axis=1) + student.ppf(1 - alpha / len(ends), end - 1) * part.std(axis=1, ddof=1) / math.sqrt(end)
+        stopped_at = np.where((stopped_at == prompts) & (upper <= bar), end, stopped_at)
+    full_bound = x.mean(axis=1) - student.ppf(1 - alpha, prompts - 1) * x.std(axis=1, ddof=1) / math.sqrt(prompts)
+    full_pass = full_bound > bar
+    stopped = stopped_at < prompts
+    return {"true": true, "full_pass_rate": round(float(full_pass.mean()), 4), "stop_rate": round(float(stopped.mean()), 4),
+            "decision_differs": round(float((stopped & full_pass).mean()), 4),
+            "judgments_saved": round(float(1 - stopped_at.mean() / prompts), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference"), ap.add_argument("--judgments"), ap.add_argument("--baseline-judgments")
@@ -169,13 +193,31 @@ def main() -> None:
                 results.append(row)
                 print(f"{mode:16s} {metric:9s} {noise:12s} {policy:20s} sd {sd:6.2f}  false pass {at_bar['pass_rate']:.4f}"
                       f"  true pass (+{args.better:g}) {better['pass_rate']:.4f}")
+    # sequential judging, on the judge metric (precision): the threshold mode at the offline default's measured mean
+    # (far below the bar), at the bar, and 5 points above it; non-inferiority at a difference of 0 and at -margin - 10
+    seq = []
+    share = cycle_alpha(gate.alpha, 0, 0, cycles)
+    if "precision" in m:
+        p = m["precision"]
+        for mode, sd, bar, trues in (("threshold", p["local_sd"], float(gate.threshold),
+                                      [p["local_mean"], gate.threshold, gate.threshold + args.better]),
+                                     ("non_inferiority", p["paired_sd"], -gate.margin, [0.0, -gate.margin, -gate.margin - 10])):
+            for true in trues:
+                row = {"mode": mode, "metric": "precision", "sd_per_prompt": sd, "bar": bar, "rounds": params["judge"]["rounds"],
+                       **simulate_sequential(sd=sd, bar=bar, true=float(true), prompts=args.prompts,
+                                             rounds=params["judge"]["rounds"], loops=args.loops, alpha=share, rng=rng)}
+                seq.append(row)
+                print(f"sequential {mode:16s} true {true:7.2f} bar {bar:6.1f}: saved {row['judgments_saved']:.3f}, "
+                      f"differs {row['decision_differs']:.4f} (full pass {row['full_pass_rate']:.3f})")
     shipped = [r for r in results if r["alpha_policy"] == "spent"]
     out = {"what": "share of whole simulated loops that pass the gate in some cycle: at the boundary (true score at the "
                    "bar, or at -margin) a false pass; 5 points better a true pass",
            "loops_per_case": args.loops, "prompts": args.prompts, "cycles": cycles, "alpha": gate.alpha,
            "alpha_per_cycle": cycle_alpha(gate.alpha, 0, 0, cycles), "margin": gate.margin, "rho": args.rho,
            "answers_per_prompt": answers, "skewness_of_skewed_noise": round(2 / math.sqrt(answers), 3),
-           "seed": args.seed, "spread": spread, "cases": results,
+           "seed": args.seed, "spread": spread, "cases": results, "sequential": seq,
+           "false_pass_spent_by_noise": {n: max(r["false_pass_at_boundary"] for r in shipped if r["noise"] == n)
+                                         for n in ("normal", "skewed_left", "skewed_right")},
            "max_false_pass_shipped_policy": max(r["false_pass_at_boundary"] for r in shipped),
            "machine": hardware.describe(), "wall_s": round(time.perf_counter() - start, 1)}
     write_json(args.out, out)
