@@ -87,7 +87,7 @@ def test_headline_is_the_few_figures_a_reviewer_compares(tmp_path):
 
     head = flat(write_project_outputs(tmp_path))
     # a two-judge panel still fits a terminal in `dvc metrics diff` (one row per key)
-    assert len(head) == 42
+    assert len(head) == 40
     assert {k for k in head if k.startswith("judge.j2.")} == {f"judge.j2.{m}.{f}" for m in ("precision", "similarity")
                                                               for f in ("mean", "ci95_low", "ci95_high", "coverage_50", "coverage_70", "p_match")}
     assert head["judge.j1.precision.mean"] == 62.5 and head["judge.j2.similarity.p_match"] == 0.77

@@ -104,8 +104,9 @@ def headline(s: dict, *, eval: dict, train: dict, spend: dict) -> dict:
     out = {
         "gate": {"metric": g["metric"], "mode": g.get("mode", "point"), "passed": g["passed"], "threshold": g["threshold"],
                  "scored_fraction": g.get("scored_fraction"), "reason": g["reason"],
-                 # the tested estimate (mean, or mean paired difference) and its one-sided lower bound
-                 **{k: (g.get("test") or {}).get(k) for k in ("estimate", "bound")}},
+                 # the tested estimate (mean, or mean paired difference) and its one-sided lower bound, where there
+                 # are any (`dvc metrics` drops a null: the key would come and go)
+                 **{k: v for k in ("estimate", "bound") if (v := (g.get("test") or {}).get(k)) is not None}},
         "judge": judge_figures(eval),
         "rows": {"train": s["train_rows"], "synthetic_curated": s["synthetic_curated"], "answers": eval.get("answers")},
         "loss": {"train": train.get("train_loss"), "validation": train.get("val_loss")},
