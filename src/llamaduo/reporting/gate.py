@@ -76,7 +76,8 @@ def assess(local: dict[str, float], services: dict[str, dict[str, float]], p, al
         return out | {"bound": out["estimate"]}
     bound = intervals.lower_bound(values, alpha)
     sd = intervals.spread(values)
-    out |= {"bound": round(bound, 3) if bound is not None else None, "sd": round(sd, 3) if sd is not None else None}
+    # the bound as computed: the decision compares it with the bar, and rounding could move it across
+    out |= {"bound": bound, "sd": round(sd, 3) if sd is not None else None}
     if sd is None:
         return out
     out["detectable"] = round(intervals.detectable(sd, n, alpha), 3)
