@@ -79,7 +79,7 @@ def write_project_outputs(root: Path, *, history: list | None = None) -> dict:
     for name, body in files.items():
         (m / f"{name}.json").write_text(json.dumps(body))
     p = {n: str(m / f"{n}.json") for n in ("prepare", "curate", "train", "infer", "eval", "champion")}
-    s = summary(**p, p=GateParams(threshold=60))
+    s = summary(**p, p=GateParams(mode="point", threshold=60))
     (m / "summary.json").write_text(json.dumps(s))
     head = headline(s, eval=files["eval"], train=files["train"],
                     spend=usage([files["synthesize"], files["baseline"], files["eval"]]))

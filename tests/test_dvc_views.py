@@ -84,7 +84,7 @@ def test_metrics_and_plots_on_a_fresh_clone_and_after_a_cycle(tmp_path):
     head["gate"] |= {"passed": True, "reason": "precision 70.00 passes (threshold 60)"}
     (proj / "metrics/headline.json").write_text(json.dumps(head))
     diff = dvc(proj, "metrics", "diff", "HEAD", "--all").stdout.strip().splitlines()
-    assert len(diff) == 1 + 39 and all(line.startswith("Path") or line.startswith("metrics/headline.json") for line in diff)
+    assert len(diff) == 1 + 40 and all(line.startswith("Path") or line.startswith("metrics/headline.json") for line in diff)
     changed = json.loads(dvc(proj, "metrics", "diff", "HEAD", "--json").stdout)
     assert set(changed) == {"metrics/headline.json"}
     assert changed["metrics/headline.json"]["judge.j1.precision.mean"] == {"old": 62.5, "new": 70.0, "diff": 7.5}

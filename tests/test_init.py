@@ -50,8 +50,12 @@ def check_project(demo: Path, task: str, base: Path = ROOT) -> None:
             assert (demo / rel).read_bytes() == (base / rel).read_bytes(), rel
     assert (demo / "dvc.yaml").read_text() == template.user_dvc_yaml((base / "dvc.yaml").read_text())
     ours, theirs = (base / "params.yaml").read_text().splitlines(), (demo / "params.yaml").read_text().splitlines()
-    changed = [(a, b) for a, b in zip(ours, theirs) if a != b]  # every comment kept: only the tasks line differs
-    assert len(ours) == len(theirs) and changed == ([] if task == "summarize" else [("  tasks: [summarize]", f"  tasks: [{task}]")])
+    changed = [(a, b) for a, b in zip(ours, theirs) if a != b]  # every comment kept: only the tasks and split lines differ
+    ratio = [b for a, b in changed if a.startswith("  train_ratio:")]
+    # 12 rows: half of them test (the gate's 50-prompt floor, never more than half the rows)
+    assert ratio == ["  train_ratio: 0.5  # sized for the gate by `llamaduo init`: 6 train / 6 test rows"]
+    assert len(ours) == len(theirs) and [c for c in changed if not c[0].startswith("  train_ratio:")] == \
+        ([] if task == "summarize" else [("  tasks: [summarize]", f"  tasks: [{task}]")])
     assert tomllib.loads((demo / "pyproject.toml").read_text())["project"]["dependencies"] == [f"llamaduo=={__version__}"]
     assert "prompt_id" in (demo / "data" / "coverage" / "README.md").read_text()  # the reader's formats
     assert json.loads((demo / "metrics" / "champion.json").read_text()) == {}
@@ -194,3 +198,14 @@ def test_the_wheel_carries_the_templates_and_inits_a_project_without_this_checko
     lock = yaml.safe_load((demo / "dvc.lock").read_text())
     assert lock["stages"]["prepare"]["params"]["pyproject.toml"] == {"project.dependencies": [f"llamaduo=={__version__}"]}
     assert json.loads((demo / "metrics" / "prepare.json").read_text())["summarize"] == {"train": 11, "test": 1}
+
+
+def test_a_users_test_split_is_sized_for_the_gate_not_the_demo():
+    from llamaduo.coverage import split
+    from llamaduo.project.init import test_prompts_for, train_ratio_for
+
+    # the demo's 0.96 left a 183-row task 7 test prompts; a fifth of the rows, 50 at least, half at most, 300 at most
+    assert [test_prompts_for(n) for n in (12, 183, 395, 1000, 5000)] == [6, 50, 79, 200, 300]
+    for n in (12, 183, 395, 1000, 5000):
+        train, test = split([{"id": str(i)} for i in range(n)], train_ratio=train_ratio_for(n), seed=42)
+        assert len(test) == test_prompts_for(n) and len(train) == n - len(test)

@@ -563,7 +563,10 @@ class JudgeParams(_Section):
     pairwise: bool = Field(True, description="Also compare each local answer with the first baseline service's answer, in both orders "
                                              "(a verdict that flips with the order is a tie).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for each mean's 95% interval in eval.json.")
-    seed: int = Field(0, description="Seed of the bootstrap.")
+    seed: int = Field(0, description="Seed of the bootstrap, and of the order sequential judging takes the test prompts in.")
+    rounds: int = Field(4, ge=1, description="Sequential judging: the test prompts judged in this many rounds (seeded random order), "
+                                             "stopping once the gate cannot pass (its upper bound below the bar); only when "
+                                             "`gate.metric` is a judge metric. 1 = every prompt at once.")
     worst: int = Field(10, ge=0, description="How many of the worst-scored answers (primary judge, gate metric order: precision) "
                                              "go into metrics/worst.json with the judge's reasons.")
     baseline: BaselineParams = Field(default_factory=BaselineParams)
@@ -600,12 +603,35 @@ class GateParams(_Section):
         "precision", description="What the promotion gate reads: a judge metric (precision, similarity: the primary judge's mean V) "
                                  "or a reference metric with no judge (rouge_l: ROUGE-L F1, chrf, exact_match: SQuAD-normalised), "
                                  "each mean on 0-100 with its bootstrap 95% interval from eval.json.")
-    threshold: float | None = Field(70, ge=0, le=100, description="Epsilon: mean score V the local model must reach; null = no absolute bar.")
+    mode: Literal["non_inferiority", "threshold", "point"] = Field(
+        "non_inferiority", description="The question the gate answers. non_inferiority: the paired difference local - best service "
+                                       "(per test prompt, on `metric`) has a one-sided lower bound above -`margin`; threshold: the "
+                                       "local mean's one-sided lower bound is above `threshold`; point: the mean itself reaches "
+                                       "`threshold` (the paper's rule, no interval). Each bound at this cycle's share of `alpha`.")
+    threshold: float | None = Field(70, ge=0, le=100, description="Epsilon, the bar of the threshold and point modes (unused by "
+                                                                  "non_inferiority); null = no absolute bar (point mode only).")
+    margin: float = Field(5.0, gt=0, le=100, description="Non-inferiority margin, in points of `metric`: how far below the best service "
+                                                        "the local model may be and still replace it; also the difference the "
+                                                        "threshold mode's power warning asks about while the mean is below the bar.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="The chance of any false pass in a whole loop: `llamaduo loop` gives each cycle a "
+                                                       "share (what earlier cycles left, split evenly over the cycles left up to "
+                                                       "`loop.max_cycles`), so the shares add up to at most this.")
+    cycle_alpha: float | None = Field(None, gt=0, lt=1, description="This cycle's share of `alpha`, the level of its one-sided bound "
+                                                                    "(the loop sets it before each cycle from the error its state "
+                                                                    "records as spent); null = all of `alpha` (one test, outside a loop).")
     no_regression: bool = Field(True, description="Also refuse a model whose score is below the current champion's 95% interval.")
     min_scored_fraction: float = Field(0.9, ge=0, le=1, description="Refuse unless at least this share of the local answers' judgments "
                                                                    "(primary judge) gave a score: a mean over the few answers the judge "
                                                                    "could grade is no evidence. For a reference metric, the share of "
                                                                    "answers scored (1 unless some are missing). eval.json's `scored_fraction`.")
+
+    @model_validator(mode="after")
+    def _check_bar(self):
+        if self.mode == "threshold" and self.threshold is None:
+            raise ValueError("`mode: threshold` needs a `threshold` (the bar the lower bound must clear)")
+        if self.cycle_alpha is not None and self.cycle_alpha > self.alpha:
+            raise ValueError(f"`cycle_alpha` {self.cycle_alpha:g} is more than the loop's whole `alpha` {self.alpha:g}")
+        return self
 
 
 class LoopParams(_Section):

@@ -50,3 +50,29 @@ def test_no_cap_an_ample_cap_or_the_users_consent_let_the_volume_grow(project):
         driver._check_readable(params(max_steps=68), 100)
     p = Params.model_validate({"train": {"max_steps": 1}, "loop": {"allow_unread_rows": True}})
     driver._check_readable(p, 10_000)
+
+
+def test_the_gates_error_is_spent_in_shares_recorded_in_the_loop_state_across_a_restart(project):
+    """Each cycle tests at what the earlier cycles left over the cycles left; the share lands in params.yaml (what the
+    report stage reads) and, with the decision, in the loop state on disk; a restarted cycle tests at the same share."""
+    from llamaduo import paths
+    from llamaduo.atomic import write_json
+    from llamaduo.config import load_params
+    from llamaduo.reporting.intervals import cycle_alpha
+
+    (project / "params.yaml").write_text("gate:\n  alpha: 0.05\nloop:\n  max_cycles: 4\nsynth:\n  volume: 0\n")
+    state, shares = {"cycles": {}}, []
+    for cycle in range(4):
+        share = cycle_alpha(0.05, driver.alpha_spent(state), cycle, 4)
+        driver._set_cycle_params("params.yaml", cycle=cycle, volume=cycle, previous=list(range(cycle)), cycle_alpha=share)
+        assert load_params("params.yaml").gate.cycle_alpha == share
+        if cycle == 2:  # killed before the decision was recorded: the restart reads the state and tests at the same share
+            state = json.loads(paths.LOOP_STATE.read_text())
+            assert cycle_alpha(0.05, driver.alpha_spent(state), cycle, 4) == share
+        state["cycles"][str(cycle)] = {"gate": False, "alpha": share}
+        write_json(paths.LOOP_STATE, state)
+        shares.append(share)
+    assert shares == pytest.approx([0.0125] * 4) and driver.alpha_spent(json.loads(paths.LOOP_STATE.read_text())) == pytest.approx(0.05)
+    # a loop whose `loop.max_cycles` is raised after two cycles spreads what is left over the cycles now left
+    two = {"cycles": {"0": {"alpha": 0.0125}, "1": {"alpha": 0.0125}}}
+    assert cycle_alpha(0.05, driver.alpha_spent(two), 2, 6) == pytest.approx(0.025 / 4)

@@ -65,10 +65,12 @@ def tiny_params(proj: Path, base_url: str) -> None:
                               "api_key_env": "FAKE_SERVICE_KEY", "concurrency": 4, "max_retries": 0}
     p["synth"].update(provider="fake", pairs_per_request=2, max_requests=10)
     p["judge"].update(provider="fake", m=2, baseline={"services": []})  # no baseline: its calls would move the scripted scores
+    p["judge"]["rounds"] = 1  # every answer judged: the test counts the calls paid
     # one step in cycle 0; cycle 1's volume would then leave rows unread, and the loop stops at the cap (see the test)
     p["train"].update(epochs=1, max_steps=1, batch_size=2, max_length=128, learning_rate=0.005)
     p["infer"].update(engine="transformers", k=2, max_new_tokens=24)
-    p["gate"].update(threshold=40)
+    # the point rule on the scripted judge: this test is about kills and restarts (tests/reporting test the modes)
+    p["gate"].update(metric="precision", mode="point", threshold=40)
     p["loop"].update(start_volume=4, max_cycles=3)
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
@@ -274,6 +276,9 @@ def test_two_cycles_survive_a_kill_at_every_failpoint_and_the_champion_loads_on_
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
         state = json.loads((proj / ".llamaduo/loop.json").read_text())
+        # the gate's error: cycles 0 and 1 each spent a third of 0.05 (loop.max_cycles 3), once each across the kills
+        assert [state["cycles"][c]["alpha"] for c in ("0", "1")] == pytest.approx([0.05 / 3] * 2)
+        assert state["alpha_spent"] == pytest.approx(0.1 / 3)
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         assert [r.info.run_id for r in runs if r.data.tags.get("llamaduo.loop") == "parent"] == [state["parent_run_id"]]
         points = client.get_metric_history(state["parent_run_id"], "summary.gate.score")

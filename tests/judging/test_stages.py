@@ -43,7 +43,8 @@ def project(tmp_path, base_url):
                                "concurrency": 4, "max_retries": 0}},
         "synth": {"provider": "fake"},
         "cache": {"path": str(tmp_path / "calls.sqlite")},
-        "judge": {"provider": "fake", "m": 2, "retries": 1, "bootstrap": 100, "temperature": 0.5},
+        # rounds 1: every answer judged (these tests count each judgment; tests/judging/test_sequential.py the rounds)
+        "judge": {"provider": "fake", "m": 2, "retries": 1, "bootstrap": 100, "temperature": 0.5, "rounds": 1},
     }
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     tables.write(proj / "test.parquet", "split", TEST)
@@ -215,11 +216,11 @@ def test_odd_reasons_a_broken_schema_and_a_400_become_counted_rows_and_the_gate_
     for name, body in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(body))
     s = summary(**{name: str(tmp_path / f"{name}.json") for name in files}, eval=str(proj / "eval.json"),
-                p=GateParams(threshold=70))
+                p=GateParams(mode="point", threshold=70))
     assert s["gate"]["score"] == 80.0 and s["gate"]["scored_fraction"] == 0.6 and s["gate"]["passed"] is False
     assert s["gate"]["reason"] == "only 60% of judgments scored for `precision`, `gate.min_scored_fraction` is 0.9"
     assert summary(**{name: str(tmp_path / f"{name}.json") for name in files}, eval=str(proj / "eval.json"),
-                   p=GateParams(threshold=70, min_scored_fraction=0.5))["gate"]["passed"] is True
+                   p=GateParams(mode="point", threshold=70, min_scored_fraction=0.5))["gate"]["passed"] is True
 
 
 def test_a_prompt_the_service_rejects_has_no_baseline_answer_and_the_others_are_kept(tmp_path):
@@ -235,3 +236,35 @@ def test_a_prompt_the_service_rejects_has_no_baseline_answer_and_the_others_are_
         with CallCache(tmp_path / "calls.sqlite") as cache, open_providers(params.providers, ["fake"]) as providers:
             rows, usage = answer_with_services(providers, test, params.judge, cache=cache)
     assert [r["prompt_id"] for r in rows] == ["p0", "p2"] and usage["fake"]["failed"] == 1 and usage["fake"]["calls"] == 2
+
+
+def test_sequential_judging_stops_paying_once_the_gate_cannot_pass(tmp_path):
+    """Gated on precision >= 70 with every local answer judged 40: after the first round (2 of 8 prompts) the upper
+    bound is 40, and the other 6 prompts' answers are never sent to the judge."""
+    test = [{"id": f"q{i}", "task": "summarize", "instruction": f"Summarize memo {i}.", "response": f"Memo {i}.",
+             "category": "Summarize", "split": "test"} for i in range(8)]
+    with JudgeFake(answer=service) as fake:
+        proj = project(tmp_path, fake.base_url)
+        params = yaml.safe_load((proj / "params.yaml").read_text())
+        params["judge"].update(rounds=4, pairwise=False, baseline={"services": []})
+        params["gate"] = {"metric": "precision", "mode": "threshold", "threshold": 70}
+        (proj / "params.yaml").write_text(yaml.safe_dump(params))
+        tables.write(proj / "test.parquet", "split", test)
+        tables.write(proj / "responses.parquet", "responses", [
+            {"prompt_id": r["id"], "task": "summarize", "sample": s, "answer": f"fine answer {s}", "tokens": 3,
+             "finish_reason": "stop", "engine": "x", "latency_s": 0.1} for r in test for s in range(2)])
+        judge = run_stage("judge.py", "--responses", "responses.parquet", "--test", "test.parquet", "--out", "judgments.parquet",
+                          "--metrics-out", "eval.json", "--reference-out", "reference.parquet", cwd=proj)
+        assert judge.returncode == 0, judge.stderr[-3000:]
+        asked = [r for r in fake.requests if "Model answer:" in r["messages"][-1]["content"]]
+    ev = json.loads((proj / "eval.json").read_text())
+    seq = ev["sequential"]
+    assert (seq["active"], seq["rounds"], seq["rounds_run"], seq["prompts_judged"]) == (True, 4, 1, 2)
+    # 2 prompts x 2 answers, one call each with n=M=2: 4 calls, 8 judgments of a full pass's 32
+    assert len(asked) == 4 and ev["usage"]["calls"] == 4
+    assert (seq["judgments_paid"], seq["judgments_full"], seq["saving"]) == (8, 32, 0.75)
+    assert seq["stopped"].startswith("round 1 of 4: the gate cannot pass")
+    judged = {j["prompt_id"] for j in tables.read(proj / "judgments.parquet", "judgments")}
+    assert len(judged) == 2 and judged < {r["id"] for r in test} and ev["precision"]["mean"] == 40.0
+    # the reference metrics cost nothing: every answer has them
+    assert len(tables.read(proj / "reference.parquet", "reference")) == 16

@@ -152,3 +152,30 @@ def test_the_blank_check_would_catch_a_blank_page(tmp_path):
     browse(tmp_path, f"--screenshot={shot}", "--window-size=400,300", blank.as_uri())
     with Image.open(shot) as img:
         assert ImageStat.Stat(img.convert("L")).stddev[0] < 1
+
+
+def test_the_gate_section_says_which_question_was_answered_its_bound_and_when_the_test_set_is_too_small(tmp_path):
+    import json
+
+    from llamaduo.config import GateParams
+    from llamaduo.reporting.summary import summary
+
+    write_project_outputs(tmp_path)
+    m = tmp_path / "metrics"
+    files = {n: str(m / f"{n}.json") for n in ("prepare", "curate", "train", "infer", "eval", "champion")}
+    # 7 prompts whose ROUGE-L trails the service's by 1 to 9 points, in a spread 7 prompts cannot resolve at a margin of 2
+    local = {f"p{i}": 30.0 + d for i, d in enumerate([-1.0, -9.0, 4.0, -6.0, 2.0, -3.0, 0.0])}
+    service = {f"p{i}": 30.0 for i in range(7)}
+    s = summary(**files, p=GateParams(metric="rouge_l", mode="non_inferiority", margin=2.0, cycle_alpha=0.025),
+                scores=(local, {"gpt-svc": service}))
+    s["judging"] = {"judgments_paid": 16, "judgments_full": 64, "saving": 0.75, "stopped": "round 1 of 4: the gate cannot pass"}
+    (m / "summary.json").write_text(json.dumps(s))
+    text = html_report.render(page_data.load(m, tmp_path / "data"))
+    assert "16 / 64 (saved 75%)" in text and "round 1 of 4: the gate cannot pass" in text
+    g = s["gate"]
+    assert not g["passed"] and g["test"]["estimate"] == pytest.approx(-13 / 7, abs=1e-3)
+    assert "The question the gate answered (non_inferiority): is the local model&#x27;s rouge_l no more than 2 points " \
+           "below the best service&#x27;s?" in text
+    assert f"<td>{g['test']['bound']:.2f}</td>" in text.replace(" class=\"num\"", "")
+    assert "one-sided 97.5% lower bound (this cycle&#x27;s share of gate.alpha)" in text
+    assert "Underpowered: 7 test prompts detect a difference of" in text and "test prompts would detect it" in text

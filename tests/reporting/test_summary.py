@@ -26,19 +26,20 @@ def metrics(tmp_path):
 
 
 def test_summary_gathers_every_stage_and_passes_without_a_champion(metrics):
-    s = summary(**metrics, p=GateParams(threshold=70))
+    s = summary(**metrics, p=GateParams(mode="point", threshold=70))
     assert s["split"] == {"summarize": {"train": 9, "test": 2}} and s["synthetic_curated"] == 3 and s["train_rows"] == 12
     assert s["train_loss"] == 1.25 and s["infer_tokens_per_s"] == 80.5 and s["failed_judgments"] == 1
-    assert s["gate"] == {"metric": "precision", "threshold": 70, "score": 72.0, "ci95": [65.0, 79.0], "passed": True,
-                         "scored_fraction": 0.95, "reason": "precision 72.00 passes (threshold 70)"}
+    gate = {k: v for k, v in s["gate"].items() if k not in ("test", "power_warning")}
+    assert gate == {"metric": "precision", "mode": "point", "threshold": 70, "score": 72.0, "ci95": [65.0, 79.0],
+                    "passed": True, "scored_fraction": 0.95, "reason": "precision 72.00 passes (threshold 70)"}
 
 
 def test_below_the_champions_interval_is_no_pass_even_above_the_threshold(metrics, tmp_path):
     (tmp_path / "champion.json").write_text(json.dumps({"version": "4", "cycle": 2, "score": 80.0, "ci_low": 75.0}))
-    s = summary(**metrics, p=GateParams(threshold=70, no_regression=True))
+    s = summary(**metrics, p=GateParams(mode="point", threshold=70, no_regression=True))
     assert s["gate"]["passed"] is False and s["gate"]["reason"] == "precision 72.00 is below champion v4's 95% interval (from 75.00)"
-    assert summary(**metrics, p=GateParams(threshold=70, no_regression=False))["gate"]["passed"] is True
-    assert summary(**metrics, p=GateParams(threshold=75, no_regression=False))["gate"]["reason"] == \
+    assert summary(**metrics, p=GateParams(mode="point", threshold=70, no_regression=False))["gate"]["passed"] is True
+    assert summary(**metrics, p=GateParams(mode="point", threshold=75, no_regression=False))["gate"]["reason"] == \
         "precision 72.00 is below the threshold 75"
 
 
@@ -54,13 +55,14 @@ def test_the_gate_reads_a_reference_metric_and_its_interval(metrics, tmp_path):
                        "rouge_l": {"mean": 41.5, "ci95_low": 35.0, "ci95_high": 48.0}, "chrf": {"mean": 50.0},
                        "exact_match": {"mean": 25.0, "ci95_low": 0.0, "ci95_high": 50.0}, "judge_agreement": {}}
     (tmp_path / "eval.json").write_text(json.dumps(ev))
-    s = summary(**metrics, p=GateParams(metric="rouge_l", threshold=40))
-    assert s["gate"] == {"metric": "rouge_l", "threshold": 40, "score": 41.5, "ci95": [35.0, 48.0], "passed": True,
-                         "scored_fraction": 1.0, "reason": "rouge_l 41.50 passes (threshold 40)"}
+    s = summary(**metrics, p=GateParams(mode="point", metric="rouge_l", threshold=40))
+    gate = {k: v for k, v in s["gate"].items() if k not in ("test", "power_warning")}
+    assert gate == {"metric": "rouge_l", "mode": "point", "threshold": 40, "score": 41.5, "ci95": [35.0, 48.0],
+                    "passed": True, "scored_fraction": 1.0, "reason": "rouge_l 41.50 passes (threshold 40)"}
     assert s["reference"]["exact_match"] == {"mean": 25.0, "ci95_low": 0.0, "ci95_high": 50.0}
     assert s["precision"]["mean"] == 72.0
     (tmp_path / "champion.json").write_text(json.dumps({"version": "5", "metric": "rouge_l", "score": 50.0, "ci_low": 44.0}))
-    assert summary(**metrics, p=GateParams(metric="rouge_l", threshold=40))["gate"]["reason"] == \
+    assert summary(**metrics, p=GateParams(mode="point", metric="rouge_l", threshold=40))["gate"]["reason"] == \
         "rouge_l 41.50 is below champion v5's 95% interval (from 44.00)"
 
 
@@ -68,8 +70,8 @@ def test_a_reference_gate_on_an_eval_without_reference_figures_says_what_to_do(m
     from llamaduo.errors import DataError
 
     with pytest.raises(DataError, match="rerun the judge stage"):
-        summary(**metrics, p=GateParams(metric="chrf", threshold=40))
-    assert "reference" not in summary(**metrics, p=GateParams())
+        summary(**metrics, p=GateParams(mode="point", metric="chrf", threshold=40))
+    assert "reference" not in summary(**metrics, p=GateParams(mode="point"))
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -85,7 +87,7 @@ def test_headline_is_the_few_figures_a_reviewer_compares(tmp_path):
 
     head = flat(write_project_outputs(tmp_path))
     # a two-judge panel still fits a terminal in `dvc metrics diff` (one row per key)
-    assert len(head) == 39
+    assert len(head) == 40
     assert {k for k in head if k.startswith("judge.j2.")} == {f"judge.j2.{m}.{f}" for m in ("precision", "similarity")
                                                               for f in ("mean", "ci95_low", "ci95_high", "coverage_50", "coverage_70", "p_match")}
     assert head["judge.j1.precision.mean"] == 62.5 and head["judge.j2.similarity.p_match"] == 0.77

@@ -23,6 +23,7 @@ from llamaduo.config import load_params
 from llamaduo.cycle import cost, estimate, model_registry, tracking
 from llamaduo.errors import LoopError
 from llamaduo.providers.local import stop_all
+from llamaduo.reporting import intervals
 
 
 def volume_for(cycle: int, p) -> int:
@@ -38,9 +39,10 @@ def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return res
 
 
-def _set_cycle_params(params_file: str, *, cycle: int, volume: int, previous: list[int]) -> None:
+def _set_cycle_params(params_file: str, *, cycle: int, volume: int, previous: list[int], cycle_alpha: float | None = None) -> None:
     """Edit params.yaml in place, keeping its comments and order (ruamel round-trip). `previous` are the
-    earlier cycles' volumes: synthetic rows an earlier cycle already needed keep that cycle in their lineage."""
+    earlier cycles' volumes: synthetic rows an earlier cycle already needed keep that cycle in their lineage.
+    `cycle_alpha` is this cycle's share of the gate's error (None: the gate's whole `alpha`)."""
     from ruamel.yaml import YAML
 
     y = YAML()
@@ -50,6 +52,8 @@ def _set_cycle_params(params_file: str, *, cycle: int, volume: int, previous: li
     doc["synth"]["volume"] = volume
     doc["synth"]["cycle"] = cycle
     doc["synth"]["previous_volumes"] = previous
+    doc.setdefault("gate", {})
+    doc["gate"]["cycle_alpha"] = cycle_alpha
     with replacing(path) as tmp, open(tmp, "w") as fh:  # a kill mid-write leaves the old file, never half of one
         y.dump(doc, fh)
 
@@ -200,7 +204,9 @@ def _run(params, params_file: str, dvc: tuple[str, ...]) -> dict:
             write_json(paths.LOOP_STATE, state)
             est = estimate.record(estimate.plan(params, {cycle: volume_for(cycle, params.loop)}, spent_usd=spent)["cycles"][0])
             _say(f"pre-flight estimate: {estimate.describe(est)}")
-            rec["commit"] = _cycle(params, params_file, dvc, parent, cycle)
+            # this cycle's share of the gate's error: what the earlier cycles of this loop left, over the cycles left
+            share = intervals.cycle_alpha(params.gate.alpha, alpha_spent(state), cycle, params.loop.max_cycles)
+            rec["commit"] = _cycle(params, params_file, dvc, parent, cycle, cycle_alpha=share)
         write_json(paths.LOOP_STATE, state)
         faults.point("loop:after_commit")
         entry = next(h for h in _load_json(paths.HISTORY, []) if h["cycle"] == cycle)
@@ -220,12 +226,19 @@ def _run(params, params_file: str, dvc: tuple[str, ...]) -> dict:
     return _stop(state, f"max cycles: `loop.max_cycles` is {params.loop.max_cycles}")
 
 
-def _cycle(params, params_file: str, dvc: tuple[str, ...], parent: str, cycle: int) -> str:
+def alpha_spent(state: dict) -> float:
+    """The gate's error this loop's cycles have spent: each cycle's share, recorded with its decision (a cycle
+    that was killed before its decision was recorded reran the same test, at the same share, and spends it once)."""
+    return sum(rec.get("alpha", 0.0) for rec in state.get("cycles", {}).values())
+
+
+def _cycle(params, params_file: str, dvc: tuple[str, ...], parent: str, cycle: int, *, cycle_alpha: float | None = None) -> str:
     """One cycle's pipeline: params for its volume, `dvc repro`, the history row and cost report; commit them."""
     volume = volume_for(cycle, params.loop)
     if cycle > 0:
         _check_readable(params, volume)
-    _set_cycle_params(params_file, cycle=cycle, volume=volume, previous=[volume_for(c, params.loop) for c in range(cycle)])
+    _set_cycle_params(params_file, cycle=cycle, volume=volume, previous=[volume_for(c, params.loop) for c in range(cycle)],
+                      cycle_alpha=cycle_alpha)
     _say(f"cycle {cycle} of at most {params.loop.max_cycles - 1}: synthetic volume {volume}; dvc repro")
     start = time.monotonic()
     try:
@@ -350,6 +363,9 @@ def _gate_and_promote(params, params_file: str, name: str, cycle: int, rec: dict
     if "gate" not in rec:
         mlflow.MlflowClient().set_model_version_tag(name, rec["version"], "gate", reason)
         rec["gate"] = passed
+        # the share of gate.alpha this test spent, with the decision in one write: it survives a kill
+        rec["alpha"] = (g.get("test") or {}).get("alpha", 0.0)
+        state["alpha_spent"] = alpha_spent(state)
         write_json(paths.LOOP_STATE, state)
         _say(f"gate: {'PASS' if passed else 'not yet'}: {reason}")
     if passed and not rec.get("promoted"):

@@ -18,6 +18,12 @@ from llamaduo.urls import credential_refusal
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a coverage file's stem (`<task>.jsonl`), no path
 
+# A user's test split is sized for the gate's verdict: its one-sided bound narrows as 1/sqrt(test prompts), and
+# the demo's 0.96 (16 of 395 rows, chosen to keep the demo short) leaves a 183-row task 7 prompts, where no verdict
+# is possible. A fifth of the rows, at least 50 prompts (never more than half the rows), at most 300 (each test
+# prompt is answered k times and judged M times per answer, every cycle).
+TEST_SHARE, MIN_TEST, MAX_TEST = 0.2, 50, 300
+
 PYPROJECT = """\
 # The llamaduo version this project runs with: `pip install "llamaduo=={version}"`.
 # Every stage in dvc.yaml depends on this list (params: pyproject.toml's project.dependencies), so pinning a new
@@ -52,9 +58,20 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
         raise UserError(f"{what} failed in {cwd}: {(res.stderr or res.stdout).strip()}")
 
 
-def _check_coverage(task: str, source: Path, params_text: str) -> None:
+def test_prompts_for(rows: int) -> int:
+    """The test split a task of `rows` coverage rows gets (TEST_SHARE, MIN_TEST, MAX_TEST)."""
+    return max(1, min(rows // 2, MAX_TEST, max(MIN_TEST, round(TEST_SHARE * rows))))
+
+
+def train_ratio_for(rows: int) -> float:
+    """`data.train_ratio` that leaves `test_prompts_for(rows)` test rows (the split rounds ratio x rows)."""
+    test = test_prompts_for(rows)
+    return round((rows - test) / rows, 6)
+
+
+def _check_coverage(task: str, source: Path, params_text: str) -> int:
     """Read `source` as the task's coverage file and split it with the template's params, before anything is
-    written: a broken row fails now, naming the user's file and line."""
+    written: a broken row fails now, naming the user's file and line. Returns the number of rows."""
     from llamaduo.coverage import load_task, split
     from llamaduo.coverage.prepare import FORMATS
 
@@ -73,11 +90,14 @@ def _check_coverage(task: str, source: Path, params_text: str) -> None:
             rows = load_task(tmp, task)
         except CoverageError as exc:
             raise CoverageError(str(exc).replace(str(copy), str(source))) from None
-    split(rows, train_ratio=data.get("train_ratio", 0.9), seed=data.get("seed", 42))
+    split(rows, train_ratio=train_ratio_for(len(rows)) if len(rows) > 1 else data.get("train_ratio", 0.9),
+          seed=data.get("seed", 42))
+    return len(rows)
 
 
-def _set_tasks(params_text: str, tasks: list[str]) -> str:
-    """params.yaml with `data.tasks` replaced, every comment kept (ruamel round trip, as the loop edits it)."""
+def _set_tasks(params_text: str, tasks: list[str], rows: int | None = None) -> str:
+    """params.yaml with `data.tasks` replaced and, given the task's `rows`, `data.train_ratio` sized for the gate
+    (its comment saying so), every other comment kept (ruamel round trip, as the loop edits it)."""
     import io
 
     from ruamel.yaml import YAML
@@ -87,6 +107,11 @@ def _set_tasks(params_text: str, tasks: list[str]) -> str:
     y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = y.load(params_text)
     doc["data"]["tasks"][:] = tasks  # in place: the list keeps its flow style and comments
+    if rows is not None and rows > 1:
+        ratio = train_ratio_for(rows)
+        doc["data"]["train_ratio"] = ratio
+        doc["data"].yaml_add_eol_comment(f"sized for the gate by `llamaduo init`: {rows - test_prompts_for(rows)} train / "
+                                         f"{test_prompts_for(rows)} test rows", "train_ratio")
     out = io.StringIO()
     y.dump(doc, out)
     return out.getvalue()
@@ -115,8 +140,8 @@ def init(target: str | Path, *, task: str | None = None, source: str | Path | No
     base = template.root()
     params_text = (base / "params.yaml").read_text()
     if task is not None:
-        params_text = _set_tasks(params_text, [task])
-        _check_coverage(task, Path(source), params_text)
+        rows = _check_coverage(task, Path(source), _set_tasks(params_text, [task]))
+        params_text = _set_tasks(params_text, [task], rows)
 
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)

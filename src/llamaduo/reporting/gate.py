@@ -1,13 +1,24 @@
 """The promotion gate: does this cycle's model replace the champion? One decision, with its reason.
 
 `gate.metric` is a judge metric (precision, similarity: eval.json's top level, the primary judge's) or a
-reference metric (rouge_l, chrf, exact_match: eval.json's `reference`, no judge involved)."""
+reference metric (rouge_l, chrf, exact_match: eval.json's `reference`, no judge involved). `gate.mode` is the
+question the gate answers:
+
+- `non_inferiority`: is the local model no worse than the best service by more than `gate.margin`? The paired
+  difference local - service over the test prompts both answered: its one-sided lower bound must be above -margin;
+- `threshold`: is the local model's true mean above `gate.threshold`? The one-sided lower bound must be above it;
+- `point`: the paper's rule, the mean itself at or above the threshold (no interval; a model just below the bar
+  passes about half the time).
+
+Each bound is at this cycle's share of the loop's error (reporting.intervals.cycle_alpha)."""
 
 from __future__ import annotations
 
 import math
+from statistics import fmean
 
 from llamaduo.errors import DataError
+from llamaduo.reporting import intervals
 
 JUDGE_METRICS = ("precision", "similarity")
 REFERENCE_METRICS = ("rouge_l", "chrf", "exact_match")  # = llamaduo.judging.reference.REFERENCE_METRICS (a test checks)
@@ -31,10 +42,69 @@ def _percent(fraction: float) -> str:
     return f"{math.floor(fraction * 1000) / 10:g}%"
 
 
+def question(p) -> str:
+    """The question the gate answers, in words (the report prints it beside the verdict)."""
+    if p.mode == "non_inferiority":
+        return f"is the local model's {p.metric} no more than {p.margin:g} points below the best service's?"
+    if p.mode == "threshold":
+        return f"is the local model's true mean {p.metric} above {p.threshold:g}?"
+    return f"is the local model's mean {p.metric} over this test set at least {p.threshold:g}? (point estimate)"
+
+
+def assess(local: dict[str, float], services: dict[str, dict[str, float]], p, alpha: float) -> dict:
+    """The gate's test on per-prompt scores of `p.metric`: `local` {prompt: score}, `services` {service: {prompt:
+    score}} (the baseline's answers). Returns the figures summary.json's `gate` holds beside the decision: the
+    estimate (mean, or mean paired difference), its one-sided lower bound at level `alpha`, the spread, and
+    the smallest difference detectable at 80% power with the prompts needed when that is wider than the bar's
+    distance."""
+    out = {"mode": p.mode, "question": question(p), "alpha": alpha}
+    if p.mode == "non_inferiority":
+        usable = {s: v for s, v in services.items() if set(v) & set(local)}
+        if not usable:
+            return out | {"prompts": 0, "estimate": None, "bound": None, "against": -p.margin}
+        # the best service on the gate metric, by its mean over the prompts both answered
+        best = max(sorted(usable), key=lambda s: fmean(usable[s][k] for k in set(usable[s]) & set(local)))
+        values = intervals.paired(local, usable[best])
+        out |= {"best_service": best, "against": -p.margin, "target": p.margin}
+    else:
+        values = [local[k] for k in sorted(local)]
+        out["against"] = p.threshold
+    n = len(values)
+    estimate = fmean(values) if values else None
+    out |= {"prompts": n, "estimate": round(estimate, 3) if estimate is not None else None}
+    if p.mode == "point":
+        return out | {"bound": out["estimate"]}
+    bound = intervals.lower_bound(values, alpha)
+    sd = intervals.spread(values)
+    # the bound as computed: the decision compares it with the bar, and rounding could move it across
+    out |= {"bound": bound, "sd": round(sd, 3) if sd is not None else None}
+    if sd is None:
+        return out
+    out["detectable"] = round(intervals.detectable(sd, n, alpha), 3)
+    if p.mode == "threshold":
+        # the distance the estimate sits from the bar; below it, the margin stands for "a model this much better"
+        out["target"] = round(estimate - p.threshold, 3) if estimate > p.threshold else p.margin
+    out["underpowered"] = out["detectable"] > out["target"]
+    if out["underpowered"]:
+        out["prompts_needed"] = intervals.prompts_needed(sd, out["target"], alpha)
+    return out
+
+
+def power_warning(test: dict) -> str | None:
+    """A line for the report when the test set cannot see the difference the gate asks about."""
+    if not test.get("underpowered"):
+        return None
+    need = test.get("prompts_needed")
+    more = f"about {need} test prompts would detect it" if need else "no test set of a sensible size detects it"
+    return (f"{test['prompts']} test prompts detect a difference of {test['detectable']:.1f} points at 80% power "
+            f"(alpha {test['alpha']:.4g}), more than the {test['target']:.1f} the gate asks about: {more} "
+            f"(at the measured spread {test['sd']:.1f})")
+
+
 def decide(gate: dict, champion: dict | None, p) -> tuple[bool, str]:
-    """`gate` holds this cycle's `score` and `scored_fraction` (metrics/summary.json's `gate` entry); `champion`
-    the current champion's figures as metrics/champion.json holds them (`version`, `metric`, `ci_low`), or
-    None / {} when there is none."""
+    """`gate` holds this cycle's `score` and `scored_fraction` (metrics/summary.json's `gate` entry) and, for
+    the interval modes, `test` (what `assess` returned); `champion` the current champion's figures as
+    metrics/champion.json holds them (`version`, `metric`, `ci_low`), or None / {} when there is none."""
     score = gate.get("score")
     if score is None:
         why = "every judgment failed" if p.metric in JUDGE_METRICS else "no answers"
@@ -49,8 +119,22 @@ def decide(gate: dict, champion: dict | None, p) -> tuple[bool, str]:
     if fraction is not None and fraction < p.min_scored_fraction:
         return False, (f"only {_percent(fraction)} of {what} scored for `{p.metric}`, "
                        f"`gate.min_scored_fraction` is {p.min_scored_fraction:g}")
-    if p.threshold is not None and score < p.threshold:
+    test = gate.get("test") or {}
+    level = f"{100 * (1 - test.get('alpha', 0)):.4g}%"
+    if p.mode == "point" and p.threshold is not None and score < p.threshold:
         return False, f"{p.metric} {score:.2f} is below the threshold {p.threshold:g}"
+    if p.mode != "point":
+        if test.get("bound") is None:
+            if p.mode == "non_inferiority" and not test.get("prompts"):
+                return False, (f"no service answers to compare with on `{p.metric}`: non-inferiority needs the "
+                               "baseline (`judge.baseline.services`)")
+            return False, f"fewer than 2 test prompts scored for `{p.metric}`: no interval"
+        if test["bound"] <= test["against"]:
+            what = (f"{p.metric} local - {test['best_service']} {test['estimate']:+.2f}" if p.mode == "non_inferiority"
+                    else f"{p.metric} {test['estimate']:.2f}")
+            bar = f"-margin {-p.margin:g}" if p.mode == "non_inferiority" else f"the threshold {p.threshold:g}"
+            return False, (f"{what}: its {level} lower bound {test['bound']:.2f} is not above {bar} "
+                           f"({test['prompts']} prompts)")
     if p.no_regression and champion and champion.get("ci_low") is not None:
         theirs = champion.get("metric")  # absent: a champion.json written by hand; its interval is taken as this metric's
         if theirs is not None and theirs != p.metric:
@@ -61,5 +145,12 @@ def decide(gate: dict, champion: dict | None, p) -> tuple[bool, str]:
         if score < low:
             return False, (f"{p.metric} {score:.2f} is below champion v{champion['version']}'s 95% interval "
                            f"(from {low:.2f})")
+    also = ", no regression" if champion and p.no_regression else ""
+    if p.mode == "non_inferiority":
+        return True, (f"{p.metric} local - {test['best_service']} {test['estimate']:+.2f}, {level} lower bound "
+                      f"{test['bound']:.2f} > -margin {-p.margin:g}: no worse than the service ({test['prompts']} prompts{also})")
+    if p.mode == "threshold":
+        return True, (f"{p.metric} {test['estimate']:.2f}, {level} lower bound {test['bound']:.2f} > threshold "
+                      f"{p.threshold:g} ({test['prompts']} prompts{also})")
     bar = f"threshold {p.threshold:g}" if p.threshold is not None else "no threshold"
-    return True, f"{p.metric} {score:.2f} passes ({bar}{', no regression' if champion and p.no_regression else ''})"
+    return True, f"{p.metric} {score:.2f} passes ({bar}{also})"

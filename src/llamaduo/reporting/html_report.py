@@ -30,7 +30,7 @@ table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}th,td{border:1px s
 text-align:left;vertical-align:top}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 .gate{padding:.6rem 1rem;border-radius:6px;font-weight:600}.pass{background:#e3f6e5;border:1px solid #3a9d4a}
-.fail{background:#fdeaea;border:1px solid #c43c3c}.missing{color:#666;font-style:italic}
+.fail{background:#fdeaea;border:1px solid #c43c3c}.missing{color:#666;font-style:italic}.warn{color:#8a5a00}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-family:inherit}.muted{color:#666;font-size:.85rem}
 """
 
@@ -116,11 +116,26 @@ def _gate_section(summary: dict) -> str:
     ci = g.get("ci95")
     ci_text = f" (95% interval {_num(ci[0])} – {_num(ci[1])})" if ci else ""
     verdict = "PASS: this cycle's model may replace the service" if g["passed"] else "not passed"
+    test = g.get("test") or {}
     inner = (f"<p class=\"gate {'pass' if g['passed'] else 'fail'}\">{_e(verdict)}</p>"
-             f"<p>Gate metric <b>{_e(g['metric'])}</b>: {_num(g.get('score'))}{ci_text}, threshold "
+             + (f"<p>The question the gate answered ({_e(test['mode'])}): {_e(test['question'])}</p>" if test else "")
+             + f"<p>Gate metric <b>{_e(g['metric'])}</b>: {_num(g.get('score'))}{ci_text}, threshold "
              f"{_num(g.get('threshold'))}, scored share {_num(g.get('scored_fraction'))}.<br>"
              f"Why: {_e(g.get('reason', ''))}</p>")
-    facts = [["training rows", summary.get("train_rows")], ["synthetic rows (curated)", summary.get("synthetic_curated")],
+    if g.get("power_warning"):
+        inner += f"<p class=\"warn\">Underpowered: {_e(g['power_warning'])}</p>"
+    level = f"{100 * (1 - test['alpha']):.4g}%" if test.get("alpha") is not None else None
+    seq = summary.get("judging")
+    facts = [["tested on", f"{test['prompts']} test prompts" if test.get("prompts") is not None else None],
+             ["estimate" + (f" (local - {test['best_service']})" if test.get("best_service") else ""), test.get("estimate")],
+             [f"one-sided {level} lower bound (this cycle's share of gate.alpha)" if level else "lower bound",
+              test.get("bound") if test.get("mode") != "point" else None],
+             ["must be above", test.get("against") if test.get("mode") != "point" else None],
+             ["detectable at 80% power", test.get("detectable")],
+             ["judgments paid / a full pass", f"{seq['judgments_paid']} / {seq['judgments_full']} (saved {100 * seq['saving']:.0f}%)"
+              if seq else None],
+             ["judging stopped", seq.get("stopped") if seq else None],
+             ["training rows", summary.get("train_rows")], ["synthetic rows (curated)", summary.get("synthetic_curated")],
              ["training loss", summary.get("train_loss")], ["failed judgments", summary.get("failed_judgments")]]
     return _section("Promotion gate", inner + _rows(["", "value"], [f for f in facts if f[1] is not None]), "gate")
 

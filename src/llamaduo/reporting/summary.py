@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llamaduo.judging.names import LOCAL
 from llamaduo.judging.scores import answer_scores, select
-from llamaduo.reporting.gate import JUDGE_METRICS, decide, figures
+from llamaduo.reporting.gate import JUDGE_METRICS, assess, decide, figures, power_warning
+from llamaduo.reporting.intervals import per_prompt
 from llamaduo.usage import total
 
 
@@ -15,10 +17,30 @@ def _load(path: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, champion: str, p) -> dict:
+def prompt_scores(metric: str, *, judgments: list[dict], baseline_judgments: list[dict],
+                  reference: list[dict]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Per test prompt, `metric` for the local model and for each service: a judge metric from the primary
+    judge's judgments (local answers in judgments.parquet, the services' in baseline_judgments.parquet), a
+    reference metric from the `reference` table (both answerers)."""
+    if metric in JUDGE_METRICS:
+        local = per_prompt(answer_scores(select(judgments, primary=True, answerer=LOCAL), metric))
+        names = sorted({j["answerer"] for j in baseline_judgments})
+        services = {s: per_prompt(answer_scores(select(baseline_judgments, primary=True, answerer=s), metric)) for s in names}
+        return local, services
+    rows = {}
+    for r in reference:
+        rows.setdefault(r["answerer"], {})[(r["prompt_id"], r["sample"])] = r[metric]
+    local = per_prompt(rows.pop(LOCAL, {}))
+    return local, {s: per_prompt(v) for s, v in sorted(rows.items())}
+
+
+def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, champion: str, p,
+            scores: tuple | None = None) -> dict:
     """`p` is the gate section: the mean of `p.metric` (a judge metric, or a reference metric from eval.json's
-    `reference`) against `p.threshold` and (`p.no_regression`) against the champion's interval in `champion`
-    (metrics/champion.json, `{}` when there is none). The loop promotes on exactly this decision."""
+    `reference`) tested as `p.mode` asks at level `p.cycle_alpha` (this cycle's share of the loop's error; None = all of
+    `p.alpha`) on `scores` (`prompt_scores`: per-prompt local and service scores), and (`p.no_regression`)
+    against the champion's interval in `champion` (metrics/champion.json, `{}` when there is none). The loop
+    promotes on exactly this decision."""
     ev, tr = _load(eval), _load(train)
     gated = figures(ev, p.metric)
     score = gated["mean"]
@@ -27,7 +49,9 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, cha
     ci = [low, high] if low is not None else None
     # the share of judgments (or answers) scored: `gate.min_scored_fraction` bars a mean over a few of them
     fraction = gated["scored_fraction"]
-    passed, reason = decide({"score": score, "scored_fraction": fraction}, _load(champion), p)
+    local, services = scores or ({}, {})
+    test = assess(local, services, p, p.alpha if p.cycle_alpha is None else p.cycle_alpha)
+    passed, reason = decide({"score": score, "scored_fraction": fraction, "test": test}, _load(champion), p)
     return {
         "split": _load(prepare),
         "synthetic_curated": _load(curate)["rows_out"],
@@ -37,10 +61,12 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, cha
         "precision": ev["precision"],
         "similarity": ev["similarity"],
         "failed_judgments": ev["failed_judgments"],
+        # sequential judging: judgments paid against a full pass, and why it stopped (absent from an older eval.json)
+        **({"judging": ev["sequential"]} if "sequential" in ev else {}),
         # the reference metrics' figures (mean, interval) beside the judge's; absent from an older eval.json
         **({"reference": {m: ev["reference"][m] for m in ev["reference"]["metrics"]}} if "reference" in ev else {}),
-        "gate": {"metric": p.metric, "threshold": p.threshold, "score": score, "scored_fraction": fraction, "ci95": ci,
-                 "passed": passed, "reason": reason},
+        "gate": {"metric": p.metric, "mode": p.mode, "threshold": p.threshold, "score": score, "scored_fraction": fraction,
+                 "ci95": ci, "passed": passed, "reason": reason, "test": test, "power_warning": power_warning(test)},
     }
 
 
@@ -76,8 +102,11 @@ def headline(s: dict, *, eval: dict, train: dict, spend: dict) -> dict:
     usage() of the cycle's service stages."""
     g = s["gate"]
     out = {
-        "gate": {"metric": g["metric"], "passed": g["passed"], "threshold": g["threshold"],
-                 "scored_fraction": g.get("scored_fraction"), "reason": g["reason"]},
+        "gate": {"metric": g["metric"], "mode": g.get("mode", "point"), "passed": g["passed"], "threshold": g["threshold"],
+                 "scored_fraction": g.get("scored_fraction"), "reason": g["reason"],
+                 # the tested estimate (mean, or mean paired difference) and its one-sided lower bound, where there
+                 # are any (`dvc metrics` drops a null: the key would come and go)
+                 **{k: v for k in ("estimate", "bound") if (v := (g.get("test") or {}).get(k)) is not None}},
         "judge": judge_figures(eval),
         "rows": {"train": s["train_rows"], "synthetic_curated": s["synthetic_curated"], "answers": eval.get("answers")},
         "loss": {"train": train.get("train_loss"), "validation": train.get("val_loss")},
