@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import no_robots_row, write_jsonl
+from conftest import ROOT, no_robots_row, write_jsonl
 from llamaduo.coverage import load_task, prepare, split
+from llamaduo.coverage.prepare import side_score
 from llamaduo.errors import CoverageError
 
 
@@ -36,9 +37,50 @@ def test_both_splits_nonempty_even_at_extremes(coverage_dir):
         assert len(tr) == 1 and len(te) == 1
 
 
-def test_cap_rows(coverage_dir):
-    tr, te = prepare(coverage_dir=str(coverage_dir), tasks=["summarize"], train_ratio=0.5, seed=0, max_rows_per_task=6)
-    assert len(tr) + len(te) == 6
+def _pairs(n, start=0):
+    return [{"id": f"row-{i}", "task": "t", "instruction": f"q{i}", "response": f"a{i}", "system": None,
+             "history": None, "category": "t"} for i in range(start, start + n)]
+
+
+def _sides(rows, **kw):
+    tr, te = split(rows, **kw)
+    return {r["id"]: r["split"] for r in tr + te}
+
+
+@pytest.mark.parametrize("seed", [0, 42])
+def test_adding_rows_never_moves_an_old_row(seed):
+    old = _sides(_pairs(300), train_ratio=0.8, seed=seed)
+    grown = _sides(_pairs(300) + _pairs(2700, start=300), train_ratio=0.8, seed=seed)
+    assert {k: grown[k] for k in old} == old
+    # the side of a row is a Bernoulli(0.8) draw by its hash: over 3,000 rows the train share lies within 0.8 +- 0.03
+    # (4 standard deviations, sqrt(0.8 * 0.2 / 3000) = 0.0073)
+    share = sum(v == "train" for v in grown.values()) / len(grown)
+    assert abs(share - 0.8) < 0.03, share
+
+
+def test_a_row_borrowed_to_fill_an_empty_side_goes_back_when_the_side_fills():
+    by_hash = {r["id"]: side_score(r["id"], 5) < 0.5 for r in _pairs(40)}
+    # three rows that the hash puts all in train at ratio 0.5, then one more the hash puts in test
+    train_ids = [k for k, v in by_hash.items() if v][:3]
+    test_id = next(k for k, v in by_hash.items() if not v)
+    rows = [dict(_pairs(1)[0], id=k) for k in train_ids]
+    tr, te = split(rows, train_ratio=0.5, seed=5)
+    assert len(te) == 1 and te[0]["id"] == max(train_ids, key=lambda k: side_score(k, 5))
+    tr, te = split(rows + [dict(rows[0], id=test_id)], train_ratio=0.5, seed=5)
+    assert [r["id"] for r in te] == [test_id] and sorted(r["id"] for r in tr) == sorted(train_ids)
+
+
+def test_the_cap_keeps_old_rows_on_their_side():
+    full = _sides(_pairs(50), train_ratio=0.7, seed=3)
+    capped = _sides(_pairs(50), train_ratio=0.7, seed=3, max_rows=20)
+    assert len(capped) == 20 and all(full[k] == v for k, v in capped.items())
+
+
+def test_the_shipped_split_of_summarize():
+    # the split of the shipped data at params.yaml's phi and seed (the prepare stage's counts in dvc.lock follow)
+    rows = load_task(ROOT / "data/coverage", "summarize")
+    tr, te = split(rows, train_ratio=0.96, seed=42)
+    assert (len(tr), len(te)) == (380, 15)
 
 
 def test_plain_prompt_response_rows(tmp_path):

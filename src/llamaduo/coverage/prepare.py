@@ -1,4 +1,5 @@
-"""Coverage data: read each task's file (JSONL, CSV or Parquet), check every row, split train/test by the ratio phi.
+"""Coverage data: read each task's file (JSONL, CSV or Parquet), check every row, split train/test by the ratio phi
+(each row's side fixed by a seeded hash of its id, see `split`).
 
 A row becomes {id, task, instruction, response, system, history, category}: the last user turn is the
 instruction, the last assistant turn the response (the target), an optional system prompt, and the earlier
@@ -23,7 +24,6 @@ import csv
 import hashlib
 import io
 import json
-import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,17 +274,37 @@ def load_task(coverage_dir: str | Path, task: str) -> list[dict]:
     return _load(coverage_dir, task, {})
 
 
+def side_score(row_id: str, seed: int, purpose: str = "split") -> float:
+    """A number in [0, 1) fixed by the seed and the row's id alone (the first 8 bytes of SHA-256 of
+    `purpose:seed:id`): the split and the cap rank rows by it, so a row's place never depends on the other rows.
+    A row without an id has the content hash `_row_to_pair` gives it (of its instruction, or of its system prompt,
+    earlier turns and instruction), so the same text keeps its side."""
+    digest = hashlib.sha256(f"{purpose}:{seed}:{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
 def split(rows: list[dict], *, train_ratio: float, seed: int, max_rows: int | None = None) -> tuple[list[dict], list[dict]]:
-    """Seeded shuffle, optional cap, then the first phi share is train; both splits get at least one row."""
+    """Each row's side by a seeded hash of its id: train when `side_score(id, seed) < train_ratio`, else test.
+
+    Adding rows never moves an old one, so a capture that grows a task keeps every test row where the gate
+    paired it; the share of train is train_ratio on average (a binomial count, not an exact one). Two cases
+    bend the rule, both named here because they can move a row:
+    - a cap (`max_rows`) keeps the rows with the lowest score of a second, independent hash; a new row may push
+      an old one out of the cap, but a row that stays keeps its side;
+    - both splits get at least one row: when the hash leaves one side empty, the row of the other side whose score
+      is nearest the ratio crosses over, and goes back once a row lands on the empty side by its own hash.
+    """
     if not 0 < train_ratio < 1:
         raise CoverageError(f"`data.train_ratio` must be in (0, 1), got {train_ratio}")
-    rows = sorted(rows, key=lambda r: r["id"])  # input order must not change the split
-    random.Random(seed).shuffle(rows)
+    if len(rows) < 2:
+        raise CoverageError(f"a train/test split needs at least 2 rows, got {len(rows)}")
     if max_rows is not None:
-        rows = rows[:max_rows]
-    n_train = min(max(1, round(train_ratio * len(rows))), len(rows) - 1)
-    train = [dict(r, split="train") for r in rows[:n_train]]
-    test = [dict(r, split="test") for r in rows[n_train:]]
+        rows = sorted(rows, key=lambda r: (side_score(r["id"], seed, "cap"), r["id"]))[:max_rows]
+    scored = sorted(((side_score(r["id"], seed), r["id"], r) for r in rows), key=lambda t: t[:2])
+    n_train = sum(s < train_ratio for s, _, _ in scored)
+    n_train = min(max(1, n_train), len(scored) - 1)  # sorted by score: the borrowed row is the one nearest the ratio
+    train = [dict(r, split="train") for _, _, r in scored[:n_train]]
+    test = [dict(r, split="test") for _, _, r in scored[n_train:]]
     return train, test
 
 
