@@ -307,3 +307,60 @@ def test_one_row_size_limit_in_every_format(tmp_path, ext, where):
     with pytest.raises(CoverageError, match=rf"{where}: the row holds 1,048,577 bytes of text, over the 1,048,576-byte limit"):
         load_task(tmp_path, "t")
     assert csv.field_size_limit() == field_limit  # the reader leaves the process-wide setting as it found it
+
+
+def test_provenance_columns_and_a_folder_of_sources(tmp_path):
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "hand one", "response": "r1"}, {"prompt": "hand two", "response": "r2"}])
+    q = json.dumps({"experiment": "support-bot", "filter": "tags.feature = 'summary'"})
+    write_jsonl(tmp_path / "t" / "mlflow.jsonl", [
+        {"id": "mlflow:tr-1", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q1"},
+                                           {"role": "assistant", "content": "a1"}],
+         "source": "mlflow", "source_id": "tr-1", "capture_query": q}])
+    pq.write_table(pa.table({"prompt": ["q2"], "response": ["a2"], "id": ["otlp:s-2"], "source": ["otlp"],
+                             "source_id": ["s-2"], "capture_query": [q]}), tmp_path / "t" / "otlp.parquet")
+    rows = load_task(tmp_path, "t")
+    assert [r["id"] for r in rows][2:] == ["mlflow:tr-1", "otlp:s-2"]
+    assert rows[2]["system"] == "Be brief." and set(rows[2]) == set(rows[0])  # the pair only: provenance stays in the file
+    from llamaduo.coverage.prepare import read_rows
+    assert [p for _, _, p in read_rows(tmp_path / "t" / "mlflow.jsonl", "t")] == [
+        {"source": "mlflow", "source_id": "tr-1", "capture_query": q}]
+    # the same id in two files of the task names both places
+    write_jsonl(tmp_path / "t" / "more.jsonl", [{"id": "mlflow:tr-1", "prompt": "q9", "response": "a9"}])
+    with pytest.raises(CoverageError, match=r"t/more.jsonl:1: duplicate id 'mlflow:tr-1' \(first at .*t/mlflow.jsonl:1\)"):
+        load_task(tmp_path, "t")
+
+
+@pytest.mark.parametrize("row,msg", [
+    ({"source": 3}, "`source` must be a string, got int"),
+    ({"source_id": "tr-1"}, "`source_id` without `source`"),
+    ({"source": "mlflow", "capture_query": {"x": 1}}, "`capture_query` must be a string, got dict"),
+])
+def test_bad_provenance_names_file_and_line(tmp_path, row, msg):
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "fine", "response": "ok"}, {"prompt": "p", "response": "r", **row}])
+    with pytest.raises(CoverageError, match=r"t.jsonl:2: .*" + re.escape(msg)):
+        load_task(tmp_path, "t")
+
+
+def test_the_sources_folder_holds_only_coverage_files(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "notes.txt").write_text("x")
+    with pytest.raises(CoverageError, match=r"t/notes.txt is not a .jsonl, .csv or .parquet file"):
+        load_task(tmp_path, "t")
+    (tmp_path / "t" / "notes.txt").unlink()
+    with pytest.raises(CoverageError, match=r"no t.jsonl, t.csv or t.parquet and no files in .*t/"):
+        load_task(tmp_path, "t")
+    write_jsonl(tmp_path / "t" / "a.jsonl", [{"prompt": "only one", "response": "r"}])
+    with pytest.raises(CoverageError, match=r"t/a.jsonl has 1 row\(s\)"):
+        load_task(tmp_path, "t")
+
+
+def test_provenance_counts_in_the_row_size_limit(tmp_path):
+    from llamaduo.coverage.prepare import MAX_ROW_BYTES
+
+    base = {"prompt": "p", "response": "r", "source": "mlflow", "source_id": "tr-9"}
+    fill = MAX_ROW_BYTES - sum(len(v) for v in base.values())
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "fine", "response": "ok"}, {**base, "capture_query": "q" * fill}])
+    assert len(load_task(tmp_path, "t")) == 2
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "fine", "response": "ok"}, {**base, "capture_query": "q" * (fill + 1)}])
+    with pytest.raises(CoverageError, match=r"t.jsonl:2: the row holds 1,048,577 bytes"):
+        load_task(tmp_path, "t")

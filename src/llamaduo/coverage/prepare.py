@@ -10,6 +10,14 @@ turns as `history` (None for a single-turn row). Accepted shapes (README, "Your 
 - columns (JSONL keys, a CSV header, Parquet columns): `prompt`, `response`, and optionally `system`,
   `history` (a list of {role, content}; in CSV a JSON string of that list), `prompt_id` (or `id`), `category`.
 
+Either shape may carry provenance, the columns `llamaduo capture` writes: `source` (where the row was recorded:
+`mlflow`, `openai`, `otlp`), `source_id` (its trace, completion or span id there) and `capture_query` (the query
+that selected it, as JSON text); each a string, `source_id` only with `source`. They are checked and counted in
+the row's size; the split and training read only the pair.
+
+A task's rows come from `<task>.jsonl`, `.csv` or `.parquet` (at most one of them) plus every file of those formats
+in the folder `<task>/` (where capture writes one file per source); ids are unique across all of them.
+
 A row holds at most 1 MiB (1,048,576 bytes) of text in every format: the UTF-8 bytes of its system prompt,
 every turn's content (earlier turns, prompt, response), its category and its id as the file gives them. That is
 about 250,000 tokens of English, past the context of the models this tunes; a longer row is refused, naming the
@@ -31,7 +39,8 @@ from pathlib import Path
 from llamaduo.errors import CoverageError
 
 FORMATS = ("jsonl", "csv", "parquet")
-COLUMNS = ("prompt", "response", "system", "history", "prompt_id", "id", "category")
+PROVENANCE = ("source", "source_id", "capture_query")
+COLUMNS = ("prompt", "response", "system", "history", "prompt_id", "id", "category", *PROVENANCE)
 SYSTEM_ROLES = ("system", "developer")  # OpenAI's newer name for the system message
 ROLES = ("user", "assistant")  # the turns after the system message alternate in this order
 # the one size limit of a row, whatever its format (see the module docstring): counted on the row's text, so a row
@@ -222,13 +231,16 @@ def _row_to_pair(task: str, obj, where: str) -> dict:
     else:
         row_id = given_id
     category = _text(obj.get("category"), "category", where, required=False)
+    provenance = [_text(obj.get(k), k, where, required=False) or "" for k in PROVENANCE]
+    if provenance[1] and not provenance[0]:
+        raise CoverageError(f"{where}: `source_id` without `source`; name where the row was recorded")
     texts = [system or "", *(t["content"] for t in history), instruction, response, category or "",
-             "" if given_id is None else str(given_id)]
+             "" if given_id is None else str(given_id), *provenance]
     # surrogatepass: a JSON string may hold a lone surrogate (\ud800), which is still text the row carries
     size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
     if size > MAX_ROW_BYTES:
         raise CoverageError(f"{where}: the row holds {size:,} bytes of text, over the {MAX_ROW_BYTES:,}-byte limit of a "
-                            "coverage row (system prompt, turns, category and id, as UTF-8); shorten or split it")
+                            "coverage row (system prompt, turns, category, id and provenance, as UTF-8); shorten or split it")
     return {
         "id": str(row_id),
         "task": task,
@@ -243,30 +255,61 @@ def _row_to_pair(task: str, obj, where: str) -> dict:
 # -- a task's file
 
 
-def task_file(coverage_dir: str | Path, task: str) -> Path:
+def task_files(coverage_dir: str | Path, task: str) -> list[Path]:
+    """The task's files: `<task>.<format>` (at most one) first, then the files of the folder `<task>/` by name."""
     d = Path(coverage_dir)
     found = [d / f"{task}.{ext}" for ext in FORMATS if (d / f"{task}.{ext}").is_file()]
     if len(found) > 1:
-        raise CoverageError(f"task {task!r}: several files {[str(p) for p in found]}; keep one")
+        raise CoverageError(f"task {task!r}: several files {[str(p) for p in found]}; keep one (more sources go in "
+                            f"the folder {d / task}/)")
+    folder = d / task
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith("."):  # editor and atomic-write leftovers are not data
+                continue
+            if not p.is_file() or p.suffix[1:] not in FORMATS:
+                raise CoverageError(f"task {task!r}: {p} is not a .jsonl, .csv or .parquet file; the folder "
+                                    f"{folder}/ holds only the task's coverage files")
+            found.append(p)
     if not found:
-        have = sorted({p.stem for ext in FORMATS for p in d.glob(f"*.{ext}")})
-        raise CoverageError(f"task {task!r}: no {task}.jsonl, {task}.csv or {task}.parquet in {d} (tasks here: {have})")
-    return found[0]
+        have = sorted({p.stem for ext in FORMATS for p in d.glob(f"*.{ext}")} | {p.name for p in d.iterdir() if p.is_dir()}
+                      if d.is_dir() else set())
+        raise CoverageError(f"task {task!r}: no {task}.jsonl, {task}.csv or {task}.parquet and no files in {folder}/ "
+                            f"in {d} (tasks here: {have})")
+    return found
+
+
+def read_file(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(where, object) per row of one coverage file, by its extension; `where` names the file and line (Parquet: row)."""
+    path = Path(path)
+    if path.suffix[1:] not in FORMATS:
+        raise CoverageError(f"{path}: not a .jsonl, .csv or .parquet file")
+    return READERS[path.suffix[1:]](path)
+
+
+def read_rows(path: str | Path, task: str) -> Iterator[tuple[str, dict, dict]]:
+    """(where, row, provenance) per row of one file: the checked row as `load_task` gives it, and its provenance
+    columns (those present)."""
+    for where, obj in read_file(path):
+        row = _row_to_pair(task, obj, where)
+        yield where, row, {k: obj[k] for k in PROVENANCE if obj.get(k) not in (None, "")}
 
 
 def _load(coverage_dir: str | Path, task: str, seen: dict[str, str]) -> list[dict]:
     """The task's rows; `seen` (id -> where it was first read) catches ids repeated within and across tasks."""
-    path = task_file(coverage_dir, task)
+    paths = task_files(coverage_dir, task)
     rows = []
-    for where, obj in READERS[path.suffix[1:]](path):
-        row = _row_to_pair(task, obj, where)
-        if row["id"] in seen:
-            raise CoverageError(f"{where}: duplicate id {row['id']!r} (first at {seen[row['id']]}); ids must be unique "
-                                "across all tasks")
-        seen[row["id"]] = where
-        rows.append(row)
+    for path in paths:
+        for where, obj in read_file(path):
+            row = _row_to_pair(task, obj, where)
+            if row["id"] in seen:
+                raise CoverageError(f"{where}: duplicate id {row['id']!r} (first at {seen[row['id']]}); ids must be "
+                                    "unique across all tasks")
+            seen[row["id"]] = where
+            rows.append(row)
     if len(rows) < 2:
-        raise CoverageError(f"task {task!r}: {path} has {len(rows)} row(s); a train/test split needs at least 2")
+        where = str(paths[0]) if len(paths) == 1 else f"{', '.join(map(str, paths))} together"
+        raise CoverageError(f"task {task!r}: {where} has {len(rows)} row(s); a train/test split needs at least 2")
     return rows
 
 
