@@ -68,14 +68,15 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    coverage_dir: str = Field("data/coverage", description="Folder with one coverage file per task: `<task>.jsonl`, `.csv` or "
-                                                     "`.parquet` (formats in README, \"Your own data\").")
-    tasks: list[str] = Field(["summarize"], min_length=1, description="Task names; each reads `<coverage_dir>/<task>.{jsonl,csv,parquet}`.")
-    train_ratio: float = Field(0.9, gt=0, lt=1, description="Phi: the chance that a row goes to train (its side is a seeded hash of its id, so adding rows "
-                                                           "moves no old row); the rest is test.")
+    coverage_dir: str = Field("data/coverage", description="Folder with a coverage file per task: `<task>.jsonl`, `.csv` or "
+                                                     "`.parquet`, plus a folder `<task>/` of more (formats in README, \"Your own data\").")
+    tasks: list[str] = Field(["summarize"], min_length=1, description="Task names; each reads `<coverage_dir>/<task>.{jsonl,csv,parquet}` "
+                                                                   "and the files in `<coverage_dir>/<task>/`.")
+    train_ratio: float = Field(0.9, gt=0, lt=1, description="Phi: the chance that a row goes to train (its side is a seeded hash "
+                                                            "of its id, so adding rows moves no old row); the rest is test.")
     seed: int = Field(42, description="Seed of the hash that puts each row in train or test (and of the cap's sample).")
-    max_rows_per_task: int | None = Field(None, ge=2, description="Use at most this many rows per task (the lowest of a second seeded hash of the id) before "
-                                                                      "splitting; null = all.")
+    max_rows_per_task: int | None = Field(None, ge=2, description="Use at most this many rows per task (the lowest of a second "
+                                                                  "seeded hash of the id) before splitting; null = all.")
 
 
 class ModelParams(_Section):
