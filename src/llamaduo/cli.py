@@ -84,6 +84,15 @@ def _loop(args) -> int:
     return 0
 
 
+def _capture(args) -> int:
+    from llamaduo.capture import capture, report
+
+    summary = capture(_params(args), sources=args.source or None, dry_run=args.dry_run)
+    print(report(summary) or "capture: no source is enabled (params `capture.mlflow.experiment`, `capture.openai.enabled`, "
+                              "`capture.otlp.files`)")
+    return 0
+
+
 def _init(args) -> int:
     from llamaduo.project import init
 
@@ -189,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_argument("--allow-dirty", action="store_true",
                       help="run although files outside what the loop writes have changes (they are never committed)")
     loop.set_defaults(func=_loop)
+    cap = sub.add_parser("capture", help="add recorded traffic (MLflow traces, OpenAI stored completions, OTLP JSON files) "
+                                         "to the tasks' coverage data, as params `capture` selects it")
+    cap.add_argument("--source", action="append", choices=["mlflow", "openai", "otlp"], help="only this source (repeatable)")
+    cap.add_argument("--dry-run", action="store_true", help="read, select and count; write nothing")
+    cap.set_defaults(func=_capture)
     sub.add_parser("cost", help="cost report: the service's measured tokens at its price vs serving the local model "
                                 "(metrics/cost.json and a plot)").set_defaults(func=_cost)
     promote = sub.add_parser("promote", help="move the champion alias to a registry version by hand")

@@ -213,6 +213,12 @@ def _from_columns(obj: dict, where: str) -> tuple[str | None, list[dict], str, s
     return system, history, instruction, response
 
 
+def check_row(task: str, obj, where: str) -> dict:
+    """One row object (a JSONL line's object, a CSV or Parquet row as a dict) checked and made the task's pair
+    `{id, task, instruction, response, system, history, category}`; a CoverageError names `where` and the cause."""
+    return _row_to_pair(task, obj, where)
+
+
 def _row_to_pair(task: str, obj, where: str) -> dict:
     if not isinstance(obj, dict):
         raise CoverageError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -255,8 +261,9 @@ def _row_to_pair(task: str, obj, where: str) -> dict:
 # -- a task's file
 
 
-def task_files(coverage_dir: str | Path, task: str) -> list[Path]:
-    """The task's files: `<task>.<format>` (at most one) first, then the files of the folder `<task>/` by name."""
+def task_files(coverage_dir: str | Path, task: str, *, required: bool = True) -> list[Path]:
+    """The task's files: `<task>.<format>` (at most one) first, then the files of the folder `<task>/` by name.
+    None is an error, or [] without `required`."""
     d = Path(coverage_dir)
     found = [d / f"{task}.{ext}" for ext in FORMATS if (d / f"{task}.{ext}").is_file()]
     if len(found) > 1:
@@ -271,7 +278,7 @@ def task_files(coverage_dir: str | Path, task: str) -> list[Path]:
                 raise CoverageError(f"task {task!r}: {p} is not a .jsonl, .csv or .parquet file; the folder "
                                     f"{folder}/ holds only the task's coverage files")
             found.append(p)
-    if not found:
+    if not found and required:
         have = sorted({p.stem for ext in FORMATS for p in d.glob(f"*.{ext}")} | {p.name for p in d.iterdir() if p.is_dir()}
                       if d.is_dir() else set())
         raise CoverageError(f"task {task!r}: no {task}.jsonl, {task}.csv or {task}.parquet and no files in {folder}/ "
@@ -295,9 +302,9 @@ def read_rows(path: str | Path, task: str) -> Iterator[tuple[str, dict, dict]]:
         yield where, row, {k: obj[k] for k in PROVENANCE if obj.get(k) not in (None, "")}
 
 
-def _load(coverage_dir: str | Path, task: str, seen: dict[str, str]) -> list[dict]:
+def _load(coverage_dir: str | Path, task: str, seen: dict[str, str], *, min_rows: int = 2) -> list[dict]:
     """The task's rows; `seen` (id -> where it was first read) catches ids repeated within and across tasks."""
-    paths = task_files(coverage_dir, task)
+    paths = task_files(coverage_dir, task, required=min_rows > 0)
     rows = []
     for path in paths:
         for where, obj in read_file(path):
@@ -307,7 +314,7 @@ def _load(coverage_dir: str | Path, task: str, seen: dict[str, str]) -> list[dic
                                     "unique across all tasks")
             seen[row["id"]] = where
             rows.append(row)
-    if len(rows) < 2:
+    if len(rows) < min_rows:
         where = str(paths[0]) if len(paths) == 1 else f"{', '.join(map(str, paths))} together"
         raise CoverageError(f"task {task!r}: {where} has {len(rows)} row(s); a train/test split needs at least 2")
     return rows
@@ -315,6 +322,11 @@ def _load(coverage_dir: str | Path, task: str, seen: dict[str, str]) -> list[dic
 
 def load_task(coverage_dir: str | Path, task: str) -> list[dict]:
     return _load(coverage_dir, task, {})
+
+
+def held_rows(coverage_dir: str | Path, task: str) -> list[dict]:
+    """The task's rows however few, [] when it has no file yet (what new rows are checked against before they join)."""
+    return _load(coverage_dir, task, {}, min_rows=0)
 
 
 def side_score(row_id: str, seed: int, purpose: str = "split") -> float:
