@@ -9,6 +9,7 @@ local model cannot learn: a tool call or a tool's result), `truncated` (stopped 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from llamaduo.capture.record import Exchange, chat, text_of
@@ -20,10 +21,14 @@ def _ms(t: datetime | None) -> int | None:
     return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
+# the date suffixes of a snapshot: OpenAI's -2024-07-18 and -0613, Anthropic's -20241022
+_SNAPSHOT = r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})"
+
+
 def model_matches(model: str | None, wanted: list[str]) -> bool:
     """A model is wanted when it is a listed name or a dated snapshot of one (`gpt-4o-mini-2024-07-18` for
-    `gpt-4o-mini`): services answer an alias with a snapshot and record that."""
-    return bool(model) and any(model == w or model.startswith(w + "-") for w in wanted)
+    `gpt-4o-mini`, but not for `gpt-4o`): services answer an alias with a snapshot and record that."""
+    return bool(model) and any(model == w or re.fullmatch(re.escape(w) + _SNAPSHOT, model) for w in wanted)
 
 
 def system_prompt(messages: list | None) -> str | None:
