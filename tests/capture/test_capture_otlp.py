@@ -179,3 +179,28 @@ def test_a_broken_file_names_file_and_line(tmp_path):
         capture(_params(tmp_path, [str(tmp_path / "spans.jsonl")]), summary_out=None)
     with pytest.raises(CaptureError, match=r"`capture.otlp.files`: '.*nothing\*.jsonl' names no file"):
         capture(_params(tmp_path, [str(tmp_path / "nothing*.jsonl")]), summary_out=None)
+
+
+def test_the_cli_command_prints_the_summary_and_dry_run_writes_nothing(first, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from llamaduo.cli import main
+
+    tmp, _, _ = first
+    write_jsonl(tmp_path / "data" / "coverage" / "summarize.jsonl", [no_robots_row(i) for i in range(4)])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"tasks": ["summarize"], "train_ratio": 0.75, "seed": 1},
+        "capture": {"otlp": {"files": [str(tmp / "spans.jsonl")]}, "models": ["gpt-4o-mini"]}}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["capture", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("otlp: read 9, kept 3 new, 0 already captured; dropped: exact_duplicate_train 1, failed 1, model 1, no_task 1, "
+            "tool_call 1, truncated 1") in out
+    assert "task summarize: +3 rows" in out and "secrets and personal data (redact): api_key 1, email 2" in out
+    assert not (tmp_path / "data" / "coverage" / "summarize").exists() and not (tmp_path / "metrics").exists()
+    assert main(["capture", "--source", "otlp"]) == 0
+    assert len((tmp_path / "data" / "coverage" / "summarize" / "otlp.jsonl").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "metrics" / "capture.json").read_text())["sources"]["otlp"]["kept"] == 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"capture": {"otlp": {"files": ["missing/*.jsonl"]}}}))
+    assert main(["capture"]) == 2
+    assert "error: `capture.otlp.files`: 'missing/*.jsonl' names no file" in capsys.readouterr().err

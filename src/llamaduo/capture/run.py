@@ -130,6 +130,7 @@ def capture(p, *, sources: list[str] | None = None, summary_out: str | Path | No
         t["unlisted"] = task not in d.tasks
     for s in summary["sources"].values():
         s.setdefault("kept", 0)
+        s["dropped"] = dict(sorted(s["dropped"].items()))
     summary["pii"] = {k: pii[k] for k in c.pii_kinds}
     if summary_out is not None and not dry_run:
         write_json(summary_out, summary)
