@@ -204,3 +204,45 @@ def test_the_cli_command_prints_the_summary_and_dry_run_writes_nothing(first, tm
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"capture": {"otlp": {"files": ["missing/*.jsonl"]}}}))
     assert main(["capture"]) == 2
     assert "error: `capture.otlp.files`: 'missing/*.jsonl' names no file" in capsys.readouterr().err
+
+
+KILL_AT_SECOND_ROW = """
+import json, os, signal, sys, types
+import llamaduo.capture.run as run
+written = []
+def dumps(obj, **kw):  # the second row written: SIGKILL, the file half written to its temp copy
+    written.append(1)
+    if len(written) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return json.dumps(obj, **kw)
+run.json = types.SimpleNamespace(dumps=dumps, loads=json.loads)
+from llamaduo.cli import main
+sys.exit(main(["capture"]))
+"""
+
+
+def test_a_kill_mid_write_leaves_the_previous_file_whole_and_a_rerun_adds_the_rest(first, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+
+    tmp, ids, _ = first
+    write_jsonl(tmp_path / "data" / "coverage" / "summarize.jsonl", [no_robots_row(i) for i in range(4)])
+    old = {"id": "otlp:old", "prompt": "An older captured ticket.", "response": "Old.", "source": "otlp", "source_id": "old"}
+    write_jsonl(tmp_path / "data" / "coverage" / "summarize" / "otlp.jsonl", [old])
+    before = (tmp_path / "data" / "coverage" / "summarize" / "otlp.jsonl").read_bytes()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"tasks": ["summarize"], "train_ratio": 0.75, "seed": 1},
+        "capture": {"pii": "keep", "otlp": {"files": [str(tmp / "spans.jsonl")]}, "models": ["gpt-4o-mini"]}}))
+    env = {**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'src'}"}
+    res = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_ROW], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == -9, res.stderr[-2000:]
+    assert (tmp_path / "data" / "coverage" / "summarize" / "otlp.jsonl").read_bytes() == before
+    assert len(load_task(tmp_path / "data" / "coverage", "summarize")) == 5  # the temp copy left behind is not read
+    res = subprocess.run([sys.executable, "-m", "llamaduo.cli", "capture"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = (tmp_path / "data" / "coverage" / "summarize" / "otlp.jsonl").read_bytes()
+    assert rows.startswith(before) and len(rows.splitlines()) == 4
