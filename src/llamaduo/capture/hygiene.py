@@ -14,6 +14,7 @@ person's choice, not synthetic output to screen.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from functools import cache
 
@@ -52,19 +53,33 @@ class Scrubber:
     def __init__(self, kinds: list[str], phone_regions: list[str]):
         self.kinds = tuple(kinds)
         self.recognizers = _recognizers(self.kinds, tuple(phone_regions))
+        self._active = False
+
+    @contextlib.contextmanager
+    def active(self):
+        """detect-secrets' plugin choice in force for a whole run: setting it per text costs as much as the scan."""
+        from detect_secrets.settings import transient_settings
+
+        with transient_settings({"plugins_used": list(_secret_plugins())}):
+            self._active = True
+            try:
+                yield self
+            finally:
+                self._active = False
 
     def findings(self, text: str) -> list[tuple[int, int, str]]:
+        if "api_key" in self.kinds and not self._active:
+            with self.active():
+                return self.findings(text)
         found = []
         if "api_key" in self.kinds:
             from detect_secrets.core.scan import scan_line
-            from detect_secrets.settings import transient_settings
 
-            with transient_settings({"plugins_used": list(_secret_plugins())}):
-                for secret in {s.secret_value for line in text.split("\n") for s in scan_line(line) if s.secret_value}:
-                    start = text.find(secret)
-                    while start >= 0:
-                        found.append((start, start + len(secret), "api_key"))
-                        start = text.find(secret, start + len(secret))
+            for secret in {s.secret_value for line in text.split("\n") for s in scan_line(line) if s.secret_value}:
+                start = text.find(secret)
+                while start >= 0:
+                    found.append((start, start + len(secret), "api_key"))
+                    start = text.find(secret, start + len(secret))
         for r in self.recognizers:
             found += [(x.start, x.end, _PRESIDIO[x.entity_type]) for x in r.analyze(text, r.supported_entities, None)]
         return found

@@ -11,6 +11,7 @@ is printed and written to `metrics/capture.json`; it names no text of a row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -59,7 +60,7 @@ def target(coverage_dir: str | Path, task: str, source: str) -> Path:
 
 def capture(p, *, sources: list[str] | None = None, summary_out: str | Path | None = "metrics/capture.json",
             dry_run: bool = False) -> dict:
-    c, d = p.capture, p.data
+    c = p.capture
     sources = sources or enabled(p)
     selection = Selection(c)
     scrubber = hygiene.Scrubber(c.pii_kinds, c.phone_regions) if c.pii != "keep" and c.pii_kinds else None
@@ -67,40 +68,61 @@ def capture(p, *, sources: list[str] | None = None, summary_out: str | Path | No
     new: dict[tuple[str, str], list[tuple[dict, dict, Exchange]]] = defaultdict(list)
     known: dict[tuple[str, str], set[str]] = {}
     pii = Counter()
-    for source in sources:
-        query, exchanges = _reader(source, p)
-        qtext = query_text({"source": source, **query, **_selection_query(c)})
-        counts, dropped, links, rated = Counter(), Counter(), [], Counter()
-        for ex in exchanges:
-            counts["read"] += 1
-            if ex.rating is not None:
-                rated[ex.rating] += 1
-            task, obj, reason = selection.decide(ex)
-            if reason is not None:
-                dropped[reason] += 1
+    with contextlib.ExitStack() as stack:
+        if scrubber is not None:
+            stack.enter_context(scrubber.active())
+        for source in sources:
+            _read_source(source, p, selection, scrubber, summary, new, known, pii)
+    _write(p, summary, new, dry_run)
+    for s in summary["sources"].values():
+        s.setdefault("kept", 0)
+        s["dropped"] = dict(sorted(s["dropped"].items()))
+    summary["pii"] = {k: pii[k] for k in c.pii_kinds}
+    if summary_out is not None and not dry_run:
+        write_json(summary_out, summary)
+    return summary
+
+
+def _read_source(source, p, selection, scrubber, summary, new, known, pii) -> None:
+    """Read one source whole into `new` ((task, source) -> rows), counting into `summary` and `pii`."""
+    c, d = p.capture, p.data
+    query, exchanges = _reader(source, p)
+    qtext = query_text({"source": source, **query, **_selection_query(c)})
+    counts, dropped, rated = Counter(), Counter(), Counter()
+    for ex in exchanges:
+        counts["read"] += 1
+        if ex.rating is not None:
+            rated[ex.rating] += 1
+        task, obj, reason = selection.decide(ex)
+        if reason is not None:
+            dropped[reason] += 1
+            continue
+        key = (task, source)
+        if key not in known:
+            path = target(d.coverage_dir, task, source)
+            known[key] = {str(o.get("id")) for _, o in read_file(path)} if path.is_file() else set()
+        row_id = f"{source}:{ex.source_id}"
+        if row_id in known[key]:
+            counts["already_captured"] += 1
+            continue
+        known[key].add(row_id)  # the same call twice in one read (overlapping files) is one row
+        if scrubber is not None:
+            obj["messages"], found = hygiene.scrub_messages(obj["messages"], scrubber)
+            pii += found
+            if found and c.pii == "drop":
+                dropped["pii"] += 1
                 continue
-            key = (task, source)
-            if key not in known:
-                path = target(d.coverage_dir, task, source)
-                known[key] = {str(o.get("id")) for _, o in read_file(path)} if path.is_file() else set()
-            row_id = f"{source}:{ex.source_id}"
-            if row_id in known[key]:
-                counts["already_captured"] += 1
-                continue
-            known[key].add(row_id)  # the same call twice in one read (overlapping files) is one row
-            if scrubber is not None:
-                obj["messages"], found = hygiene.scrub_messages(obj["messages"], scrubber)
-                pii += found
-                if found and c.pii == "drop":
-                    dropped["pii"] += 1
-                    continue
-            obj = {"id": row_id, **obj, "source": source, "source_id": ex.source_id, "capture_query": qtext}
-            pair = check_row(task, obj, ex.where)
-            new[key].append((obj, pair, ex))
-        summary["sources"][source] = {"query": json.loads(qtext), "read": counts["read"],
-                                      "already_captured": counts["already_captured"], "dropped": dict(sorted(dropped.items())),
-                                      **({"ratings": dict(sorted(rated.items()))} if rated else {})}
-    # hygiene against what each task holds, then write, task by task
+        obj = {"id": row_id, **obj, "source": source, "source_id": ex.source_id, "capture_query": qtext}
+        pair = check_row(task, obj, ex.where)
+        new[key].append((obj, pair, ex))
+    summary["sources"][source] = {"query": json.loads(qtext), "read": counts["read"],
+                                  "already_captured": counts["already_captured"], "dropped": dict(dropped),
+                                  **({"ratings": dict(sorted(rated.items()))} if rated else {})}
+
+
+def _write(p, summary, new, dry_run: bool) -> None:
+    """Hygiene against what each task holds, then each (task, source) file written, task by task."""
+    c, d = p.capture, p.data
     for task in sorted({t for t, _ in new}):
         held = held_rows(d.coverage_dir, task)
         test_rows = split(held, train_ratio=d.train_ratio, seed=d.seed)[1] if len(held) >= 2 else []
@@ -128,13 +150,6 @@ def capture(p, *, sources: list[str] | None = None, summary_out: str | Path | No
             if keep and not dry_run:
                 _append(target(d.coverage_dir, task, source), [obj for obj, _ in keep])
         t["unlisted"] = task not in d.tasks
-    for s in summary["sources"].values():
-        s.setdefault("kept", 0)
-        s["dropped"] = dict(sorted(s["dropped"].items()))
-    summary["pii"] = {k: pii[k] for k in c.pii_kinds}
-    if summary_out is not None and not dry_run:
-        write_json(summary_out, summary)
-    return summary
 
 
 def _append(path: Path, rows: list[dict]) -> None:
