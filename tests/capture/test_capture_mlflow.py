@@ -189,3 +189,24 @@ def test_bad_traces_are_errors_naming_the_trace_and_nothing_is_lost(traffic, tmp
     with pytest.raises(CaptureError, match=r"no experiment named 'nope'"):
         capture(_params(tmp_path, uri, "nope"), summary_out=None)
     assert (tmp_path / "summarize" / "mlflow.jsonl").read_bytes() == before
+
+
+def test_an_anthropic_shaped_chat_span_gives_its_system_prompt_and_answer(traffic, tmp_path):
+    import mlflow
+
+    uri, *_ = traffic
+    mlflow.set_experiment("anthropic")
+    with mlflow.start_span(name="Messages.create", span_type="CHAT_MODEL") as span:  # as mlflow.anthropic.autolog() records it
+        span.set_inputs({"model": "claude-3-5-haiku-latest", "system": SYSTEM, "max_tokens": 200,
+                         "messages": [{"role": "user", "content": [{"type": "text", "text": "Ticket 1: refund please."}]}]})
+        span.set_outputs({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+                          "content": [{"type": "text", "text": "The customer wants a refund."}], "stop_reason": "end_turn",
+                          "usage": {"input_tokens": 20, "output_tokens": 7}})
+        mlflow.update_current_trace(tags={"task": "summarize"})
+    tid = mlflow.get_last_active_trace_id()
+    mlflow.log_feedback(trace_id=tid, name="user_rating", value=True)
+    summary = capture(_params(tmp_path, uri, "anthropic", models=["claude-3-5-haiku"]), summary_out=None)
+    assert summary["sources"]["mlflow"]["kept"] == 1
+    assert _rows(tmp_path / "summarize" / "mlflow.jsonl")[0]["messages"] == [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "Ticket 1: refund please."},
+        {"role": "assistant", "content": "The customer wants a refund."}]

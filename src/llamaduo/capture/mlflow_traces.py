@@ -3,7 +3,8 @@
 Traces are read a page at a time with `MlflowClient.search_traces` (MLflow's paged form of `mlflow.search_traces`),
 oldest first, so memory holds one page. A trace's model call is its chat span (span type CHAT_MODEL, or LLM): the
 span's inputs are the request (`messages`, as the OpenAI-format flavours record them) and its outputs the chat
-completion. A trace with several chat spans (an agent's steps) gives its last one, the answer the user saw.
+completion (or an Anthropic message, with the system prompt beside the messages). A trace with several chat spans
+(an agent's steps) gives its last one, the answer the user saw.
 Ratings are the trace's assessments (`mlflow.log_feedback`, or a rating given in the MLflow UI): the newest valid
 one of `rating_name` decides.
 """
@@ -77,7 +78,7 @@ def _exchange(trace, pm, link_base: str | None) -> Exchange:
         raise CaptureError(f"{where}: its chat span {span.name!r} records no `messages` input (a prompt-only completion); "
                            "capture reads chat calls")
     response, finish, tool, model, usage = None, None, False, None, {}
-    if isinstance(outputs, dict) and outputs.get("choices"):
+    if isinstance(outputs, dict) and outputs.get("choices"):  # OpenAI chat completion (openai, litellm flavours)
         choice = outputs["choices"][0]
         message = choice.get("message") or {}
         response, finish = message.get("content"), choice.get("finish_reason")
@@ -85,6 +86,15 @@ def _exchange(trace, pm, link_base: str | None) -> Exchange:
         model = outputs.get("model")
         u = outputs.get("usage") or {}
         usage = {"input_tokens": u.get("prompt_tokens"), "output_tokens": u.get("completion_tokens")}
+    elif isinstance(outputs, dict) and isinstance(outputs.get("content"), list):  # Anthropic Messages (anthropic flavour)
+        blocks = outputs["content"]
+        tool = any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks)
+        response = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text") or None
+        finish, model = outputs.get("stop_reason"), outputs.get("model")
+        usage = {k: (outputs.get("usage") or {}).get(k) for k in ("input_tokens", "output_tokens")}
+        system = inputs.get("system") if isinstance(inputs, dict) else None
+        if system and messages is not None:  # Anthropic takes the system prompt beside the messages
+            messages = [{"role": "system", "content": system}, *messages]
     elif isinstance(outputs, str):
         response = outputs
     model = model or span.attributes.get("mlflow.llm.model") or (inputs.get("model") if isinstance(inputs, dict) else None)

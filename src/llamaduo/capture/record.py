@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from llamaduo.errors import UserError
 
 # finish reasons of an answer the model stopped early: the row would teach the local model to stop mid-sentence
-TRUNCATED = frozenset({"length", "max_tokens", "max_output_tokens"})
+TRUNCATED = frozenset({"length", "max_tokens", "max_output_tokens", "MAX_TOKENS"})
 TOOL_ROLES = frozenset({"tool", "function", "ipython"})
 
 
