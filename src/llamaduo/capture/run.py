@@ -65,7 +65,7 @@ def capture(p, *, sources: list[str] | None = None, summary_out: str | Path | No
     selection = Selection(c)
     scrubber = hygiene.Scrubber(c.pii_kinds, c.phone_regions) if c.pii != "keep" and c.pii_kinds else None
     summary: dict = {"sources": {}, "tasks": {}, "pii": {}, "pii_action": c.pii}
-    new: dict[tuple[str, str], list[tuple[dict, dict, Exchange]]] = defaultdict(list)
+    new: dict[tuple[str, str], list[tuple[dict, dict, str | None]]] = defaultdict(list)
     known: dict[tuple[str, str], set[str]] = {}
     pii = Counter()
     with contextlib.ExitStack() as stack:
@@ -114,7 +114,7 @@ def _read_source(source, p, selection, scrubber, summary, new, known, pii) -> No
                 continue
         obj = {"id": row_id, **obj, "source": source, "source_id": ex.source_id, "capture_query": qtext}
         pair = check_row(task, obj, ex.where)
-        new[key].append((obj, pair, ex))
+        new[key].append((obj, pair, ex.link))  # not the record: memory keeps the row only, page after page
     summary["sources"][source] = {"query": json.loads(qtext), "read": counts["read"],
                                   "already_captured": counts["already_captured"], "dropped": dict(dropped),
                                   **({"ratings": dict(sorted(rated.items()))} if rated else {})}
@@ -126,14 +126,14 @@ def _write(p, summary, new, dry_run: bool) -> None:
     for task in sorted({t for t, _ in new}):
         held = held_rows(d.coverage_dir, task)
         test_rows = split(held, train_ratio=d.train_ratio, seed=d.seed)[1] if len(held) >= 2 else []
-        batch = [(obj, pair, ex, source) for (t, source), items in sorted(new.items()) if t == task for obj, pair, ex in items]
+        batch = [(obj, pair, link, source) for (t, source), items in sorted(new.items()) if t == task for obj, pair, link in items]
         reasons = {}
         if c.dedup:
             _, reasons = hygiene.drop_duplicates([pair for _, pair, _, _ in batch], held=held, test=test_rows,
                                                  curate_params=p.curate)
         t = summary["tasks"].setdefault(task, {"held": len(held), "added": {}, "dropped": {}, "to_test": 0})
         for source in sorted({s for *_, s in batch}):
-            keep = [(obj, ex) for obj, pair, ex, s in batch if s == source and pair["id"] not in reasons]
+            keep = [(obj, link) for obj, pair, link, s in batch if s == source and pair["id"] not in reasons]
             for _, pair, _, s in batch:
                 if s == source and pair["id"] in reasons:
                     why = reasons[pair["id"]]
@@ -144,7 +144,7 @@ def _write(p, summary, new, dry_run: bool) -> None:
             # a row the hash puts in test is flagged: it joins the gate's test rows, not training
             t["to_test"] += sum(side_score(obj["id"], d.seed) >= d.train_ratio for obj, _ in keep)
             summary["sources"][source]["kept"] = summary["sources"][source].get("kept", 0) + len(keep)
-            links = [ex.link for _, ex in keep if ex.link][:LINKS_SHOWN]
+            links = [link for _, link in keep if link][:LINKS_SHOWN]
             if links:
                 summary["sources"][source].setdefault("links", []).extend(links)
             if keep and not dry_run:
