@@ -1,5 +1,5 @@
-"""The `llamaduo` command: make a project, check params, run one cycle, run the loop, say where it stands, move the
-champion, serve it."""
+"""The `llamaduo` command: make a project, capture coverage data from recorded traffic, check params, run one cycle,
+run the loop, say where it stands, move the champion, serve it."""
 
 from __future__ import annotations
 
