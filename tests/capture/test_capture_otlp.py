@@ -162,6 +162,7 @@ def test_pii_drop_drops_the_row(first, tmp_path):
 @pytest.mark.parametrize("write,msg", [
     (lambda t: _gen_ai(t, prompt="Ticket: no answer recorded.", answer=None, output=False), "has no answer recorded"),
     (lambda t: _gen_ai(t, prompt="embed me", answer="x", operation="embeddings"), "a 'embeddings' call, not a chat call"),
+    (lambda t: _gen_ai(t, prompt="Ticket: a huge answer.", answer="x" * (1 << 20)), "the row holds 1,048,8"),  # MAX_ROW_BYTES
 ])
 def test_bad_spans_are_errors_naming_the_span_and_nothing_is_written(tmp_path, write, msg):
     span_id = _export(tmp_path / "spans.jsonl", write)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from llamaduo.atomic import replacing, write_json
 from llamaduo.capture import hygiene
-from llamaduo.capture.record import Exchange, query_text
+from llamaduo.capture.record import CaptureError, Exchange, query_text
 from llamaduo.capture.select import Selection
 from llamaduo.coverage.prepare import check_row, held_rows, read_file, side_score, split
+from llamaduo.errors import CoverageError
 
 SOURCES = ("mlflow", "openai", "otlp")
 LINKS_SHOWN = 20  # links to kept traces in the summary, per source
@@ -113,7 +114,10 @@ def _read_source(source, p, selection, scrubber, summary, new, known, pii) -> No
                 dropped["pii"] += 1
                 continue
         obj = {"id": row_id, **obj, "source": source, "source_id": ex.source_id, "capture_query": qtext}
-        pair = check_row(task, obj, ex.where)
+        try:
+            pair = check_row(task, obj, ex.where)  # the limits and errors of every coverage row, naming the call
+        except CoverageError as exc:
+            raise CaptureError(str(exc)) from None
         new[key].append((obj, pair, ex.link))  # not the record: memory keeps the row only, page after page
     summary["sources"][source] = {"query": json.loads(qtext), "read": counts["read"],
                                   "already_captured": counts["already_captured"], "dropped": dict(dropped),
