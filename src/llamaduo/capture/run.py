@@ -24,7 +24,6 @@ from llamaduo.capture.select import Selection
 from llamaduo.coverage.prepare import check_row, held_rows, read_file, side_score, split
 from llamaduo.errors import CoverageError
 
-SOURCES = ("mlflow", "openai", "otlp")
 LINKS_SHOWN = 20  # links to kept traces in the summary, per source
 
 
@@ -125,8 +124,10 @@ def _read_source(source, p, selection, scrubber, summary, new, known, pii) -> No
 
 
 def _write(p, summary, new, dry_run: bool) -> None:
-    """Hygiene against what each task holds, then each (task, source) file written, task by task."""
+    """Hygiene against what each task holds (every task first: a task's broken file stops the run before any
+    write), then each (task, source) file written."""
     c, d = p.capture, p.data
+    writes = []
     for task in sorted({t for t, _ in new}):
         held = held_rows(d.coverage_dir, task)
         test_rows = split(held, train_ratio=d.train_ratio, seed=d.seed)[1] if len(held) >= 2 else []
@@ -151,9 +152,11 @@ def _write(p, summary, new, dry_run: bool) -> None:
             links = [link for _, link in keep if link][:LINKS_SHOWN]
             if links:
                 summary["sources"][source].setdefault("links", []).extend(links)
-            if keep and not dry_run:
-                _append(target(d.coverage_dir, task, source), [obj for obj, _ in keep])
+            if keep:
+                writes.append((target(d.coverage_dir, task, source), [obj for obj, _ in keep]))
         t["unlisted"] = task not in d.tasks
+    for path, rows in writes if not dry_run else []:
+        _append(path, rows)
 
 
 def _append(path: Path, rows: list[dict]) -> None:
