@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import no_robots_row, write_jsonl
+from conftest import ROOT, no_robots_row, write_jsonl
 from llamaduo.coverage import load_task, prepare, split
+from llamaduo.coverage.prepare import side_score
 from llamaduo.errors import CoverageError
 
 
@@ -36,9 +37,50 @@ def test_both_splits_nonempty_even_at_extremes(coverage_dir):
         assert len(tr) == 1 and len(te) == 1
 
 
-def test_cap_rows(coverage_dir):
-    tr, te = prepare(coverage_dir=str(coverage_dir), tasks=["summarize"], train_ratio=0.5, seed=0, max_rows_per_task=6)
-    assert len(tr) + len(te) == 6
+def _pairs(n, start=0):
+    return [{"id": f"row-{i}", "task": "t", "instruction": f"q{i}", "response": f"a{i}", "system": None,
+             "history": None, "category": "t"} for i in range(start, start + n)]
+
+
+def _sides(rows, **kw):
+    tr, te = split(rows, **kw)
+    return {r["id"]: r["split"] for r in tr + te}
+
+
+@pytest.mark.parametrize("seed", [0, 42])
+def test_adding_rows_never_moves_an_old_row(seed):
+    old = _sides(_pairs(300), train_ratio=0.8, seed=seed)
+    grown = _sides(_pairs(300) + _pairs(2700, start=300), train_ratio=0.8, seed=seed)
+    assert {k: grown[k] for k in old} == old
+    # the side of a row is a Bernoulli(0.8) draw by its hash: over 3,000 rows the train share lies within 0.8 +- 0.03
+    # (4 standard deviations, sqrt(0.8 * 0.2 / 3000) = 0.0073)
+    share = sum(v == "train" for v in grown.values()) / len(grown)
+    assert abs(share - 0.8) < 0.03, share
+
+
+def test_a_row_borrowed_to_fill_an_empty_side_goes_back_when_the_side_fills():
+    by_hash = {r["id"]: side_score(r["id"], 5) < 0.5 for r in _pairs(40)}
+    # three rows that the hash puts all in train at ratio 0.5, then one more the hash puts in test
+    train_ids = [k for k, v in by_hash.items() if v][:3]
+    test_id = next(k for k, v in by_hash.items() if not v)
+    rows = [dict(_pairs(1)[0], id=k) for k in train_ids]
+    tr, te = split(rows, train_ratio=0.5, seed=5)
+    assert len(te) == 1 and te[0]["id"] == max(train_ids, key=lambda k: side_score(k, 5))
+    tr, te = split(rows + [dict(rows[0], id=test_id)], train_ratio=0.5, seed=5)
+    assert [r["id"] for r in te] == [test_id] and sorted(r["id"] for r in tr) == sorted(train_ids)
+
+
+def test_the_cap_keeps_old_rows_on_their_side():
+    full = _sides(_pairs(50), train_ratio=0.7, seed=3)
+    capped = _sides(_pairs(50), train_ratio=0.7, seed=3, max_rows=20)
+    assert len(capped) == 20 and all(full[k] == v for k, v in capped.items())
+
+
+def test_the_shipped_split_of_summarize():
+    # the split of the shipped data at params.yaml's phi and seed (the prepare stage's counts in dvc.lock follow)
+    rows = load_task(ROOT / "data/coverage", "summarize")
+    tr, te = split(rows, train_ratio=0.96, seed=42)
+    assert (len(tr), len(te)) == (380, 15)
 
 
 def test_plain_prompt_response_rows(tmp_path):
@@ -265,3 +307,60 @@ def test_one_row_size_limit_in_every_format(tmp_path, ext, where):
     with pytest.raises(CoverageError, match=rf"{where}: the row holds 1,048,577 bytes of text, over the 1,048,576-byte limit"):
         load_task(tmp_path, "t")
     assert csv.field_size_limit() == field_limit  # the reader leaves the process-wide setting as it found it
+
+
+def test_provenance_columns_and_a_folder_of_sources(tmp_path):
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "hand one", "response": "r1"}, {"prompt": "hand two", "response": "r2"}])
+    q = json.dumps({"experiment": "support-bot", "filter": "tags.feature = 'summary'"})
+    write_jsonl(tmp_path / "t" / "mlflow.jsonl", [
+        {"id": "mlflow:tr-1", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q1"},
+                                           {"role": "assistant", "content": "a1"}],
+         "source": "mlflow", "source_id": "tr-1", "capture_query": q}])
+    pq.write_table(pa.table({"prompt": ["q2"], "response": ["a2"], "id": ["otlp:s-2"], "source": ["otlp"],
+                             "source_id": ["s-2"], "capture_query": [q]}), tmp_path / "t" / "otlp.parquet")
+    rows = load_task(tmp_path, "t")
+    assert [r["id"] for r in rows][2:] == ["mlflow:tr-1", "otlp:s-2"]
+    assert rows[2]["system"] == "Be brief." and set(rows[2]) == set(rows[0])  # the pair only: provenance stays in the file
+    from llamaduo.coverage.prepare import read_rows
+    assert [p for _, _, p in read_rows(tmp_path / "t" / "mlflow.jsonl", "t")] == [
+        {"source": "mlflow", "source_id": "tr-1", "capture_query": q}]
+    # the same id in two files of the task names both places
+    write_jsonl(tmp_path / "t" / "more.jsonl", [{"id": "mlflow:tr-1", "prompt": "q9", "response": "a9"}])
+    with pytest.raises(CoverageError, match=r"t/more.jsonl:1: duplicate id 'mlflow:tr-1' \(first at .*t/mlflow.jsonl:1\)"):
+        load_task(tmp_path, "t")
+
+
+@pytest.mark.parametrize("row,msg", [
+    ({"source": 3}, "`source` must be a string, got int"),
+    ({"source_id": "tr-1"}, "`source_id` without `source`"),
+    ({"source": "mlflow", "capture_query": {"x": 1}}, "`capture_query` must be a string, got dict"),
+])
+def test_bad_provenance_names_file_and_line(tmp_path, row, msg):
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "fine", "response": "ok"}, {"prompt": "p", "response": "r", **row}])
+    with pytest.raises(CoverageError, match=r"t.jsonl:2: .*" + re.escape(msg)):
+        load_task(tmp_path, "t")
+
+
+def test_the_sources_folder_holds_only_coverage_files(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "notes.txt").write_text("x")
+    with pytest.raises(CoverageError, match=r"t/notes.txt is not a .jsonl, .csv or .parquet file"):
+        load_task(tmp_path, "t")
+    (tmp_path / "t" / "notes.txt").unlink()
+    with pytest.raises(CoverageError, match=r"no t.jsonl, t.csv or t.parquet and no files in .*t/"):
+        load_task(tmp_path, "t")
+    write_jsonl(tmp_path / "t" / "a.jsonl", [{"prompt": "only one", "response": "r"}])
+    with pytest.raises(CoverageError, match=r"t/a.jsonl has 1 row\(s\)"):
+        load_task(tmp_path, "t")
+
+
+def test_provenance_counts_in_the_row_size_limit(tmp_path):
+    from llamaduo.coverage.prepare import MAX_ROW_BYTES
+
+    base = {"prompt": "p", "response": "r", "source": "mlflow", "source_id": "tr-9"}
+    fill = MAX_ROW_BYTES - sum(len(v) for v in base.values())
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "fine", "response": "ok"}, {**base, "capture_query": "q" * fill}])
+    assert len(load_task(tmp_path, "t")) == 2
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "fine", "response": "ok"}, {**base, "capture_query": "q" * (fill + 1)}])
+    with pytest.raises(CoverageError, match=r"t.jsonl:2: the row holds 1,048,577 bytes"):
+        load_task(tmp_path, "t")

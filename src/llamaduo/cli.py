@@ -1,5 +1,5 @@
-"""The `llamaduo` command: make a project, check params, run one cycle, run the loop, say where it stands, move the
-champion, serve it."""
+"""The `llamaduo` command: make a project, capture coverage data from recorded traffic, check params, run one cycle,
+run the loop, say where it stands, move the champion, serve it."""
 
 from __future__ import annotations
 
@@ -90,6 +90,15 @@ def _loop(args) -> int:
     _pipeline_params(args)
     state = driver.run(args.params, allow_dirty=args.allow_dirty)
     print(state["stopped_by"])
+    return 0
+
+
+def _capture(args) -> int:
+    from llamaduo.capture import capture, report
+
+    summary = capture(_params(args), sources=args.source or None, dry_run=args.dry_run)
+    print(report(summary) or "capture: no source is enabled (params `capture.mlflow.experiment`, `capture.openai.enabled`, "
+                              "`capture.otlp.files`)")
     return 0
 
 
@@ -203,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("plan", help="the pre-flight estimate: each coming cycle's paid service calls, tokens, USD at the "
                                 "providers' prices and wall time, from what the last cycle measured and the call cache "
                                 "holds; runs nothing").set_defaults(func=_plan)
+    cap = sub.add_parser("capture", help="add recorded traffic (MLflow traces, OpenAI stored completions, OTLP JSON files) "
+                                         "to the tasks' coverage data, as params `capture` selects it")
+    cap.add_argument("--source", action="append", choices=["mlflow", "openai", "otlp"], help="only this source (repeatable)")
+    cap.add_argument("--dry-run", action="store_true", help="read, select and count; write nothing")
+    cap.set_defaults(func=_capture)
     sub.add_parser("cost", help="cost report: the service's measured tokens at its price vs serving the local model "
                                 "(metrics/cost.json and a plot)").set_defaults(func=_cost)
     promote = sub.add_parser("promote", help="move the champion alias to a registry version by hand")

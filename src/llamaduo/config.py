@@ -11,6 +11,7 @@ checkpoint key leaves them out (`runtime_keys`). tests/test_dvc_deps.py checks b
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -68,12 +69,15 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    coverage_dir: str = Field("data/coverage", description="Folder with one coverage file per task: `<task>.jsonl`, `.csv` or "
-                                                     "`.parquet` (formats: docs/your-project.md).")
-    tasks: list[str] = Field(["summarize"], min_length=1, description="Task names; each reads `<coverage_dir>/<task>.{jsonl,csv,parquet}`.")
-    train_ratio: float = Field(0.9, gt=0, lt=1, description="Phi: share of each task's rows that goes to train; the rest is test.")
-    seed: int = Field(42, description="Seed of the train/test shuffle.")
-    max_rows_per_task: int | None = Field(None, ge=2, description="Use at most this many rows per task (seeded sample) before splitting; null = all.")
+    coverage_dir: str = Field("data/coverage", description="Folder with a coverage file per task: `<task>.jsonl`, `.csv` or "
+                                                     "`.parquet`, plus a folder `<task>/` of more (formats: docs/your-project.md).")
+    tasks: list[str] = Field(["summarize"], min_length=1, description="Task names; each reads `<coverage_dir>/<task>.{jsonl,csv,parquet}` "
+                                                                   "and the files in `<coverage_dir>/<task>/`.")
+    train_ratio: float = Field(0.9, gt=0, lt=1, description="Phi: the chance that a row goes to train (its side is a seeded hash "
+                                                            "of its id, so adding rows moves no old row); the rest is test.")
+    seed: int = Field(42, description="Seed of the hash that puts each row in train or test (and of the cap's sample).")
+    max_rows_per_task: int | None = Field(None, ge=2, description="Use at most this many rows per task (the lowest of a second "
+                                                                  "seeded hash of the id) before splitting; null = all.")
 
 
 class ModelParams(_Section):
@@ -690,6 +694,87 @@ class MlflowParams(_Section):
         return self
 
 
+class CaptureMlflowParams(_Section):
+    experiment: str | None = Field(None, description="MLflow experiment (name) whose traces `llamaduo capture` reads; null = this "
+                                                     "source is off.")
+    tracking_uri: str | None = Field(None, description="Tracking server holding the traces; null = MLFLOW_TRACKING_URI from the "
+                                                       "environment, else `mlflow.tracking_uri`. No credential in it (params are "
+                                                       "committed): MLflow reads MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN.")
+    filter: str | None = Field(None, description="`mlflow.search_traces` filter string (e.g. \"tags.feature = 'summary'\"); null = "
+                                                 "every trace of the experiment.")
+    rating_name: str | None = Field("user_rating", description="Keep only traces with an assessment (`mlflow.log_feedback`, a rating "
+                                                               "in the MLflow UI) of this name whose value is in `rating_values`; "
+                                                               "null = keep traces rated or not.")
+    rating_values: list[bool | int | float | str] = Field([True], min_length=1, description="The assessment values that count as "
+                                                                                           "positive.")
+    page_size: int = runtime(200, ge=1, le=1000, description="Traces per `search_traces` page (memory holds one page at a time).")
+    ui_uri: str | None = runtime(None, description="Base URL of the MLflow UI for the summary's links to traces; null = the tracking "
+                                                   "URI when it is http(s).")
+
+    @model_validator(mode="after")
+    def _check_url_credentials(self):
+        _refuse(credential_refusal(self.tracking_uri, "capture.mlflow.tracking_uri", stored=_STORED,
+                                   instead="set MLFLOW_TRACKING_URI in the environment, or MLFLOW_TRACKING_USERNAME and "
+                                           "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"),
+                credential_refusal(self.ui_uri, "capture.mlflow.ui_uri", stored=_STORED, instead="leave the credential out"))
+        return self
+
+
+class CaptureOpenaiParams(_Section):
+    enabled: bool = Field(False, description="Read OpenAI stored completions (`store=True` calls) with "
+                                             "`client.chat.completions.list`.")
+    metadata: dict[str, str] = Field({}, description="Only completions stored with these metadata key/values (the list "
+                                                     "endpoint's `metadata` filter).")
+    model: str | None = Field(None, description="Only completions of this model (the list endpoint's `model` filter); null = any.")
+    base_url: str | None = Field(None, description="API base URL; null = the SDK's (OPENAI_BASE_URL or api.openai.com). The key is "
+                                                   "OPENAI_API_KEY from the environment.")
+    page_size: int = runtime(100, ge=1, le=100, description="Completions per list page (the API's limit is 100).")
+
+    @model_validator(mode="after")
+    def _check_url_credentials(self):
+        _refuse(credential_refusal(self.base_url, "capture.openai.base_url", stored=_STORED,
+                                   instead="set OPENAI_API_KEY in the environment"))
+        return self
+
+
+class CaptureOtlpParams(_Section):
+    files: list[str] = Field([], description="OTLP JSON files of GenAI spans (globs; one ExportTraceServiceRequest a line, as "
+                                             "OpenTelemetry's file exporters write); [] = this source is off.")
+
+
+class CaptureParams(_Section):
+    """`llamaduo capture`: recorded traffic -> coverage rows in `<data.coverage_dir>/<task>/<source>.jsonl`."""
+
+    task_key: str | None = Field("task", description="The tag (MLflow trace tag, OpenAI metadata key, span or resource attribute) "
+                                                     "whose value names a call's task; null = by system prompt only.")
+    tasks_by_system: dict[str, str] = Field({}, description="Task name -> system prompt: a call without the task tag whose system "
+                                                            "prompt is this text (stripped) goes to that task.")
+    tags: dict[str, str] = Field({}, description="Keep only calls whose tags have these values.")
+    models: list[str] = Field([], description="Keep only calls answered by these models (a dated snapshot of a name counts); "
+                                              "[] = any.")
+    route_key: str = Field("route", description="The tag naming a call's route (gateway endpoint), for `routes`.")
+    routes: list[str] = Field([], description="Keep only calls whose `route_key` tag is one of these; [] = any.")
+    since: datetime | None = Field(None, description="Keep only calls made at or after this time (ISO 8601; UTC if no zone).")
+    until: datetime | None = Field(None, description="Keep only calls made before this time.")
+    skip_non_chat: bool = Field(False, description="Count and skip calls that are not chat completions (embeddings, legacy "
+                                                   "completions); false = such a call is an error naming it.")
+    pii: Literal["redact", "drop", "keep"] = Field("redact", description="What to do with a row holding a secret or personal data "
+                                                                         "(`pii_kinds`): replace each finding with `<KIND>`, "
+                                                                         "drop the row, or keep it as it is.")
+    pii_kinds: list[Literal["api_key", "email", "phone", "card"]] = Field(
+        ["api_key", "email", "phone", "card"], description="What counts: API keys (detect-secrets' vendor plugins), e-mail "
+                                                           "addresses, phone and card numbers (presidio's pattern recognizers).")
+    phone_regions: list[str] = Field(["US", "GB", "DE", "FR", "IN"], min_length=1, description="Regions whose national phone "
+                                                                                               "formats are recognized "
+                                                                                               "(international +NN numbers "
+                                                                                               "always are).")
+    dedup: bool = Field(True, description="Drop rows that duplicate (exactly or nearly, curation's checks and thresholds in "
+                                          "`curate`) a row the task holds or an earlier captured one, or leak into its test rows.")
+    mlflow: CaptureMlflowParams = Field(default_factory=CaptureMlflowParams)
+    openai: CaptureOpenaiParams = Field(default_factory=CaptureOpenaiParams)
+    otlp: CaptureOtlpParams = Field(default_factory=CaptureOtlpParams)
+
+
 class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     model: ModelParams = Field(default_factory=ModelParams)
@@ -708,6 +793,7 @@ class Params(_Section):
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     serve: ServeParams = Field(default_factory=ServeParams)
     cost: CostParams = Field(default_factory=CostParams)
+    capture: CaptureParams = Field(default_factory=CaptureParams)
 
     @model_validator(mode="after")
     def _local_server_dtype(self):

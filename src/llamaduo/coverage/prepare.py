@@ -1,4 +1,5 @@
-"""Coverage data: read each task's file (JSONL, CSV or Parquet), check every row, split train/test by the ratio phi.
+"""Coverage data: read each task's file (JSONL, CSV or Parquet), check every row, split train/test by the ratio phi
+(each row's side fixed by a seeded hash of its id, see `split`).
 
 A row becomes {id, task, instruction, response, system, history, category}: the last user turn is the
 instruction, the last assistant turn the response (the target), an optional system prompt, and the earlier
@@ -8,6 +9,14 @@ turns as `history` (None for a single-turn row). Accepted shapes (llamaduo's doc
   then user and assistant turns alternating, ending with the assistant's), or the columns below as keys;
 - columns (JSONL keys, a CSV header, Parquet columns): `prompt`, `response`, and optionally `system`,
   `history` (a list of {role, content}; in CSV a JSON string of that list), `prompt_id` (or `id`), `category`.
+
+Either shape may carry provenance, the columns `llamaduo capture` writes: `source` (where the row was recorded:
+`mlflow`, `openai`, `otlp`), `source_id` (its trace, completion or span id there) and `capture_query` (the query
+that selected it, as JSON text); each a string, `source_id` only with `source`. They are checked and counted in
+the row's size; the split and training read only the pair.
+
+A task's rows come from `<task>.jsonl`, `.csv` or `.parquet` (at most one of them) plus every file of those formats
+in the folder `<task>/` (where capture writes one file per source); ids are unique across all of them.
 
 A row holds at most 1 MiB (1,048,576 bytes) of text in every format: the UTF-8 bytes of its system prompt,
 every turn's content (earlier turns, prompt, response), its category and its id as the file gives them. That is
@@ -23,7 +32,6 @@ import csv
 import hashlib
 import io
 import json
-import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +39,8 @@ from pathlib import Path
 from llamaduo.errors import CoverageError
 
 FORMATS = ("jsonl", "csv", "parquet")
-COLUMNS = ("prompt", "response", "system", "history", "prompt_id", "id", "category")
+PROVENANCE = ("source", "source_id", "capture_query")
+COLUMNS = ("prompt", "response", "system", "history", "prompt_id", "id", "category", *PROVENANCE)
 SYSTEM_ROLES = ("system", "developer")  # OpenAI's newer name for the system message
 ROLES = ("user", "assistant")  # the turns after the system message alternate in this order
 # the one size limit of a row, whatever its format (see the module docstring): counted on the row's text, so a row
@@ -204,6 +213,12 @@ def _from_columns(obj: dict, where: str) -> tuple[str | None, list[dict], str, s
     return system, history, instruction, response
 
 
+def check_row(task: str, obj, where: str) -> dict:
+    """One row object (a JSONL line's object, a CSV or Parquet row as a dict) checked and made the task's pair
+    `{id, task, instruction, response, system, history, category}`; a CoverageError names `where` and the cause."""
+    return _row_to_pair(task, obj, where)
+
+
 def _row_to_pair(task: str, obj, where: str) -> dict:
     if not isinstance(obj, dict):
         raise CoverageError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -222,13 +237,16 @@ def _row_to_pair(task: str, obj, where: str) -> dict:
     else:
         row_id = given_id
     category = _text(obj.get("category"), "category", where, required=False)
+    provenance = [_text(obj.get(k), k, where, required=False) or "" for k in PROVENANCE]
+    if provenance[1] and not provenance[0]:
+        raise CoverageError(f"{where}: `source_id` without `source`; name where the row was recorded")
     texts = [system or "", *(t["content"] for t in history), instruction, response, category or "",
-             "" if given_id is None else str(given_id)]
+             "" if given_id is None else str(given_id), *provenance]
     # surrogatepass: a JSON string may hold a lone surrogate (\ud800), which is still text the row carries
     size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
     if size > MAX_ROW_BYTES:
         raise CoverageError(f"{where}: the row holds {size:,} bytes of text, over the {MAX_ROW_BYTES:,}-byte limit of a "
-                            "coverage row (system prompt, turns, category and id, as UTF-8); shorten or split it")
+                            "coverage row (system prompt, turns, category, id and provenance, as UTF-8); shorten or split it")
     return {
         "id": str(row_id),
         "task": task,
@@ -243,30 +261,62 @@ def _row_to_pair(task: str, obj, where: str) -> dict:
 # -- a task's file
 
 
-def task_file(coverage_dir: str | Path, task: str) -> Path:
+def task_files(coverage_dir: str | Path, task: str, *, required: bool = True) -> list[Path]:
+    """The task's files: `<task>.<format>` (at most one) first, then the files of the folder `<task>/` by name.
+    None is an error, or [] without `required`."""
     d = Path(coverage_dir)
     found = [d / f"{task}.{ext}" for ext in FORMATS if (d / f"{task}.{ext}").is_file()]
     if len(found) > 1:
-        raise CoverageError(f"task {task!r}: several files {[str(p) for p in found]}; keep one")
-    if not found:
-        have = sorted({p.stem for ext in FORMATS for p in d.glob(f"*.{ext}")})
-        raise CoverageError(f"task {task!r}: no {task}.jsonl, {task}.csv or {task}.parquet in {d} (tasks here: {have})")
-    return found[0]
+        raise CoverageError(f"task {task!r}: several files {[str(p) for p in found]}; keep one (more sources go in "
+                            f"the folder {d / task}/)")
+    folder = d / task
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith("."):  # editor and atomic-write leftovers are not data
+                continue
+            if not p.is_file() or p.suffix[1:] not in FORMATS:
+                raise CoverageError(f"task {task!r}: {p} is not a .jsonl, .csv or .parquet file; the folder "
+                                    f"{folder}/ holds only the task's coverage files")
+            found.append(p)
+    if not found and required:
+        have = sorted({p.stem for ext in FORMATS for p in d.glob(f"*.{ext}")} | {p.name for p in d.iterdir() if p.is_dir()}
+                      if d.is_dir() else set())
+        raise CoverageError(f"task {task!r}: no {task}.jsonl, {task}.csv or {task}.parquet and no files in {folder}/ "
+                            f"in {d} (tasks here: {have})")
+    return found
 
 
-def _load(coverage_dir: str | Path, task: str, seen: dict[str, str]) -> list[dict]:
-    """The task's rows; `seen` (id -> where it was first read) catches ids repeated within and across tasks."""
-    path = task_file(coverage_dir, task)
-    rows = []
-    for where, obj in READERS[path.suffix[1:]](path):
+def read_file(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(where, object) per row of one coverage file, by its extension; `where` names the file and line (Parquet: row)."""
+    path = Path(path)
+    if path.suffix[1:] not in FORMATS:
+        raise CoverageError(f"{path}: not a .jsonl, .csv or .parquet file")
+    return READERS[path.suffix[1:]](path)
+
+
+def read_rows(path: str | Path, task: str) -> Iterator[tuple[str, dict, dict]]:
+    """(where, row, provenance) per row of one file: the checked row as `load_task` gives it, and its provenance
+    columns (those present)."""
+    for where, obj in read_file(path):
         row = _row_to_pair(task, obj, where)
-        if row["id"] in seen:
-            raise CoverageError(f"{where}: duplicate id {row['id']!r} (first at {seen[row['id']]}); ids must be unique "
-                                "across all tasks")
-        seen[row["id"]] = where
-        rows.append(row)
-    if len(rows) < 2:
-        raise CoverageError(f"task {task!r}: {path} has {len(rows)} row(s); a train/test split needs at least 2")
+        yield where, row, {k: obj[k] for k in PROVENANCE if obj.get(k) not in (None, "")}
+
+
+def _load(coverage_dir: str | Path, task: str, seen: dict[str, str], *, min_rows: int = 2) -> list[dict]:
+    """The task's rows; `seen` (id -> where it was first read) catches ids repeated within and across tasks."""
+    paths = task_files(coverage_dir, task, required=min_rows > 0)
+    rows = []
+    for path in paths:
+        for where, obj in read_file(path):
+            row = _row_to_pair(task, obj, where)
+            if row["id"] in seen:
+                raise CoverageError(f"{where}: duplicate id {row['id']!r} (first at {seen[row['id']]}); ids must be "
+                                    "unique across all tasks")
+            seen[row["id"]] = where
+            rows.append(row)
+    if len(rows) < min_rows:
+        where = str(paths[0]) if len(paths) == 1 else f"{', '.join(map(str, paths))} together"
+        raise CoverageError(f"task {task!r}: {where} has {len(rows)} row(s); a train/test split needs at least 2")
     return rows
 
 
@@ -274,17 +324,42 @@ def load_task(coverage_dir: str | Path, task: str) -> list[dict]:
     return _load(coverage_dir, task, {})
 
 
+def held_rows(coverage_dir: str | Path, task: str) -> list[dict]:
+    """The task's rows however few, [] when it has no file yet (what new rows are checked against before they join)."""
+    return _load(coverage_dir, task, {}, min_rows=0)
+
+
+def side_score(row_id: str, seed: int, purpose: str = "split") -> float:
+    """A number in [0, 1) fixed by the seed and the row's id alone (the first 8 bytes of SHA-256 of
+    `purpose:seed:id`): the split and the cap rank rows by it, so a row's place never depends on the other rows.
+    A row without an id has the content hash `_row_to_pair` gives it (of its instruction, or of its system prompt,
+    earlier turns and instruction), so the same text keeps its side."""
+    digest = hashlib.sha256(f"{purpose}:{seed}:{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
 def split(rows: list[dict], *, train_ratio: float, seed: int, max_rows: int | None = None) -> tuple[list[dict], list[dict]]:
-    """Seeded shuffle, optional cap, then the first phi share is train; both splits get at least one row."""
+    """Each row's side by a seeded hash of its id: train when `side_score(id, seed) < train_ratio`, else test.
+
+    Adding rows never moves an old one, so a capture that grows a task keeps every test row where the gate
+    paired it; the share of train is train_ratio on average (a binomial count, not an exact one). Two cases
+    bend the rule, both named here because they can move a row:
+    - a cap (`max_rows`) keeps the rows with the lowest score of a second, independent hash; a new row may push
+      an old one out of the cap, but a row that stays keeps its side;
+    - both splits get at least one row: when the hash leaves one side empty, the row of the other side whose score
+      is nearest the ratio crosses over, and goes back once a row lands on the empty side by its own hash.
+    """
     if not 0 < train_ratio < 1:
         raise CoverageError(f"`data.train_ratio` must be in (0, 1), got {train_ratio}")
-    rows = sorted(rows, key=lambda r: r["id"])  # input order must not change the split
-    random.Random(seed).shuffle(rows)
+    if len(rows) < 2:
+        raise CoverageError(f"a train/test split needs at least 2 rows, got {len(rows)}")
     if max_rows is not None:
-        rows = rows[:max_rows]
-    n_train = min(max(1, round(train_ratio * len(rows))), len(rows) - 1)
-    train = [dict(r, split="train") for r in rows[:n_train]]
-    test = [dict(r, split="test") for r in rows[n_train:]]
+        rows = sorted(rows, key=lambda r: (side_score(r["id"], seed, "cap"), r["id"]))[:max_rows]
+    scored = sorted(((side_score(r["id"], seed), r["id"], r) for r in rows), key=lambda t: t[:2])
+    n_train = sum(s < train_ratio for s, _, _ in scored)
+    n_train = min(max(1, n_train), len(scored) - 1)  # sorted by score: the borrowed row is the one nearest the ratio
+    train = [dict(r, split="train") for _, _, r in scored[:n_train]]
+    test = [dict(r, split="test") for _, _, r in scored[n_train:]]
     return train, test
 
 
