@@ -3,6 +3,7 @@ the last cycle, the same from a rerun's cached answers as from the run that paid
 beside what the cycle paid (`llamaduo status`, the HTML report)."""
 
 import json
+import sqlite3
 
 import pytest
 
@@ -112,10 +113,20 @@ def test_loop_dry_run_prints_the_plan_and_runs_nothing(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     measured(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    write_json(tmp_path / paths.LOOP_STATE, {"cycle": 2, "stopped_by": None, "started_at": 0.0, "cycles": {}})
+    write_json(tmp_path / paths.LOOP_STATE, {"cycle": 2, "stopped_by": None, "started_at": 1000.0, "cycles": {}})
+    # what the loop paid so far is the call cache's record since it started, not an earlier call
+    from llamaduo.providers.base import ChatResult, Choice
+    from llamaduo.providers.cache import CallCache
+
+    with CallCache(tmp_path / ".llamaduo" / "calls.sqlite") as cache:
+        answer = ChatResult(choices=[Choice(text="ok", finish_reason="stop")], input_tokens=10, output_tokens=2)
+        cache.put("paid", "svc", answer, cost_usd=0.2)
+        cache.put("earlier", "svc", answer, cost_usd=5.0)
+    with sqlite3.connect(tmp_path / ".llamaduo" / "calls.sqlite") as db:  # paid before the loop started
+        db.execute("UPDATE calls SET created = 999 WHERE key = 'earlier'")
     assert cli.main(["loop", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "pre-flight estimate (measured in cycle 1); spent so far in this loop: $0.0000 of `loop.max_cost_usd` $0.5"
-    assert out[2].split() == ["2", "200", "175", "334500", "0.9060", "1360", "$0.9060", "<-", "over", "the", "budget"]
+    assert out[0] == "pre-flight estimate (measured in cycle 1); spent so far in this loop: $0.2000 of `loop.max_cost_usd` $0.5"
+    assert out[2].split() == ["2", "200", "175", "334500", "0.9060", "1360", "$1.1060", "<-", "over", "the", "budget"]
     assert "cycle 2 synthesize: 55 calls, $0.3300 (2.50 curated pairs per request and 25 requests cached" in out[3]
     assert not (tmp_path / ".git").exists() and not (tmp_path / paths.ESTIMATE).exists()

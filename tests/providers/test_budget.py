@@ -3,6 +3,7 @@ what was paid stays cached, and a rerun with a higher cap pays only for the rest
 with the vendors' real SDKs."""
 
 import json
+import sqlite3
 
 import pytest
 
@@ -80,7 +81,8 @@ def test_a_batch_job_that_could_cross_the_budget_is_not_submitted(tmp_path, monk
         assert fake.hits["POST batches"] == 1
         cache = CallCache(path)
         assert cache.paid() == {"calls": 3, "cost_usd": pytest.approx(3 * 0.0075), "input_tokens": 30, "output_tokens": 15}
-        assert cache._db.execute("SELECT COUNT(*) FROM batch_submissions").fetchone()[0] == 0  # nothing left to look up
+        with sqlite3.connect(path) as db:  # the job not submitted left no submission to look up at the vendor
+            assert db.execute("SELECT COUNT(*) FROM batch_submissions").fetchone()[0] == 0
 
         _, usage = run_calls(get_provider("svc", params), reqs(6), cache=CallCache(path, budget=cap(0.1)), desc="t")
         assert fake.hits["POST batches"] == 2 and usage.batch_calls == 3 and usage.cached == 3
