@@ -13,7 +13,7 @@ Variant names: offline | server | transformers (each with the schema's defaults:
 optional suffixes -nopreload, -bf16, -nobind, -bindauto (vLLM's `auto`), -bindall (llamaduo's `all`), -kv<GiB>,
 -share (vLLM's own CPU memory sizing: `gpu_memory_utilization` of the RAM, where the stages size the KV cache from
 the model and the batch). Each variant's peak RSS is summed over its process tree (the engine's workers too).
-Writes bench/results/infer.json. CPU heavy (~1.5 min per variant here): run it on an idle machine.
+Writes bench/results/infer.json. CPU heavy (each variant starts its own engine): run it on an idle machine.
 """
 
 from __future__ import annotations
