@@ -13,7 +13,7 @@ Variant names: offline | server | transformers (each with the schema's defaults:
 optional suffixes -nopreload, -bf16, -nobind, -bindauto (vLLM's `auto`), -bindall (llamaduo's `all`), -kv<GiB>,
 -share (vLLM's own CPU memory sizing: `gpu_memory_utilization` of the RAM, where the stages size the KV cache from
 the model and the batch). Each variant's peak RSS is summed over its process tree (the engine's workers too).
-Writes bench/results/infer.json. CPU heavy (~1.5 min per variant here): run it on an idle machine.
+Writes bench/results/infer.json. CPU heavy (each variant starts its own engine): run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -174,6 +174,7 @@ def main() -> None:
     for v in variants:
         parse_variant(v)  # fail on a typo before the first minute-long start
     runs: dict[str, list[dict]] = {v: [] for v in variants}
+    load_before = os.getloadavg()  # the variants alternate, so other load hits each alike; the file says how much
     for r in range(args.rounds):
         for v in variants:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -196,7 +197,8 @@ def main() -> None:
         summary[v]["ratio_to_" + variants[0]] = round(summary[v]["mean_tokens_per_s"] / ref, 3) if ref else None
     out = {"prompts": args.prompts, "k": args.k, "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "preload_libs": {"tcmalloc": vllm_cpu.tcmalloc(), "iomp": vllm_cpu.iomp()},
-           "summary": summary, "runs": runs, "machine": hardware.describe()}
+           "summary": summary, "runs": runs, "machine": hardware.describe(),
+           "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
     write_json(args.results, out)
     print(json.dumps(summary, indent=1))
 

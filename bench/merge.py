@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench/results/merge.json"))
     args = ap.parse_args()
     results = {}
+    load_before = os.getloadavg()  # other processes on these cores slow every method alike; the file says how busy
     for k in args.k:
         with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
             base, subs = write_models(Path(tmp), int(args.params), k)
@@ -72,7 +73,8 @@ def main() -> None:
                                              "s_per_billion_params": round(wall / stats["params"] * 1e9, 1)}
                 print(f"{method} k={k}", results[f"{method}_k{k}"], flush=True)
     out = {"dtype": "float32", "threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads(),
-           "machine": hardware.describe(),
+           "machine": hardware.describe(), "load_avg_before": [round(x, 2) for x in load_before],
+           "load_avg_after": [round(x, 2) for x in os.getloadavg()],
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "note": "wall time includes reading every input tensor and writing the merged shards (page cache warm)",
            "methods": results}

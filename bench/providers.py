@@ -39,6 +39,7 @@ def main() -> None:
     a = ap.parse_args()
 
     ideal = min(a.concurrency / a.latency, a.rpm / 60)
+    load_before = os.getloadavg()  # the client and the fake server share these cores with whatever else runs
     requests = [ChatRequest(messages=(("user", f"request {i}"),), temperature=0.7, max_tokens=64) for i in range(a.requests)]
     # the server runs in its own process, as a remote API would (sharing our GIL would slow both); it enforces
     # the RPM limit as a token bucket holding one second of it, the way vendors quantize their per-minute limits
@@ -75,7 +76,8 @@ def main() -> None:
         "wall_s": round(wall, 2), "server_requests": sent, "server_429s": rate_limited, "retries": usage.retries,
         "rerun_wall_s": round(rerun_wall, 3), "rerun_calls": rerun_calls, "rerun_cached": usage2.cached,
     }
-    write_json(a.out, result | {"machine": hardware.describe()})
+    write_json(a.out, result | {"machine": hardware.describe(), "load_avg_before": [round(x, 2) for x in load_before],
+                                "load_avg_after": [round(x, 2) for x in os.getloadavg()]})
     print(f"{a.requests} requests, {a.latency * 1000:.0f} ms latency, concurrency {a.concurrency}, RPM {a.rpm}: "
           f"ideal {ideal:.1f} req/s, achieved {achieved:.1f} req/s -> throughput ratio {achieved / ideal:.3f} (goal >= 0.9)")
     print(f"server saw {sent} requests ({rate_limited} answered 429), engine retries {usage.retries}, wall {wall:.1f} s")

@@ -15,7 +15,7 @@ from pathlib import Path
 # the flags that change which kernels (and so which dtype) run fast
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 # a CPU with one of these runs bf16 matmuls natively (oneDNN kernels); without them torch and vLLM emulate
-# bf16 and it is the slow dtype (AMD EPYC, AVX2 only: vLLM fp32 84.5 tokens/s, bf16 22.3)
+# bf16, so it is the slow dtype there
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 DTYPES = ("bfloat16", "float32")
 

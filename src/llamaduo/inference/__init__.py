@@ -1,7 +1,8 @@
 """Batch inference: K sampled answers per test prompt from the fine-tuned model, through its chat template.
 
-vLLM's offline engine is the fast path; it gets the adapter folded into the base first (on CPU a LoRA
-request ran ~4.5x slower than the merged model). transformers' batched `generate` is the fallback.
+vLLM's offline engine is the fast path; it gets the adapter folded into the base first (a LoRA request adds
+the adapter's matmuls to every layer at every token; the folded model runs the base's alone). transformers'
+batched `generate` is the fallback.
 """
 
 from __future__ import annotations
