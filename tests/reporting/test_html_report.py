@@ -179,3 +179,37 @@ def test_the_gate_section_says_which_question_was_answered_its_bound_and_when_th
     assert f"<td>{g['test']['bound']:.2f}</td>" in text.replace(" class=\"num\"", "")
     assert "one-sided 97.5% lower bound (this cycle&#x27;s share of gate.alpha)" in text
     assert "Underpowered: 7 test prompts detect a difference of" in text and "test prompts would detect it" in text
+
+
+def test_the_capture_summary_shows_counts_by_source_and_task_rating_coverage_and_links_to_the_traces(tmp_path):
+    import json
+
+    m = tmp_path / "metrics"
+    m.mkdir()
+    link = "http://127.0.0.1:5000/#/experiments/1/traces?selectedEvaluationId=tr-7"
+    (m / "capture.json").write_text(json.dumps({
+        "sources": {"mlflow": {"query": {"source": "mlflow"}, "read": 40, "kept": 9, "already_captured": 3,
+                               "dropped": {"not_positive": 6, "unrated": 10, "tool_call": 2},
+                               "ratings": {"negative": 6, "positive": 14, "unrated": 20},
+                               "links": [link, "javascript:alert(1)"]},
+                    "otlp": {"query": {"source": "otlp"}, "read": 5, "kept": 5, "already_captured": 0, "dropped": {}}},
+        "tasks": {"summarize": {"held": 395, "added": {"mlflow": 9, "otlp": 5}, "dropped": {"near_duplicate": 1},
+                                "to_test": 2, "unlisted": False},
+                  "triage": {"held": 0, "added": {"otlp": 0}, "dropped": {}, "to_test": 0, "unlisted": True}},
+        "pii": {"API_KEY": 1, "EMAIL": 0}, "pii_action": "redact"}))
+    text = html_report.write(tmp_path / "r.html", page_data.load(m, tmp_path / "data")).read_text()
+    section = text[text.index('<section id="capture">'):]
+    # per source: read, kept, already captured, drops by reason, rating coverage (20 of 40 rated, 14 positive)
+    assert ("<td>mlflow</td><td class=\"num\">40</td><td class=\"num\">9</td><td class=\"num\">3</td>"
+            "<td class=\"num\">not_positive 6, unrated 10, tool_call 2</td><td class=\"num\">20 of 40 (50%); 14 positive</td>"
+            in section)
+    assert "<td>otlp</td><td class=\"num\">5</td><td class=\"num\">5</td><td class=\"num\">0</td><td class=\"num\">none</td><td class=\"num\">–</td>" in section
+    # per task: rows added over every source, how many land in test, what the task held
+    assert "<td>summarize</td><td class=\"num\">14</td><td class=\"num\">2</td><td class=\"num\">395</td>" in section
+    assert "no: add it to data.tasks" in section and "Secrets and personal data (redact): API_KEY 1</p>" in section
+    # the trace's link back to the MLflow UI; an address that is not a web address is no link
+    assert section.count("<a href=") == 1 and f'<a href="{link.replace("&", "&amp;")}">' in section
+    assert "javascript:" not in section
+    # a project that never captured says what writes the section
+    bare = html_report.write(tmp_path / "b.html", page_data.load(tmp_path / "none", tmp_path / "none")).read_text()
+    assert "no capture: <code>llamaduo capture</code>" in bare

@@ -2,7 +2,8 @@
 `page_data.load` (what the pipeline and the loop have written so far). It draws the paper's views: score against
 synthetic volume per judge and metric (Figure 2), precision against similarity per answer (Figure 3), the
 reference metrics, the gate's decision and its reason, the cost curves and break-even (Table 2 / Figure 4), the
-worst answers with the judge's reasons, and local against service answers for a sample of test prompts. A part
+worst answers with the judge's reasons, local against service answers for a sample of test prompts, and the last
+capture of recorded traffic with links to its traces in the MLflow UI. A part
 with no data yet leaves its section saying what writes it, so the page is useful after one stage as after ten cycles.
 
 Figures are PNGs (`plots`) inlined as base64 and the CSS is inline: the file opens offline, from an e-mail or a CI
@@ -46,6 +47,7 @@ def render(page: PageData) -> str:
         _cost_section(page.cost),
         _worst_section(page.worst),
         _side_by_side_section(page.answers),
+        _capture_section(page.capture),
     ]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -228,3 +230,36 @@ def _side_by_side_section(answers: SideBySide | None) -> str:
     note = "" if answers.services else _missing("no service answers: set <code>judge.baseline.services</code> and run "
                                                 "<code>dvc repro baseline</code>")
     return _section(title, f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>" + note, "answers")
+
+
+def _capture_section(cap: dict | None) -> str:
+    title = "Captured traffic"
+    if cap is None:
+        return _section(title, _missing("no capture: <code>llamaduo capture</code> adds recorded traffic to the "
+                                        "coverage data (metrics/capture.json)"), "capture")
+    sources = cap.get("sources", {})
+    rows = [[name, s.get("read"), s.get("kept"), s.get("already_captured"),
+             ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items()) or "none",
+             _rating_text(s.get("ratings"), s.get("read"))] for name, s in sources.items()]
+    inner = _rows(["source", "read", "kept", "already captured", "dropped by reason", "rated"], rows, numeric_from=1)
+    tasks = [[task, sum(t.get("added", {}).values()), t.get("to_test"), t.get("held"),
+              ", ".join(f"{k} {v}" for k, v in t.get("dropped", {}).items()) or "none",
+              "no: add it to data.tasks" if t.get("unlisted") else "yes"] for task, t in cap.get("tasks", {}).items()]
+    inner += _rows(["task", "rows added", "of them to test", "held before", "dropped by hygiene", "in data.tasks"], tasks)
+    found = ", ".join(f"{k} {v}" for k, v in cap.get("pii", {}).items() if v)
+    if found:
+        inner += f"<p>Secrets and personal data ({_e(cap.get('pii_action'))}): {_e(found)}</p>"
+    # only web addresses become links: the file is data, and a `javascript:` href would run on a click
+    links = [(name, u) for name, s in sources.items() for u in s.get("links", []) if str(u).startswith(("http://", "https://"))]
+    if links:
+        inner += ("<p>Kept traces in the MLflow UI:</p><ul>"
+                  + "".join(f"<li>{_e(name)}: <a href=\"{_e(u)}\">{_e(u)}</a></li>" for name, u in links) + "</ul>")
+    return _section(title, inner, "capture")
+
+
+def _rating_text(r: dict | None, read) -> str | None:
+    """Rating coverage: how many calls carried a rating, and how many of those were positive."""
+    if not r or not read:
+        return None
+    rated = read - r.get("unrated", 0)
+    return f"{rated} of {read} ({rated / read:.0%}); {r.get('positive', 0)} positive"

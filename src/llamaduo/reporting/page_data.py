@@ -1,8 +1,9 @@
 """What metrics/report.html shows, read from whatever the pipeline and the loop have written so far and shaped into
 plain structures: the summary and its gate, score against synthetic volume per judge and metric (metrics/history.json),
 this cycle's judge and reference figures (metrics/eval.json), precision and similarity per answer
-(metrics/plots/scores.json), the cost report (metrics/cost.json), the worst answers (metrics/worst.json), and local
-beside service answers for a sample of test prompts (data/). A file not written yet leaves its part empty (None, or
+(metrics/plots/scores.json), the cost report (metrics/cost.json), the worst answers (metrics/worst.json), local
+beside service answers for a sample of test prompts (data/), and the last capture of recorded traffic
+(metrics/capture.json, which `llamaduo capture` writes). A file not written yet leaves its part empty (None, or
 an empty list or dict), and the page says what writes it."""
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class PageData:
     cost: dict | None
     worst: list[dict] | None
     answers: SideBySide | None
+    capture: dict | None = None
 
 
 def load(metrics_dir: str | Path = "metrics", data_dir: str | Path = "data") -> PageData:
@@ -78,7 +80,7 @@ def load(metrics_dir: str | Path = "metrics", data_dir: str | Path = "data") -> 
         metrics_dir=m, data_dir=d, summary=_json(m / "summary.json", {}), history=history,
         series=history_series(history), judges=judge_table(ev), points=_json(m / "plots" / "scores.json", []),
         reference=reference_table(ev), cost=_json(m / "cost.json", None) or None, worst=_json(m / "worst.json", None),
-        answers=side_by_side(d),
+        answers=side_by_side(d), capture=_json(m / "capture.json", None),
     )
 
 
