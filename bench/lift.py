@@ -3,7 +3,7 @@ references with no judge (ROUGE-L F1, chrF, exact match; 0-100, bootstrap 95% in
 
 Per task (default: classify and closed_qa, the shipped tasks with short answers): the seeded train/test split
 the prepare stage makes (`data.train_ratio`, `data.seed`), K sampled answers per test prompt from the base
-model, then from an adapter trained on the first 25%, 50% and 100% of the (already shuffled) train rows for
+model, then from an adapter trained on the first 25%, 50% and 100% of the train rows (in the split's hash order, a seeded random order) for
 `train.epochs` passes. Everything goes through the project's own code: llamaduo.coverage (load_task, split),
 llamaduo.training.train, llamaduo.inference.generate, llamaduo.judging.reference. Params are the schema's
 defaults (llamaduo.config) with only what the flags set changed; no prompt or metric is tuned here.
