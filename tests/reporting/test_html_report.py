@@ -203,7 +203,8 @@ def test_the_capture_summary_shows_counts_by_source_and_task_rating_coverage_and
     assert ("<td>mlflow</td><td class=\"num\">40</td><td class=\"num\">9</td><td class=\"num\">3</td>"
             "<td class=\"num\">not_positive 6, unrated 10, tool_call 2</td><td class=\"num\">20 of 40 (50%); 14 positive</td>"
             in section)
-    assert "<td>otlp</td><td class=\"num\">5</td><td class=\"num\">5</td><td class=\"num\">0</td><td class=\"num\">none</td><td class=\"num\">–</td>" in section
+    assert ("<td>otlp</td><td class=\"num\">5</td><td class=\"num\">5</td><td class=\"num\">0</td>"
+            "<td class=\"num\">none</td><td class=\"num\">–</td>" in section)
     # per task: rows added over every source, how many land in test, what the task held
     assert "<td>summarize</td><td class=\"num\">14</td><td class=\"num\">2</td><td class=\"num\">395</td>" in section
     assert "no: add it to data.tasks" in section and "Secrets and personal data (redact): API_KEY 1</p>" in section
