@@ -116,6 +116,13 @@ def test_the_summary_links_back_to_the_traces(first, traffic):
     assert summary["sources"]["mlflow"]["links"][0] == link
     assert link in report(summary) and "4 positive, 1 not positive, 1 unrated (83% rated)" in report(summary)
     assert json.loads((proj / "metrics" / "capture.json").read_text())["sources"]["mlflow"]["kept"] == 2
+    # the report page, rendered from the capture.json the run wrote: rating coverage and the link to the trace
+    from html import escape
+
+    from llamaduo.reporting import html_report, page_data
+
+    page = html_report.render(page_data.load(proj / "metrics", proj / "data"))
+    assert f'<a href="{escape(link)}">' in page and "5 of 6 (83%); 4 positive" in page
 
 
 def test_the_sentinel_email_is_written_nowhere(first):
