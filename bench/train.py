@@ -258,7 +258,8 @@ def parse_set(items: list[str]) -> dict:
 def summary(stage: dict) -> dict:
     """The figures a run is compared on."""
     keys = ("steady_tokens_per_s", "tokens_per_s", "steady_s_per_step", "steps", "tokens_seen", "imports_s", "setup_s",
-            "first_step_s", "wall_s", "peak_rss_mb", "peak_gpu_mb", "plan", "train_loss", "timed_out", "error")
+            "first_step_s", "wall_s", "peak_rss_mb", "rss_mb_first_step", "rss_growth_mb", "peak_gpu_mb", "plan",
+            "train_loss", "timed_out", "error")
     return {k: stage[k] for k in keys if k in stage}
 
 

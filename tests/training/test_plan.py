@@ -111,6 +111,24 @@ def test_the_clock_splits_start_up_from_steady_state():
     assert StepClock().summary(since=0)["steady_tokens_per_s"] is None
 
 
+def test_the_clock_reports_resident_memory_growth_after_the_first_step():
+    from llamaduo.training.callbacks import StepClock, resident_mb
+
+    clock = StepClock()
+    clock.first_begin, clock.marks = 0.0, [(1.0, 10), (2.0, 20), (3.0, 30), (4.0, 40)]
+    clock.rss = [2000.0, 2400.0, 2100.0, 2050.0]  # the first step's growth is start-up; 400 MB more later is growth
+    s = clock.summary(since=0.0)
+    assert (s["rss_mb_first_step"], s["rss_mb_max_step"], s["rss_mb_last_step"], s["rss_growth_mb"]) == (
+        2000.0, 2400.0, 2050.0, 400.0)
+    clock.rss = [2000.0]
+    assert clock.summary(since=0.0)["rss_growth_mb"] is None
+    # the reading is this process's: a 200 MB buffer touched page by page shows up in it
+    before = resident_mb()
+    buf = b"x" * (200 * 2**20)
+    assert resident_mb() - before > 150
+    del buf
+
+
 def test_checkpoints_come_by_time_and_not_after_the_last_step(monkeypatch):
     from transformers import TrainerControl, TrainerState
 
