@@ -442,9 +442,9 @@ class TrainParams(_Section):
                                                                         "and transformers' loss (a bf16 matmul: faster "
                                                                         "where trl falls back to float32 torch tiles, a "
                                                                         "CPU). auto = fused on a GPU.")
-    torch_compile: bool = runtime(False, description="torch.compile the model (transformers' torch_compile). On the 2-core CPU "
-                                                     "compiling a few steps took many times their eager time, each new "
-                                                     "row length recompiling: off unless a long run on fixed shapes pays it back.")
+    torch_compile: bool = runtime(False, description="torch.compile the model (transformers' torch_compile). Each new row "
+                                                     "length compiles again, and no bench has measured compiling against eager "
+                                                     "steps: off unless a long run on fixed shapes pays it back.")
     # past one process (docs/training-and-hardware.md): the stage relaunches itself under `accelerate launch`. Runtime:
     # `batch_size` stays the global batch (training/budget.py `per_process`), so steps, rows per step, rows read and
     # the schedule do not change with the process count: the recipe is the same, only its random draws (data order,

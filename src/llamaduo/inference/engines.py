@@ -57,8 +57,8 @@ def server_token_counters(base_url: str, timeout: float = 10) -> dict[str, int]:
 
 
 def vllm_kwargs(model_dir: str, p, dtype: str, requests: int = 1) -> dict:
-    """The offline engine's arguments: `dtype` from `hardware.compute_dtype` (bf16 is emulated, ~4x slower, on
-    CPUs without AVX512-BF16/AMX), parallelism from `infer.tensor_parallel_size` / `infer.data_parallel_size`,
+    """The offline engine's arguments: `dtype` from `hardware.compute_dtype` (bf16 is emulated in fp32 arithmetic,
+    with conversions on top, on CPUs without AVX512-BF16/AMX), parallelism from `infer.tensor_parallel_size` / `infer.data_parallel_size`,
     and `infer.distributed_executor_backend` (`ray` spreads the workers over a Ray cluster's machines). On CPU
     the KV cache holds the `requests` prompts the stage sends at once (`vllm_cpu.memory_args`)."""
     if p.distributed_executor_backend == "ray" and importlib.util.find_spec("ray") is None:

@@ -15,7 +15,7 @@ checkpoints.
 - Liger's Triton kernels (`train.liger`): RMSNorm, RoPE and SwiGLU, on a GPU where liger-kernel is installed.
   Its fused linear cross-entropy is left off: trl's SFT trainer fuses the LM head and the loss itself.
 - trl's fused LM head (`train.fused_lm_head`): on a GPU; on a CPU the model's own head (training/sft.py says why).
-- `train.torch_compile`: as set (off by default: on the CPU it compiled for minutes, each new length again).
+- `train.torch_compile`: as set (off by default: each new sequence length compiles again, and no bench has measured compiling against eager steps).
 
 The CPU's figures (bench/results/train_cpu_micro.json): see CPU_MICRO_BATCH.
 """

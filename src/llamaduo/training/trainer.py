@@ -70,9 +70,8 @@ def resolve_quantize(p, base_dir: str, dtype: str) -> tuple[bool, str]:
     base's weights in `dtype` would take more than half the memory (the other half is for activations, which
     4-bit weights do not shrink); plain LoRA otherwise.
 
-    On a CPU bitsandbytes dequantizes every 4-bit weight on every matmul (forward and backward): on the default
-    model (AMD EPYC, 2 cores, batch 2) QLoRA trained 23 tokens/s against LoRA's 30 in the same session; it saves
-    memory only on the weights (4.6 vs 5.3 GB peak RSS there: activations dominate).
+    On a CPU bitsandbytes dequantizes every 4-bit weight on every matmul (forward and backward): so it costs
+    time on every step, and it saves memory only on the weights, while on a small model activations dominate.
     """
     import torch
 
