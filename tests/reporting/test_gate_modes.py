@@ -1,10 +1,12 @@
-"""The gate's modes on hand-made paired scores: each bound recomputed here from Student's t (mean - t * sd / sqrt(n)),
-the error each cycle spends, and the power the test set gives."""
+"""The gate's modes on hand-made paired scores: each bound recomputed here from Student's t (mean - t * sd / sqrt(n))
+and Hall's skewness-corrected t (its cubic solved numerically), the error each cycle spends, and the power the test
+set gives."""
 
 import math
 from statistics import fmean, stdev
 
 import pytest
+from scipy.optimize import brentq
 from scipy.stats import norm
 from scipy.stats import t as student
 
@@ -20,8 +22,23 @@ SERVICE = dict(zip(PROMPTS, [20.0, 25.0, 18.0, 30.0, 22.0, 15.0, 27.0, 19.0, 24.
 DIFF = [1.0, -2.0, 0.5, 2.0, -1.0, 1.5, -0.5, 0.0, 1.0, -1.5]  # mean 0.1, sd 1.3292
 
 
-def by_hand(values, alpha):
+def t_bound(values, alpha):
     return fmean(values) - student.ppf(1 - alpha, len(values) - 1) * stdev(values) / math.sqrt(len(values))
+
+
+def hall_bound(values, alpha):
+    """mean - T * sd / sqrt(n), T solving T + a T^2 + a^2 T^3 / 3 + b = t quantile, a = 3b = g / (3 sqrt(n)), g the
+    sample skewness (adjusted Fisher-Pearson)."""
+    n, m, s = len(values), fmean(values), stdev(values)
+    g = n / ((n - 1) * (n - 2)) * sum(((v - m) / s) ** 3 for v in values)
+    a, b = g / (3 * math.sqrt(n)), g / (6 * math.sqrt(n))
+    crit = student.ppf(1 - alpha, n - 1)
+    big = brentq(lambda x: x + a * x * x + a * a * x ** 3 / 3 + b - crit, -1e3, 1e3, xtol=1e-12)
+    return m - big * s / math.sqrt(n)
+
+
+def by_hand(values, alpha):
+    return min(t_bound(values, alpha), hall_bound(values, alpha))
 
 
 def local(shift=0.0):
@@ -36,15 +53,16 @@ def gate(p, loc, services, alpha=0.05, champion=None):
 def test_non_inferiority_decides_on_the_paired_lower_bound():
     p = GateParams(metric="rouge_l", mode="non_inferiority", margin=1.0)
     test, (ok, why) = gate(p, local(), {"svc": SERVICE})
-    bound = by_hand(DIFF, 0.05)  # 0.1 - 1.833 * 1.3292 / sqrt(10) = -0.670
-    assert test["bound"] == pytest.approx(bound, abs=1e-3) and bound == pytest.approx(-0.6705, abs=1e-3)
+    # t: 0.1 - 1.833 * 1.3292 / sqrt(10) = -0.670; the differences lean left (skewness -0.31), Hall's bound -0.712
+    bound = by_hand(DIFF, 0.05)
+    assert test["bound"] == pytest.approx(bound, abs=1e-3) and bound == pytest.approx(-0.7118, abs=1e-3)
     assert test["estimate"] == pytest.approx(0.1) and test["prompts"] == 10 and test["best_service"] == "svc"
-    assert ok and why == ("rouge_l local - svc +0.10, 95% lower bound -0.67 > -margin -1: no worse than the service "
+    assert ok and why == ("rouge_l local - svc +0.10, 95% lower bound -0.71 > -margin -1: no worse than the service "
                           "(10 prompts)")
-    # the same differences 0.5 lower: the bound -1.170 is below -1, though the mean -0.4 is within the margin
+    # the same differences 0.5 lower: the bound -1.21 is below -1, though the mean -0.4 is within the margin
     test, (ok, why) = gate(p, local(-0.5), {"svc": SERVICE})
     assert not ok and test["estimate"] == pytest.approx(-0.4)
-    assert why == "rouge_l local - svc -0.40: its 95% lower bound -1.17 is not above -margin -1 (10 prompts)"
+    assert why == "rouge_l local - svc -0.40: its 95% lower bound -1.21 is not above -margin -1 (10 prompts)"
     # the pairing is what makes this evidence: unpaired, the two means' intervals overlap by far more than the margin
     assert stdev(SERVICE.values()) > 3 * stdev(DIFF)
 
@@ -69,12 +87,20 @@ def test_non_inferiority_pairs_with_the_best_service_and_needs_one():
 def test_threshold_mode_needs_the_lower_bound_above_the_bar_where_the_point_rule_takes_the_mean():
     values = [72.0, 80.0, 75.0, 78.0, 70.0, 76.0, 74.0, 79.0]  # mean 75.5, sd 3.464
     loc = dict(zip(PROMPTS, values))
-    bound = by_hand(values, 0.05)  # 75.5 - 1.895 * 3.464 / sqrt(8) = 73.18
-    test, (ok, why) = gate(GateParams(metric="precision", mode="threshold", threshold=73), loc, {})
+    # Student's t: 75.5 - 1.895 * 3.464 / sqrt(8) = 73.18; the scores lean left (skewness -0.59): Hall's 72.99
+    bound = by_hand(values, 0.05)
+    assert bound == pytest.approx(72.9875, abs=1e-3) and t_bound(values, 0.05) == pytest.approx(73.1796, abs=1e-3)
+    test, (ok, why) = gate(GateParams(metric="precision", mode="threshold", threshold=72.5), loc, {})
     assert test["bound"] == pytest.approx(bound, abs=1e-3) and ok
-    assert why == "precision 75.50, 95% lower bound 73.18 > threshold 73 (8 prompts)"
-    test, (ok, why) = gate(GateParams(metric="precision", mode="threshold", threshold=74), loc, {})
-    assert not ok and why == "precision 75.50: its 95% lower bound 73.18 is not above the threshold 74 (8 prompts)"
+    assert why == "precision 75.50, 95% lower bound 72.99 > threshold 72.5 (8 prompts)"
+    # a bar Student's t alone would clear: the long lower tail holds it back
+    test, (ok, why) = gate(GateParams(metric="precision", mode="threshold", threshold=73), loc, {})
+    assert not ok and why == "precision 75.50: its 95% lower bound 72.99 is not above the threshold 73 (8 prompts)"
+    # mirrored, the scores lean right: Hall's bound is above Student's t, and the gate keeps the t bound
+    mirrored = {k: 150.0 - v for k, v in loc.items()}
+    assert hall_bound(list(mirrored.values()), 0.05) > t_bound(list(mirrored.values()), 0.05)
+    assert assess(mirrored, {}, GateParams(metric="precision", mode="threshold", threshold=70), 0.05)["bound"] == \
+        pytest.approx(150.0 - 75.5 - (75.5 - 73.1796), abs=1e-3)
     # the paper's rule passes the same scores at 74, and at 75.5 itself
     assert gate(GateParams(metric="precision", mode="point", threshold=74), loc, {})[1][0]
     assert gate(GateParams(metric="precision", mode="point", threshold=75.5), loc, {})[1][0]
