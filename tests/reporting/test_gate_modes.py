@@ -176,3 +176,51 @@ def test_the_report_warns_when_the_test_set_cannot_see_the_margin():
     # a wide margin is within reach: no warning
     wide = assess(loc, {"svc": SERVICE}, GateParams(metric="rouge_l", mode="non_inferiority", margin=20.0), 0.05)
     assert not wide["underpowered"] and power_warning(wide) is None
+
+
+def test_no_regression_pairs_with_the_champions_per_prompt_scores():
+    """champion.json's per-prompt scores pair the candidate with the champion prompt by prompt: a steady loss the
+    champion's wide interval hides is a regression, and a small one within the margin is not, though the mean falls
+    below a narrow interval; with too few shared prompts the unpaired rule decides, and says so."""
+    from llamaduo.reporting.gate import MIN_PAIRED, regression
+
+    p = GateParams(metric="rouge_l", mode="non_inferiority", margin=1.0)
+    weak_service = {k: v - 5 for k, v in SERVICE.items()}  # the service check passes throughout
+    noise = [0.3 * d for d in DIFF]
+
+    def run(shift, champ):
+        loc = {k: SERVICE[k] + shift + e for k, e in zip(PROMPTS, noise)}
+        test = assess(loc, {"svc": weak_service}, p, 0.05)
+        reg = regression(loc, champ, p, 0.05)
+        return reg, decide({"score": fmean(loc.values()), "scored_fraction": 1.0, "test": test, "regression": reg},
+                           champ, p)
+
+    # 2.5 points lower on every prompt: mean 19.63 is inside the champion's interval (from 19.2), paired it is a loss
+    champ = {"version": "4", "metric": "rouge_l", "ci_low": 19.2, "scores": dict(SERVICE)}
+    reg, (ok, why) = run(-2.5, champ)
+    bound = by_hand([-2.5 + e for e in noise], 0.05)
+    assert reg["method"] == "paired" and reg["prompts"] == 10 and reg["bound"] == pytest.approx(bound, abs=1e-9)
+    assert bound == pytest.approx(-2.7136, abs=1e-3) and not ok
+    assert why == ("rouge_l candidate - champion v4 -2.47 paired over 10 prompts: its 95% lower bound -2.71 is not "
+                   "above -margin -1 (a regression)")
+    # the unpaired rule (no per-prompt scores) lets the same candidate through
+    reg, (ok, why) = run(-2.5, champ | {"scores": {}})
+    assert reg["method"] == "unpaired" and reg["why"] == "champion.json holds no per-prompt scores" and ok
+    assert why.endswith("(10 prompts, no regression (unpaired: champion.json holds no per-prompt scores))")
+    # 0.5 lower: below a narrow interval (from 22.0), unpaired a regression; paired within the margin
+    narrow = champ | {"ci_low": 22.0}
+    reg, (ok, why) = run(-0.5, narrow)
+    assert reg["bound"] == pytest.approx(by_hand([-0.5 + e for e in noise], 0.05), abs=1e-9) and reg["bound"] > -1 and ok
+    assert why.endswith("(10 prompts, no regression: candidate - champion -0.47, lower bound -0.71 paired over 10 prompts)")
+    reg, (ok, why) = run(-0.5, narrow | {"scores": {}})
+    assert not ok and why.startswith("rouge_l 21.63 is below champion v4's 95% interval (from 22.00; unpaired:")
+    # the champion scored another test set: 5 prompts shared, fewer than MIN_PAIRED, so the interval decides
+    assert MIN_PAIRED == 8
+    few = champ | {"scores": {k: SERVICE[k] for k in PROMPTS[:5]} | {"other": 1.0}}
+    reg, (ok, why) = run(-2.5, few)
+    assert reg == {"version": "4", "method": "unpaired", "prompts": 5, "ci_low": 19.2,
+                   "why": "5 test prompts shared with the champion, fewer than 8"}
+    assert ok and why.endswith("(unpaired: 5 test prompts shared with the champion, fewer than 8))")
+    # the point mode keeps the paper's interval rule
+    assert regression({"a": 1.0}, champ, GateParams(metric="rouge_l", mode="point", threshold=0), 0.05) == \
+        {"version": "4", "method": "unpaired", "prompts": 0, "ci_low": 19.2}
