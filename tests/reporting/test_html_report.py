@@ -179,3 +179,17 @@ def test_the_gate_section_says_which_question_was_answered_its_bound_and_when_th
     assert f"<td>{g['test']['bound']:.2f}</td>" in text.replace(" class=\"num\"", "")
     assert "one-sided 97.5% lower bound (this cycle&#x27;s share of gate.alpha)" in text
     assert "Underpowered: 7 test prompts detect a difference of" in text and "test prompts would detect it" in text
+
+
+def test_the_gate_section_says_how_the_candidate_was_checked_against_the_champion():
+    from llamaduo.reporting.html_report import regression_text
+
+    paired = {"version": "4", "method": "paired", "prompts": 10, "alpha": 0.025, "against": -2.0, "estimate": -0.47,
+              "bound": -0.7118}
+    assert regression_text(paired) == ("paired with v4 over 10 prompts: candidate - champion -0.47, lower bound "
+                                        "-0.71, must be above -2")
+    unpaired = {"version": "4", "method": "unpaired", "prompts": 5, "ci_low": 19.2,
+                "why": "5 test prompts shared with the champion, fewer than 8"}
+    assert regression_text(unpaired) == ("unpaired: the mean against v4's 95% interval from 19.20 (5 test prompts "
+                                          "shared with the champion, fewer than 8)")
+    assert regression_text(None) is None
