@@ -1,4 +1,4 @@
-"""The statistics behind the gate: one-sided t bounds on per-prompt scores, the paired difference against a
+"""The statistics behind the gate: one-sided bounds on per-prompt scores, the paired difference against a
 service, the error each cycle of a loop may spend, and the power the test set gives.
 
 The unit is the test prompt. The local model answers each prompt `infer.k` times and the judge grades each answer
