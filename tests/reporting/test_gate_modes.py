@@ -221,6 +221,10 @@ def test_no_regression_pairs_with_the_champions_per_prompt_scores():
     assert reg == {"version": "4", "method": "unpaired", "prompts": 5, "ci_low": 19.2,
                    "why": "5 test prompts shared with the champion, fewer than 8"}
     assert ok and why.endswith("(unpaired: 5 test prompts shared with the champion, fewer than 8))")
+    # the champion was gated on another metric: no pairing, and the gate says why it cannot compare
+    other = champ | {"metric": "chrf"}
+    reg, (ok, why) = run(-0.5, other)
+    assert reg is None and not ok and why.startswith("champion v4 was gated on chrf, this gate reads rouge_l")
     # the point mode keeps the paper's interval rule
     assert regression({"a": 1.0}, champ, GateParams(metric="rouge_l", mode="point", threshold=0), 0.05) == \
         {"version": "4", "method": "unpaired", "prompts": 0, "ci_low": 19.2}

@@ -110,6 +110,8 @@ def regression(local: dict[str, float], champion: dict | None, p, alpha: float) 
     against -margin; `unpaired`: the candidate's mean against the champion's 95% interval (the reason: `why`)."""
     if not p.no_regression or not champion or (champion.get("ci_low") is None and not champion.get("scores")):
         return None
+    if champion.get("metric") not in (None, p.metric):
+        return None  # figures of another metric: `decide` refuses the comparison and says so
     out = {"version": champion.get("version")}
     theirs = champion.get("scores") or {}
     shared = len(set(theirs) & set(local))
