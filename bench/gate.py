@@ -2,8 +2,9 @@
 pass, in any of its cycles), and how often it passes one 5 points better (a true pass), for each gate mode.
 
 Each simulated loop draws one test set of `--prompts` prompts and runs `--cycles` gate tests on it, one per cycle,
-each with the mode's rule as llamaduo.reporting.gate applies it (the one-sided t bound of llamaduo.reporting.intervals
-at the cycle's share of gate.alpha, or the mean for `point`). A prompt's score is its difficulty (shared by every
+each with the mode's rule as llamaduo.reporting.gate applies it (the one-sided bound of llamaduo.reporting.intervals,
+the lower of Student's t and Hall's skewness-corrected t, at the cycle's share of gate.alpha, or the mean for `point`;
+Student's t alone is reported beside it on the same loops). A prompt's score is its difficulty (shared by every
 cycle of the loop: the test set is the same) plus the cycle's noise (a new model, new answers, new judgments); the
 share of the variance that is the prompt's is `--rho`. Noise is normal, and in two more runs skewed (a centred
 exponential, its long tail down or up: judge scores pile up at one end), since the t bound assumes normal means; a
@@ -101,18 +102,21 @@ def simulate(*, mode: str, sd: float, bar: float, true: float, prompts: int, cyc
     x = true + difficulty + e
     mean = x.mean(axis=2)
     if mode == "point":
-        passed = mean >= bar
+        passed = passed_t = mean >= bar
     else:
         spent, shares = 0.0, []
         for c in range(cycles):
             shares.append(cycle_alpha(alpha, spent, c, cycles) if spend else alpha)
             spent += shares[-1]
+        # the gate's bound (llamaduo.reporting.intervals), and Student's t alone on the same draws for comparison
+        bound = np.stack([intervals.lower_bounds(x[:, c], shares[c]) for c in range(cycles)], axis=1)
         crit = student.ppf(1 - np.asarray(shares), prompts - 1)
-        bound = mean - crit * x.std(axis=2, ddof=1) / math.sqrt(prompts)
         passed = bound > bar
-    anywhere = passed.any(axis=1)
+        passed_t = mean - crit * x.std(axis=2, ddof=1) / math.sqrt(prompts) > bar
+    anywhere, anywhere_t = passed.any(axis=1), passed_t.any(axis=1)
     first = np.where(anywhere, passed.argmax(axis=1), -1)
     return {"pass_rate": round(float(anywhere.mean()), 4),
+            "pass_rate_t_bound": round(float(anywhere_t.mean()), 4),
             "first_pass_by_cycle": [round(float((first == c).mean()), 4) for c in range(cycles)],
             "se": round(float(math.sqrt(anywhere.mean() * (1 - anywhere.mean()) / loops)), 4)}
 
@@ -122,8 +126,6 @@ def simulate_sequential(*, sd: float, bar: float, true: float, prompts: int, rou
     """One cycle's gate on a judge metric, judged in `rounds` rounds with llamaduo.judging.sequential's futility stop
     (upper bound at alpha / rounds below the bar) against a full pass: how often the decisions differ (a stop where the
     full set passes: the stop never passes a model) and the share of judgments saved."""
-    from scipy.stats import t as student
-
     from llamaduo.judging.sequential import rounds_of
 
     x = rng.normal(true, sd, size=(loops, prompts))
@@ -131,9 +133,9 @@ def simulate_sequential(*, sd: float, bar: float, true: float, prompts: int, rou
     stopped_at = np.full(loops, prompts)
     for end in ends[:-1]:  # after each round but the last
         part = x[:, :end]
-        upper = part.mean(axis=1) + student.ppf(1 - alpha / len(ends), end - 1) * part.std(axis=1, ddof=1) / math.sqrt(end)
+        upper = -intervals.lower_bounds(-part, alpha / len(ends))  # intervals.upper_bound, row by row
         stopped_at = np.where((stopped_at == prompts) & (upper <= bar), end, stopped_at)
-    full_bound = x.mean(axis=1) - student.ppf(1 - alpha, prompts - 1) * x.std(axis=1, ddof=1) / math.sqrt(prompts)
+    full_bound = intervals.lower_bounds(x, alpha)
     full_pass = full_bound > bar
     stopped = stopped_at < prompts
     return {"true": true, "full_pass_rate": round(float(full_pass.mean()), 4), "stop_rate": round(float(stopped.mean()), 4),
@@ -186,13 +188,17 @@ def main() -> None:
                        "bar": bar, "false_pass_at_boundary": at_bar["pass_rate"], "false_pass_se": at_bar["se"],
                        "false_pass_first_by_cycle": at_bar["first_pass_by_cycle"],
                        f"true_pass_{args.better:g}_better": better["pass_rate"],
+                       # Student's t bound alone, on the same simulated loops: the bound the gate used before
+                       "false_pass_at_boundary_t_bound": at_bar["pass_rate_t_bound"],
+                       f"true_pass_{args.better:g}_better_t_bound": better["pass_rate_t_bound"],
                        "true_pass_first_by_cycle": better["first_pass_by_cycle"]}
                 if mode != "point":
                     row["detectable_80pct_power"] = round(intervals.detectable(sd, args.prompts, share), 3)
                     row[f"prompts_for_80pct_power_at_{args.better:g}"] = intervals.prompts_needed(sd, args.better, share)
                 results.append(row)
                 print(f"{mode:16s} {metric:9s} {noise:12s} {policy:20s} sd {sd:6.2f}  false pass {at_bar['pass_rate']:.4f}"
-                      f"  true pass (+{args.better:g}) {better['pass_rate']:.4f}")
+                      f" (t {at_bar['pass_rate_t_bound']:.4f})  true pass (+{args.better:g}) {better['pass_rate']:.4f}"
+                      f" (t {better['pass_rate_t_bound']:.4f})")
     # sequential judging, on the judge metric (precision): the threshold mode at the offline default's measured mean
     # (far below the bar), at the bar, and 5 points above it; non-inferiority at a difference of 0 and at -margin - 10
     seq = []
@@ -219,6 +225,10 @@ def main() -> None:
            "false_pass_spent_by_noise": {n: max(r["false_pass_at_boundary"] for r in shipped if r["noise"] == n)
                                          for n in ("normal", "skewed_left", "skewed_right")},
            "max_false_pass_shipped_policy": max(r["false_pass_at_boundary"] for r in shipped),
+           "false_pass_spent_by_noise_t_bound": {n: max(r["false_pass_at_boundary_t_bound"] for r in shipped
+                                                       if r["noise"] == n and r["mode"] != "point")
+                                                 for n in ("normal", "skewed_left", "skewed_right")},
+           "bound": "the lower of Student's t and Hall's skewness-corrected t bound (llamaduo.reporting.intervals)",
            "machine": hardware.describe(), "wall_s": round(time.perf_counter() - start, 1)}
     write_json(args.out, out)
     print(f"max false-pass rate (alpha spent across cycles): {out['max_false_pass_shipped_policy']}; wrote {args.out}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from llamaduo import tables
 from llamaduo.atomic import write_json
 from llamaduo.reporting import html_report, page_data
-from llamaduo.reporting.summary import headline, prompt_scores, score_points, summary, usage
+from llamaduo.reporting.summary import headline, prompt_scores, prompt_scores_record, score_points, summary, usage
 from llamaduo.stage import run
 
 
@@ -16,7 +16,7 @@ def _load(path: str) -> dict:
 
 
 def main(params, prepare, curate, train, infer, eval, champion, judgments, synthesize, baseline, out, scores_out,
-         headline_out, html_out, baseline_judgments=None, reference=None):
+         headline_out, html_out, baseline_judgments=None, reference=None, prompt_scores_out=None):
     g = params.gate
     rows = tables.read(judgments, "judgments")
     scores = prompt_scores(g.metric, judgments=rows,
@@ -24,6 +24,8 @@ def main(params, prepare, curate, train, infer, eval, champion, judgments, synth
                            reference=tables.read(reference, "reference") if reference else [])
     s = summary(prepare=prepare, curate=curate, train=train, infer=infer, eval=eval, champion=champion, p=g, scores=scores)
     write_json(out, s)
+    if prompt_scores_out:
+        write_json(prompt_scores_out, prompt_scores_record(g.metric, scores[0]))
     ev = _load(eval)
     spend = usage([_load(synthesize), _load(baseline), ev])
     write_json(headline_out, headline(s, eval=ev, train=_load(train), spend=spend))
@@ -38,4 +40,4 @@ def main(params, prepare, curate, train, infer, eval, champion, judgments, synth
 
 if __name__ == "__main__":
     run(main, "prepare", "curate", "train", "infer", "eval", "champion", "judgments", "synthesize", "baseline", "out",
-        "scores_out", "headline_out", "html_out", optional=("baseline_judgments", "reference"))
+        "scores_out", "headline_out", "html_out", optional=("baseline_judgments", "reference", "prompt_scores_out"))

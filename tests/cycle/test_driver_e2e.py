@@ -237,7 +237,11 @@ def test_two_cycles_survive_a_kill_at_every_failpoint_and_the_champion_loads_on_
         score, (low, high) = history[1]["score"], history[1]["ci95"]
         assert subjects[0] == f"llamaduo cycle 1: v2 is now 'champion' (precision {score:.2f} passes (threshold 40))"
         champion = json.loads(git(proj, "show", "HEAD:metrics/champion.json"))
-        assert champion == {"version": "2", "cycle": 1, "metric": "precision", "score": score, "ci_low": low, "ci_high": high}
+        # with the champion's per-prompt gate scores, as its cycle's report stage wrote them (the next gate pairs with them)
+        scores = json.loads(git(proj, "show", "HEAD:metrics/prompt_scores/gate.json"))
+        assert scores["metric"] == "precision" and len(scores["scores"]) >= 2
+        assert champion == {"version": "2", "cycle": 1, "metric": "precision", "score": score, "ci_low": low, "ci_high": high,
+                            "scores": scores["scores"]}
         assert json.loads(git(proj, "show", "HEAD~1:metrics/champion.json")) == {}
         diff = subprocess.run(["dvc", "metrics", "diff", "HEAD~2", "HEAD~1", "--json"], cwd=proj, env=base,
                               capture_output=True, text=True, check=True)

@@ -58,6 +58,28 @@ def test_champion_file_holds_numbers_and_no_absent_figures(name, tmp_path):
     registry.promote(name, "2", alias="champion", reason="gate")
     assert registry.save_champion(name, "champion", out) == {"version": "2", "cycle": 1, "ci_low": 51.0}
     assert json.loads(out.read_text()) == {"version": "2", "cycle": 1, "ci_low": 51.0}
+
+
+def test_champion_file_keeps_the_champions_per_prompt_scores_of_its_gate_metric(name, tmp_path):
+    """At promotion champion.json takes the per-prompt scores the champion's cycle run logged (the gate pairs the
+    next candidates with them), only when they are of the metric the champion was gated on."""
+    from llamaduo.reporting.gate import PROMPT_SCORES
+
+    client = mlflow.MlflowClient()
+    out = tmp_path / "champion.json"
+    run_id = client.get_model_version(name, "2").run_id
+    client.log_dict(run_id, {"metric": "rouge_l", "scores": {"p1": 20.5, "p2": 31}}, PROMPT_SCORES)
+    registry.promote(name, "2", alias="champion", reason="gate")
+    # the version records no metric: scores of rouge_l are not taken as its gate's
+    assert "scores" not in registry.save_champion(name, "champion", out)
+    client.set_model_version_tag(name, "2", "metric", "rouge_l")
+    assert json.loads(out.read_text()) == {"version": "2", "cycle": 1, "ci_low": 51.0}
+    want = {"version": "2", "cycle": 1, "ci_low": 51.0, "metric": "rouge_l", "scores": {"p1": 20.5, "p2": 31.0}}
+    assert registry.save_champion(name, "champion", out) == want and json.loads(out.read_text()) == want
+    # a champion whose run logged none (a version from before they were recorded): the interval alone
+    client.set_model_version_tag(name, "3", "metric", "rouge_l")
+    registry.promote(name, "3", alias="champion", reason="by hand")
+    assert registry.save_champion(name, "champion", out) == {"version": "3", "cycle": 2, "ci_low": 52.0, "metric": "rouge_l"}
     with mlflow.start_run():
         version = registry.log_and_register(name=name, adapter_dir=str(tmp_path / "adapter"), base_dir=str(tmp_path / "base"),
                                             base_md5="x", tags={"cycle": 9, "ci_low": None})

@@ -1,10 +1,12 @@
-"""The gate's modes on hand-made paired scores: each bound recomputed here from Student's t (mean - t * sd / sqrt(n)),
-the error each cycle spends, and the power the test set gives."""
+"""The gate's modes on hand-made paired scores: each bound recomputed here from Student's t (mean - t * sd / sqrt(n))
+and Hall's skewness-corrected t (its cubic solved numerically), the error each cycle spends, and the power the test
+set gives."""
 
 import math
 from statistics import fmean, stdev
 
 import pytest
+from scipy.optimize import brentq
 from scipy.stats import norm
 from scipy.stats import t as student
 
@@ -20,8 +22,23 @@ SERVICE = dict(zip(PROMPTS, [20.0, 25.0, 18.0, 30.0, 22.0, 15.0, 27.0, 19.0, 24.
 DIFF = [1.0, -2.0, 0.5, 2.0, -1.0, 1.5, -0.5, 0.0, 1.0, -1.5]  # mean 0.1, sd 1.3292
 
 
-def by_hand(values, alpha):
+def t_bound(values, alpha):
     return fmean(values) - student.ppf(1 - alpha, len(values) - 1) * stdev(values) / math.sqrt(len(values))
+
+
+def hall_bound(values, alpha):
+    """mean - T * sd / sqrt(n), T solving T + a T^2 + a^2 T^3 / 3 + b = t quantile, a = 3b = g / (3 sqrt(n)), g the
+    sample skewness (adjusted Fisher-Pearson)."""
+    n, m, s = len(values), fmean(values), stdev(values)
+    g = n / ((n - 1) * (n - 2)) * sum(((v - m) / s) ** 3 for v in values)
+    a, b = g / (3 * math.sqrt(n)), g / (6 * math.sqrt(n))
+    crit = student.ppf(1 - alpha, n - 1)
+    big = brentq(lambda x: x + a * x * x + a * a * x ** 3 / 3 + b - crit, -1e3, 1e3, xtol=1e-12)
+    return m - big * s / math.sqrt(n)
+
+
+def by_hand(values, alpha):
+    return min(t_bound(values, alpha), hall_bound(values, alpha))
 
 
 def local(shift=0.0):
@@ -36,15 +53,16 @@ def gate(p, loc, services, alpha=0.05, champion=None):
 def test_non_inferiority_decides_on_the_paired_lower_bound():
     p = GateParams(metric="rouge_l", mode="non_inferiority", margin=1.0)
     test, (ok, why) = gate(p, local(), {"svc": SERVICE})
-    bound = by_hand(DIFF, 0.05)  # 0.1 - 1.833 * 1.3292 / sqrt(10) = -0.670
-    assert test["bound"] == pytest.approx(bound, abs=1e-3) and bound == pytest.approx(-0.6705, abs=1e-3)
+    # t: 0.1 - 1.833 * 1.3292 / sqrt(10) = -0.670; the differences lean left (skewness -0.31), Hall's bound -0.712
+    bound = by_hand(DIFF, 0.05)
+    assert test["bound"] == pytest.approx(bound, abs=1e-3) and bound == pytest.approx(-0.7118, abs=1e-3)
     assert test["estimate"] == pytest.approx(0.1) and test["prompts"] == 10 and test["best_service"] == "svc"
-    assert ok and why == ("rouge_l local - svc +0.10, 95% lower bound -0.67 > -margin -1: no worse than the service "
+    assert ok and why == ("rouge_l local - svc +0.10, 95% lower bound -0.71 > -margin -1: no worse than the service "
                           "(10 prompts)")
-    # the same differences 0.5 lower: the bound -1.170 is below -1, though the mean -0.4 is within the margin
+    # the same differences 0.5 lower: the bound -1.21 is below -1, though the mean -0.4 is within the margin
     test, (ok, why) = gate(p, local(-0.5), {"svc": SERVICE})
     assert not ok and test["estimate"] == pytest.approx(-0.4)
-    assert why == "rouge_l local - svc -0.40: its 95% lower bound -1.17 is not above -margin -1 (10 prompts)"
+    assert why == "rouge_l local - svc -0.40: its 95% lower bound -1.21 is not above -margin -1 (10 prompts)"
     # the pairing is what makes this evidence: unpaired, the two means' intervals overlap by far more than the margin
     assert stdev(SERVICE.values()) > 3 * stdev(DIFF)
 
@@ -69,12 +87,20 @@ def test_non_inferiority_pairs_with_the_best_service_and_needs_one():
 def test_threshold_mode_needs_the_lower_bound_above_the_bar_where_the_point_rule_takes_the_mean():
     values = [72.0, 80.0, 75.0, 78.0, 70.0, 76.0, 74.0, 79.0]  # mean 75.5, sd 3.464
     loc = dict(zip(PROMPTS, values))
-    bound = by_hand(values, 0.05)  # 75.5 - 1.895 * 3.464 / sqrt(8) = 73.18
-    test, (ok, why) = gate(GateParams(metric="precision", mode="threshold", threshold=73), loc, {})
+    # Student's t: 75.5 - 1.895 * 3.464 / sqrt(8) = 73.18; the scores lean left (skewness -0.59): Hall's 72.99
+    bound = by_hand(values, 0.05)
+    assert bound == pytest.approx(72.9875, abs=1e-3) and t_bound(values, 0.05) == pytest.approx(73.1796, abs=1e-3)
+    test, (ok, why) = gate(GateParams(metric="precision", mode="threshold", threshold=72.5), loc, {})
     assert test["bound"] == pytest.approx(bound, abs=1e-3) and ok
-    assert why == "precision 75.50, 95% lower bound 73.18 > threshold 73 (8 prompts)"
-    test, (ok, why) = gate(GateParams(metric="precision", mode="threshold", threshold=74), loc, {})
-    assert not ok and why == "precision 75.50: its 95% lower bound 73.18 is not above the threshold 74 (8 prompts)"
+    assert why == "precision 75.50, 95% lower bound 72.99 > threshold 72.5 (8 prompts)"
+    # a bar Student's t alone would clear: the long lower tail holds it back
+    test, (ok, why) = gate(GateParams(metric="precision", mode="threshold", threshold=73), loc, {})
+    assert not ok and why == "precision 75.50: its 95% lower bound 72.99 is not above the threshold 73 (8 prompts)"
+    # mirrored, the scores lean right: Hall's bound is above Student's t, and the gate keeps the t bound
+    mirrored = {k: 150.0 - v for k, v in loc.items()}
+    assert hall_bound(list(mirrored.values()), 0.05) > t_bound(list(mirrored.values()), 0.05)
+    assert assess(mirrored, {}, GateParams(metric="precision", mode="threshold", threshold=70), 0.05)["bound"] == \
+        pytest.approx(150.0 - 75.5 - (75.5 - 73.1796), abs=1e-3)
     # the paper's rule passes the same scores at 74, and at 75.5 itself
     assert gate(GateParams(metric="precision", mode="point", threshold=74), loc, {})[1][0]
     assert gate(GateParams(metric="precision", mode="point", threshold=75.5), loc, {})[1][0]
@@ -150,3 +176,55 @@ def test_the_report_warns_when_the_test_set_cannot_see_the_margin():
     # a wide margin is within reach: no warning
     wide = assess(loc, {"svc": SERVICE}, GateParams(metric="rouge_l", mode="non_inferiority", margin=20.0), 0.05)
     assert not wide["underpowered"] and power_warning(wide) is None
+
+
+def test_no_regression_pairs_with_the_champions_per_prompt_scores():
+    """champion.json's per-prompt scores pair the candidate with the champion prompt by prompt: a steady loss the
+    champion's wide interval hides is a regression, and a small one within the margin is not, though the mean falls
+    below a narrow interval; with too few shared prompts the unpaired rule decides, and says so."""
+    from llamaduo.reporting.gate import MIN_PAIRED, regression
+
+    p = GateParams(metric="rouge_l", mode="non_inferiority", margin=1.0)
+    weak_service = {k: v - 5 for k, v in SERVICE.items()}  # the service check passes throughout
+    noise = [0.3 * d for d in DIFF]
+
+    def run(shift, champ):
+        loc = {k: SERVICE[k] + shift + e for k, e in zip(PROMPTS, noise)}
+        test = assess(loc, {"svc": weak_service}, p, 0.05)
+        reg = regression(loc, champ, p, 0.05)
+        return reg, decide({"score": fmean(loc.values()), "scored_fraction": 1.0, "test": test, "regression": reg},
+                           champ, p)
+
+    # 2.5 points lower on every prompt: mean 19.63 is inside the champion's interval (from 19.2), paired it is a loss
+    champ = {"version": "4", "metric": "rouge_l", "ci_low": 19.2, "scores": dict(SERVICE)}
+    reg, (ok, why) = run(-2.5, champ)
+    bound = by_hand([-2.5 + e for e in noise], 0.05)
+    assert reg["method"] == "paired" and reg["prompts"] == 10 and reg["bound"] == pytest.approx(bound, abs=1e-9)
+    assert bound == pytest.approx(-2.7136, abs=1e-3) and not ok
+    assert why == ("rouge_l candidate - champion v4 -2.47 paired over 10 prompts: its 95% lower bound -2.71 is not "
+                   "above -margin -1 (a regression)")
+    # the unpaired rule (no per-prompt scores) lets the same candidate through
+    reg, (ok, why) = run(-2.5, champ | {"scores": {}})
+    assert reg["method"] == "unpaired" and reg["why"] == "champion.json holds no per-prompt scores" and ok
+    assert why.endswith("(10 prompts, no regression (unpaired: champion.json holds no per-prompt scores))")
+    # 0.5 lower: below a narrow interval (from 22.0), unpaired a regression; paired within the margin
+    narrow = champ | {"ci_low": 22.0}
+    reg, (ok, why) = run(-0.5, narrow)
+    assert reg["bound"] == pytest.approx(by_hand([-0.5 + e for e in noise], 0.05), abs=1e-9) and reg["bound"] > -1 and ok
+    assert why.endswith("(10 prompts, no regression: candidate - champion -0.47, lower bound -0.71 paired over 10 prompts)")
+    reg, (ok, why) = run(-0.5, narrow | {"scores": {}})
+    assert not ok and why.startswith("rouge_l 21.63 is below champion v4's 95% interval (from 22.00; unpaired:")
+    # the champion scored another test set: 5 prompts shared, fewer than MIN_PAIRED, so the interval decides
+    assert MIN_PAIRED == 8
+    few = champ | {"scores": {k: SERVICE[k] for k in PROMPTS[:5]} | {"other": 1.0}}
+    reg, (ok, why) = run(-2.5, few)
+    assert reg == {"version": "4", "method": "unpaired", "prompts": 5, "ci_low": 19.2,
+                   "why": "5 test prompts shared with the champion, fewer than 8"}
+    assert ok and why.endswith("(unpaired: 5 test prompts shared with the champion, fewer than 8))")
+    # the champion was gated on another metric: no pairing, and the gate says why it cannot compare
+    other = champ | {"metric": "chrf"}
+    reg, (ok, why) = run(-0.5, other)
+    assert reg is None and not ok and why.startswith("champion v4 was gated on chrf, this gate reads rouge_l")
+    # the point mode keeps the paper's interval rule
+    assert regression({"a": 1.0}, champ, GateParams(metric="rouge_l", mode="point", threshold=0), 0.05) == \
+        {"version": "4", "method": "unpaired", "prompts": 0, "ci_low": 19.2}

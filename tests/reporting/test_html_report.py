@@ -214,3 +214,17 @@ def test_the_capture_summary_shows_counts_by_source_and_task_rating_coverage_and
     # a project that never captured says what writes the section
     bare = html_report.write(tmp_path / "b.html", page_data.load(tmp_path / "none", tmp_path / "none")).read_text()
     assert "no capture: <code>llamaduo capture</code>" in bare
+
+
+def test_the_gate_section_says_how_the_candidate_was_checked_against_the_champion():
+    from llamaduo.reporting.html_report import regression_text
+
+    paired = {"version": "4", "method": "paired", "prompts": 10, "alpha": 0.025, "against": -2.0, "estimate": -0.47,
+              "bound": -0.7118}
+    assert regression_text(paired) == ("paired with v4 over 10 prompts: candidate - champion -0.47, lower bound "
+                                        "-0.71, must be above -2")
+    unpaired = {"version": "4", "method": "unpaired", "prompts": 5, "ci_low": 19.2,
+                "why": "5 test prompts shared with the champion, fewer than 8"}
+    assert regression_text(unpaired) == ("unpaired: the mean against v4's 95% interval from 19.20 (5 test prompts "
+                                          "shared with the champion, fewer than 8)")
+    assert regression_text(None) is None

@@ -107,3 +107,20 @@ def test_usage_adds_flat_per_provider_and_total_entries():
     with_total = {"usage": {"total": {"calls": 4, "cost_usd": 1.0}, "x": {"calls": 99, "cost_usd": 99.0}}}
     assert usage([flat_u, per_provider, with_total, {}]) == {"calls": 10, "cost_usd": 1.75, "input_tokens": 10}
     assert usage([]) == {"calls": 0, "cost_usd": 0.0}
+
+
+def test_summary_pairs_with_a_champion_that_holds_per_prompt_scores(metrics, tmp_path):
+    from llamaduo.reporting.summary import prompt_scores_record
+
+    local = {f"p{i}": 72.0 + (i % 3) for i in range(10)}  # mean 72.9
+    champ = {f"p{i}": v + 4.0 for i, v in enumerate(local.values())}  # 4 higher on every prompt
+    # the champion's interval (from 70) holds the candidate's 72.0; paired, 4 points below on every prompt is a loss
+    (tmp_path / "champion.json").write_text(json.dumps({"version": "4", "metric": "precision", "ci_low": 70.0,
+                                                        "scores": champ}))
+    p = GateParams(mode="threshold", threshold=60, margin=2)
+    s = summary(**metrics, p=p, scores=(local, {}))
+    assert s["gate"]["regression"] == {"version": "4", "method": "paired", "prompts": 10, "alpha": 0.05,
+                                       "against": -2, "estimate": -4.0, "bound": -4.0}
+    assert not s["gate"]["passed"] and "paired over 10 prompts" in s["gate"]["reason"]
+    assert prompt_scores_record("precision", {"b": 1 / 3, "a": 2.0}) == \
+        {"metric": "precision", "scores": {"a": 2.0, "b": 0.333333}}

@@ -208,15 +208,37 @@ def champion(name: str, alias: str) -> dict | None:
 
 def save_champion(name: str, alias: str, path: str | Path) -> dict:
     """Write the champion's figures (version, cycle, metric, score, 95% interval) to `path` as numbers, `{}` when
-    there is none: the report stage's gate reads it (a DVC dep), so a changed champion reruns the decision."""
+    there is none: the report stage's gate reads it (a DVC dep), so a changed champion reruns the decision. With
+    them, `scores`: the champion's per-test-prompt scores of its gate metric by prompt id, from its cycle's run
+    (reporting.gate.PROMPT_SCORES), which the gate pairs the next candidates with; absent when the run holds none
+    (a version from before they were recorded, or registered by hand) or holds another metric's."""
     from llamaduo.atomic import write_json
 
     tags = champion(name, alias) or {}
     numbers = {"score": float, "ci_low": float, "ci_high": float, "cycle": int}
     record = {k: (numbers[k](v) if k in numbers else v) for k, v in tags.items()
               if k in ("version", "metric", *numbers) and v not in (None, "None")}
+    if tags:
+        scores = _prompt_scores(name, tags["version"])
+        if scores and scores.get("metric") == record.get("metric"):
+            record["scores"] = {str(k): float(v) for k, v in scores["scores"].items()}
     write_json(path, record)
     return record
+
+
+def _prompt_scores(name: str, version: str) -> dict | None:
+    """The per-prompt gate scores logged with the run that registered `version`, or None when it logged none."""
+    import tempfile
+
+    from llamaduo.reporting.gate import PROMPT_SCORES
+
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(name, version).run_id
+    folder, file = PROMPT_SCORES.rsplit("/", 1)
+    if not run_id or file not in {Path(a.path).name for a in client.list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, PROMPT_SCORES, tmp)).read_text())
 
 
 def history(name: str) -> list[dict]:

@@ -10,7 +10,13 @@ question the gate answers:
 - `point`: the paper's rule, the mean itself at or above the threshold (no interval; a model just below the bar
   passes about half the time).
 
-Each bound is at this cycle's share of the loop's error (reporting.intervals.cycle_alpha)."""
+Each bound is at this cycle's share of the loop's error (reporting.intervals.cycle_alpha).
+
+The no-regression check against the champion (`gate.no_regression`) is paired where the test set allows: champion.json
+holds the champion's per-prompt scores of the gate metric, and with at least MIN_PAIRED prompts shared the paired
+difference candidate - champion needs a lower bound above -margin; otherwise (fewer shared prompts, a champion
+written without its scores, or the `point` mode) the candidate's mean must not be below the champion's 95%
+interval."""
 
 from __future__ import annotations
 
@@ -21,6 +27,14 @@ from llamaduo.errors import DataError
 from llamaduo.reporting import intervals
 
 JUDGE_METRICS = ("precision", "similarity")
+# where the report stage writes the gate metric's per-prompt scores, under the metrics folder the loop logs with each
+# cycle's run (a subfolder: the loop flattens only metrics/*.json into MLflow metrics, one per key, and a per-prompt
+# table is not a metric); the registry copies the promoted version's into champion.json
+PROMPT_SCORES = "metrics/prompt_scores/gate.json"
+# the fewest prompts shared with the champion for the paired no-regression check: below it the t quantile and the
+# skewness behind the bound come from too few differences (t(0.975, 6 df) = 2.45 against 2.13 at 15), and the
+# unpaired rule, which reads every candidate prompt, is the better evidence
+MIN_PAIRED = 8
 REFERENCE_METRICS = ("rouge_l", "chrf", "exact_match")  # = llamaduo.judging.reference.REFERENCE_METRICS (a test checks)
 
 
@@ -90,6 +104,30 @@ def assess(local: dict[str, float], services: dict[str, dict[str, float]], p, al
     return out
 
 
+def regression(local: dict[str, float], champion: dict | None, p, alpha: float) -> dict | None:
+    """The no-regression check's figures (summary.json's `gate.regression`), None without a champion or with the
+    check off. `paired`: candidate - champion over the prompts both scored, its one-sided lower bound at `alpha`
+    against -margin; `unpaired`: the candidate's mean against the champion's 95% interval (the reason: `why`)."""
+    if not p.no_regression or not champion or (champion.get("ci_low") is None and not champion.get("scores")):
+        return None
+    if champion.get("metric") not in (None, p.metric):
+        return None  # figures of another metric: `decide` refuses the comparison and says so
+    out = {"version": champion.get("version")}
+    theirs = champion.get("scores") or {}
+    shared = len(set(theirs) & set(local))
+    if p.mode == "point":  # the paper's rule, whole: the mean against the champion's interval
+        return out | {"method": "unpaired", "prompts": shared, "ci_low": champion.get("ci_low")}
+    if not theirs:
+        why = "champion.json holds no per-prompt scores"
+    elif shared < MIN_PAIRED:
+        why = f"{shared} test prompts shared with the champion, fewer than {MIN_PAIRED}"
+    else:
+        d = intervals.paired(local, {k: float(v) for k, v in theirs.items()})
+        return out | {"method": "paired", "prompts": shared, "alpha": alpha, "against": -p.margin, "estimate": round(fmean(d), 3),
+                      "bound": intervals.lower_bound(d, alpha)}
+    return out | {"method": "unpaired", "why": why, "prompts": shared, "ci_low": champion.get("ci_low")}
+
+
 def power_warning(test: dict) -> str | None:
     """A line for the report when the test set cannot see the difference the gate asks about."""
     if not test.get("underpowered"):
@@ -103,8 +141,9 @@ def power_warning(test: dict) -> str | None:
 
 def decide(gate: dict, champion: dict | None, p) -> tuple[bool, str]:
     """`gate` holds this cycle's `score` and `scored_fraction` (metrics/summary.json's `gate` entry) and, for
-    the interval modes, `test` (what `assess` returned); `champion` the current champion's figures as
-    metrics/champion.json holds them (`version`, `metric`, `ci_low`), or None / {} when there is none."""
+    the interval modes, `test` (what `assess` returned), and `regression` (what `regression` returned; absent: the
+    unpaired rule); `champion` the current champion's figures as metrics/champion.json holds them (`version`,
+    `metric`, `ci_low`, `scores`), or None / {} when there is none."""
     score = gate.get("score")
     if score is None:
         why = "every judgment failed" if p.metric in JUDGE_METRICS else "no answers"
@@ -135,17 +174,30 @@ def decide(gate: dict, champion: dict | None, p) -> tuple[bool, str]:
             bar = f"-margin {-p.margin:g}" if p.mode == "non_inferiority" else f"the threshold {p.threshold:g}"
             return False, (f"{what}: its {level} lower bound {test['bound']:.2f} is not above {bar} "
                            f"({test['prompts']} prompts)")
-    if p.no_regression and champion and champion.get("ci_low") is not None:
-        theirs = champion.get("metric")  # absent: a champion.json written by hand; its interval is taken as this metric's
+    if p.no_regression and champion and (champion.get("ci_low") is not None or champion.get("scores")):
+        theirs = champion.get("metric")  # absent: a champion.json written by hand; its figures are taken as this metric's
         if theirs is not None and theirs != p.metric:
-            # an interval of another metric is no bar for this one; passing anyway would skip the no-regression check
+            # figures of another metric are no bar for this one; passing anyway would skip the no-regression check
             return False, (f"champion v{champion['version']} was gated on {theirs}, this gate reads {p.metric}: no "
                            f"comparable interval (set `gate.metric: {theirs}` or promote by hand)")
-        low = float(champion["ci_low"])
-        if score < low:
+        reg = gate.get("regression") or {"method": "unpaired", "ci_low": champion.get("ci_low")}
+        if reg["method"] == "paired":
+            if reg["bound"] <= reg["against"]:
+                return False, (f"{p.metric} candidate - champion v{champion['version']} {reg['estimate']:+.2f} paired over "
+                               f"{reg['prompts']} prompts: its {100 * (1 - reg['alpha']):.4g}% lower bound "
+                               f"{reg['bound']:.2f} is not above -margin {-p.margin:g} (a regression)")
+        elif reg.get("ci_low") is not None and score < float(reg["ci_low"]):
+            since = f"; unpaired: {reg['why']}" if reg.get("why") else ""
             return False, (f"{p.metric} {score:.2f} is below champion v{champion['version']}'s 95% interval "
-                           f"(from {low:.2f})")
-    also = ", no regression" if champion and p.no_regression else ""
+                           f"(from {float(reg['ci_low']):.2f}{since})")
+    reg = gate.get("regression") or {}
+    also = ""
+    if champion and p.no_regression:
+        if reg.get("method") == "paired":
+            also = (f", no regression: candidate - champion {reg['estimate']:+.2f}, lower bound {reg['bound']:.2f} "
+                    f"paired over {reg['prompts']} prompts")
+        else:
+            also = f", no regression (unpaired: {reg['why']})" if reg.get("why") else ", no regression"
     if p.mode == "non_inferiority":
         return True, (f"{p.metric} local - {test['best_service']} {test['estimate']:+.2f}, {level} lower bound "
                       f"{test['bound']:.2f} > -margin {-p.margin:g}: no worse than the service ({test['prompts']} prompts{also})")

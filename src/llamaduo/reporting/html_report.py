@@ -134,12 +134,24 @@ def _gate_section(summary: dict) -> str:
               test.get("bound") if test.get("mode") != "point" else None],
              ["must be above", test.get("against") if test.get("mode") != "point" else None],
              ["detectable at 80% power", test.get("detectable")],
+             ["no regression against the champion", regression_text(g.get("regression"))],
              ["judgments paid / a full pass", f"{seq['judgments_paid']} / {seq['judgments_full']} (saved {100 * seq['saving']:.0f}%)"
               if seq else None],
              ["judging stopped", seq.get("stopped") if seq else None],
              ["training rows", summary.get("train_rows")], ["synthetic rows (curated)", summary.get("synthetic_curated")],
              ["training loss", summary.get("train_loss")], ["failed judgments", summary.get("failed_judgments")]]
     return _section("Promotion gate", inner + _rows(["", "value"], [f for f in facts if f[1] is not None]), "gate")
+
+
+def regression_text(reg: dict | None) -> str | None:
+    """How the candidate was checked against the champion: paired over shared prompts, or unpaired and why."""
+    if not reg:
+        return None
+    if reg["method"] == "paired":
+        return (f"paired with v{reg['version']} over {reg['prompts']} prompts: candidate - champion "
+                f"{reg['estimate']:+.2f}, lower bound {reg['bound']:.2f}, must be above {reg['against']:g}")
+    why = f" ({reg['why']})" if reg.get("why") else ""
+    return f"unpaired: the mean against v{reg['version']}'s 95% interval from {_num(reg.get('ci_low'))}{why}"
 
 
 def _volume_section(history: list[dict], series: Series) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llamaduo.judging.names import LOCAL
 from llamaduo.judging.scores import answer_scores, select
-from llamaduo.reporting.gate import JUDGE_METRICS, assess, decide, figures, power_warning
+from llamaduo.reporting.gate import JUDGE_METRICS, assess, decide, figures, power_warning, regression
 from llamaduo.reporting.intervals import per_prompt
 from llamaduo.usage import total
 
@@ -50,8 +50,11 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, cha
     # the share of judgments (or answers) scored: `gate.min_scored_fraction` bars a mean over a few of them
     fraction = gated["scored_fraction"]
     local, services = scores or ({}, {})
-    test = assess(local, services, p, p.alpha if p.cycle_alpha is None else p.cycle_alpha)
-    passed, reason = decide({"score": score, "scored_fraction": fraction, "test": test}, _load(champion), p)
+    alpha = p.alpha if p.cycle_alpha is None else p.cycle_alpha
+    test = assess(local, services, p, alpha)
+    champ = _load(champion)
+    reg = regression(local, champ, p, alpha)
+    passed, reason = decide({"score": score, "scored_fraction": fraction, "test": test, "regression": reg}, champ, p)
     return {
         "split": _load(prepare),
         "synthetic_curated": _load(curate)["rows_out"],
@@ -66,8 +69,16 @@ def summary(*, prepare: str, curate: str, train: str, infer: str, eval: str, cha
         # the reference metrics' figures (mean, interval) beside the judge's; absent from an older eval.json
         **({"reference": {m: ev["reference"][m] for m in ev["reference"]["metrics"]}} if "reference" in ev else {}),
         "gate": {"metric": p.metric, "mode": p.mode, "threshold": p.threshold, "score": score, "scored_fraction": fraction,
-                 "ci95": ci, "passed": passed, "reason": reason, "test": test, "power_warning": power_warning(test)},
+                 "ci95": ci, "passed": passed, "reason": reason, "test": test, "power_warning": power_warning(test),
+                 # the no-regression check against the champion: paired over shared prompts, or unpaired and why
+                 **({"regression": reg} if reg else {})},
     }
+
+
+def prompt_scores_record(metric: str, local: dict[str, float]) -> dict:
+    """The gate metric's per-prompt scores of this cycle's model (reporting.gate.PROMPT_SCORES): at promotion they
+    become the champion's, which the next candidates are paired with."""
+    return {"metric": metric, "scores": {k: round(v, 6) for k, v in sorted(local.items())}}
 
 
 def score_points(judgments: list[dict]) -> list[dict]:
