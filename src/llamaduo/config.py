@@ -623,7 +623,9 @@ class GateParams(_Section):
     cycle_alpha: float | None = Field(None, gt=0, lt=1, description="This cycle's share of `alpha`, the level of its one-sided bound "
                                                                     "(the loop sets it before each cycle from the error its state "
                                                                     "records as spent); null = all of `alpha` (one test, outside a loop).")
-    no_regression: bool = Field(True, description="Also refuse a model whose score is below the current champion's 95% interval.")
+    no_regression: bool = Field(True, description="Also refuse a model that loses to the current champion: paired over the "
+                                "test prompts both were scored on (at least 8), its lower bound against -margin; "
+                                "else its mean below the champion's 95% interval.")
     min_scored_fraction: float = Field(0.9, ge=0, le=1, description="Refuse unless at least this share of the local answers' judgments "
                                                                    "(primary judge) gave a score: a mean over the few answers the judge "
                                                                    "could grade is no evidence. For a reference metric, the share of "
