@@ -197,7 +197,15 @@ def test_the_wheel_carries_the_templates_and_inits_a_project_without_this_checko
     run("python", "-m", "dvc", "repro", "-q", "prepare", cwd=demo)
     lock = yaml.safe_load((demo / "dvc.lock").read_text())
     assert lock["stages"]["prepare"]["params"]["pyproject.toml"] == {"project.dependencies": [f"llamaduo=={__version__}"]}
-    assert json.loads((demo / "metrics" / "prepare.json").read_text())["summarize"] == {"train": 11, "test": 1}
+    # init sized the split for the gate (half of 12 rows to test, in expectation); the hashed split's own sides
+    from llamaduo.coverage import load_task, split
+    from llamaduo.project.init import train_ratio_for
+
+    data = yaml.safe_load((demo / "params.yaml").read_text())["data"]
+    assert data["train_ratio"] == train_ratio_for(12) == 0.5
+    train, test = split(load_task(demo / "data" / "coverage", "summarize"), train_ratio=data["train_ratio"], seed=data["seed"])
+    assert json.loads((demo / "metrics" / "prepare.json").read_text())["summarize"] == {"train": len(train), "test": len(test)}
+    assert len(train) + len(test) == 12 and len(test) >= 1
 
 
 def test_a_users_test_split_is_sized_for_the_gate_not_the_demo():
@@ -206,6 +214,10 @@ def test_a_users_test_split_is_sized_for_the_gate_not_the_demo():
 
     # the demo's 0.96 left a 183-row task 7 test prompts; a fifth of the rows, 50 at least, half at most, 300 at most
     assert [test_prompts_for(n) for n in (12, 183, 395, 1000, 5000)] == [6, 50, 79, 200, 300]
+    # each row goes to test with chance 1 - train_ratio (a hash of its id): the expected test split is the target,
+    # and what one seed gives lies within 3 standard deviations of it
     for n in (12, 183, 395, 1000, 5000):
-        train, test = split([{"id": str(i)} for i in range(n)], train_ratio=train_ratio_for(n), seed=42)
-        assert len(test) == test_prompts_for(n) and len(train) == n - len(test)
+        ratio = train_ratio_for(n)
+        assert n * (1 - ratio) == pytest.approx(test_prompts_for(n), abs=1e-3)
+        train, test = split([{"id": str(i)} for i in range(n)], train_ratio=ratio, seed=42)
+        assert abs(len(test) - test_prompts_for(n)) <= 3 * (n * ratio * (1 - ratio)) ** 0.5 and len(train) == n - len(test)

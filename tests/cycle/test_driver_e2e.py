@@ -60,7 +60,7 @@ def env_for(proj: Path, uri: str | None = None, **extra) -> dict:
 
 def tiny_params(proj: Path, base_url: str) -> None:
     p = yaml.safe_load((proj / "params.yaml").read_text())
-    p["data"].update(max_rows_per_task=24, train_ratio=0.875)  # 21 train, 3 test
+    p["data"].update(max_rows_per_task=24, train_ratio=0.875)  # each row to test with chance 1/8 (a hash of its id)
     p["providers"]["fake"] = {"kind": "openai_compatible", "model": "fake-service", "base_url": base_url,
                               "api_key_env": "FAKE_SERVICE_KEY", "concurrency": 4, "max_retries": 0}
     p["synth"].update(provider="fake", pairs_per_request=2, max_requests=10)
@@ -265,7 +265,10 @@ def test_two_cycles_survive_a_kill_at_every_failpoint_and_the_champion_loads_on_
         # cycle 1 trained on every row it had (coverage train less the validation slice, plus the curated synthetic
         # rows) that fits the tiny max_length: trl drops a row whose prompt alone fills it, and train.json counts those
         trained = json.loads(git(proj, "show", "HEAD~1:metrics/train.json"))
-        assert trained["rows_available"] == 20 + history[1]["synthetic_curated"]
+        prepared = json.loads(git(proj, "show", "HEAD~1:metrics/prepare.json"))["summarize"]
+        assert prepared["train"] + prepared["test"] == 24 and prepared["test"] >= 1
+        assert trained["rows_available"] == prepared["train"] - trained["val_rows"] + history[1]["synthetic_curated"]
+        assert trained["val_rows"] >= 1
         assert trained["unique_rows_seen"] == trained["rows_available"] - trained["rows_dropped_too_long"] > history[1]["synthetic_curated"]
         assert history[1]["synthetic_curated"] > 0 and trained["epochs_seen"] == 1
 

@@ -64,7 +64,8 @@ def test_prompts_for(rows: int) -> int:
 
 
 def train_ratio_for(rows: int) -> float:
-    """`data.train_ratio` that leaves `test_prompts_for(rows)` test rows (the split rounds ratio x rows)."""
+    """`data.train_ratio` that leaves `test_prompts_for(rows)` test rows in expectation (each row goes to test with
+    chance 1 - train_ratio, by a hash of its id)."""
     test = test_prompts_for(rows)
     return round((rows - test) / rows, 6)
 
