@@ -2,7 +2,7 @@
 pass, in any of its cycles), and how often it passes one 5 points better (a true pass), for each gate mode.
 
 Each simulated loop draws one test set of `--prompts` prompts and runs `--cycles` gate tests on it, one per cycle,
-each with the mode's rule as llamaduo.reporting.gate applies it (the one-sided bound of llamaduo.reporting.intervals,
+each with the mode's rule as llamaduo.reporting.gate applies it (the one-sided bound of llamaduo.intervals,
 the lower of Student's t and Hall's skewness-corrected t, at the cycle's share of gate.alpha, or the mean for `point`;
 Student's t alone is reported beside it on the same loops). A prompt's score is its difficulty (shared by every
 cycle of the loop: the test set is the same) plus the cycle's noise (a new model, new answers, new judgments); the
@@ -36,11 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from llamaduo import hardware, tables  # noqa: E402
+from llamaduo import hardware, intervals, tables  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
 from llamaduo.config import GateParams, LoopParams  # noqa: E402
-from llamaduo.reporting import intervals  # noqa: E402
-from llamaduo.reporting.intervals import cycle_alpha  # noqa: E402
+from llamaduo.intervals import cycle_alpha  # noqa: E402
 from llamaduo.reporting.summary import prompt_scores  # noqa: E402
 
 
@@ -108,7 +107,7 @@ def simulate(*, mode: str, sd: float, bar: float, true: float, prompts: int, cyc
         for c in range(cycles):
             shares.append(cycle_alpha(alpha, spent, c, cycles) if spend else alpha)
             spent += shares[-1]
-        # the gate's bound (llamaduo.reporting.intervals), and Student's t alone on the same draws for comparison
+        # the gate's bound (llamaduo.intervals), and Student's t alone on the same draws for comparison
         bound = np.stack([intervals.lower_bounds(x[:, c], shares[c]) for c in range(cycles)], axis=1)
         crit = student.ppf(1 - np.asarray(shares), prompts - 1)
         passed = bound > bar
@@ -147,7 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference"), ap.add_argument("--judgments"), ap.add_argument("--baseline-judgments")
     ap.add_argument("--loops", type=int, default=20_000)
-    ap.add_argument("--prompts", type=int, default=16, help="test prompts (the offline default: 16)")
+    ap.add_argument("--prompts", type=int, default=16, help="test prompts (16: the test split the committed metrics/eval.json was judged on)")
     ap.add_argument("--cycles", type=int, default=None, help="default: params.yaml's loop.max_cycles")
     ap.add_argument("--answers", type=int, default=None, help="answers averaged per prompt (default: params.yaml's infer.k)")
     ap.add_argument("--rho", type=float, default=0.5, help="share of a prompt's variance that is the prompt's own")
@@ -228,7 +227,7 @@ def main() -> None:
            "false_pass_spent_by_noise_t_bound": {n: max(r["false_pass_at_boundary_t_bound"] for r in shipped
                                                        if r["noise"] == n and r["mode"] != "point")
                                                  for n in ("normal", "skewed_left", "skewed_right")},
-           "bound": "the lower of Student's t and Hall's skewness-corrected t bound (llamaduo.reporting.intervals)",
+           "bound": "the lower of Student's t and Hall's skewness-corrected t bound (llamaduo.intervals)",
            "machine": hardware.describe(), "wall_s": round(time.perf_counter() - start, 1)}
     write_json(args.out, out)
     print(f"max false-pass rate (alpha spent across cycles): {out['max_false_pass_shipped_policy']}; wrote {args.out}")

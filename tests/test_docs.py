@@ -38,7 +38,7 @@ ALLOWED = {
     "1%",         # curate.max_coverage_drop's default
     "5%",         # bench/curate.py plants this share of near duplicates (a setting, not a result)
     "95%",        # the bootstrap interval's level
-    "80%",        # reporting.intervals.POWER: the power the detectable difference and prompts needed are quoted at
+    "80%",        # llamaduo.intervals.POWER: the power the detectable difference and prompts needed are quoted at
     "100%",       # all of a task's train rows (the learning curve's last point)
     "2 minutes",  # train.save_steps: null checkpoints every 2 minutes of training
 }

@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from conftest import copy_project
-from llamaduo import tables
-from llamaduo.reporting import intervals
+from llamaduo import intervals, tables
 
 # one group: under `pytest -n` the module-scoped pipeline run must happen once, on one worker
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline_e2e")]

@@ -58,7 +58,7 @@ def test_the_gates_error_is_spent_in_shares_recorded_in_the_loop_state_across_a_
     from llamaduo import paths
     from llamaduo.atomic import write_json
     from llamaduo.config import load_params
-    from llamaduo.reporting.intervals import cycle_alpha
+    from llamaduo.intervals import cycle_alpha
 
     (project / "params.yaml").write_text("gate:\n  alpha: 0.05\nloop:\n  max_cycles: 4\nsynth:\n  volume: 0\n")
     state, shares = {"cycles": {}}, []

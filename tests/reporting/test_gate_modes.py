@@ -12,8 +12,8 @@ from scipy.stats import t as student
 
 from conftest import judgment as J
 from llamaduo.config import GateParams
+from llamaduo.intervals import cycle_alpha, detectable, power_at, prompts_needed
 from llamaduo.reporting.gate import assess, decide, power_warning
-from llamaduo.reporting.intervals import cycle_alpha, detectable, power_at, prompts_needed
 from llamaduo.reporting.summary import prompt_scores
 
 PROMPTS = [f"p{i}" for i in range(10)]

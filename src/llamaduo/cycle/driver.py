@@ -17,13 +17,12 @@ import time
 import uuid
 from pathlib import Path
 
-from llamaduo import faults, paths
+from llamaduo import faults, intervals, paths
 from llamaduo.atomic import replacing, write_json
 from llamaduo.config import load_params
 from llamaduo.cycle import cost, estimate, model_registry, tracking
 from llamaduo.errors import LoopError
 from llamaduo.providers.local import stop_all
-from llamaduo.reporting import intervals
 
 
 def volume_for(cycle: int, p) -> int:

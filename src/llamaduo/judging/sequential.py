@@ -15,10 +15,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from llamaduo.judging.names import LOCAL
+from llamaduo.intervals import paired, per_prompt, upper_bound
+from llamaduo.judging.names import LOCAL, METRICS
 from llamaduo.judging.scores import answer_scores, select
-from llamaduo.reporting.gate import JUDGE_METRICS
-from llamaduo.reporting.intervals import paired, per_prompt, upper_bound
 
 
 def order(prompts: list[str], seed: int) -> list[str]:
@@ -59,7 +58,7 @@ def judge_in_rounds(responses: list[dict], *, judge: Callable[[list[dict]], tupl
     """Judge `responses` round by round with `judge(answers) -> (judgments, pairwise, usages)`, stopping once the
     gate cannot pass. Returns judgments, pairwise rows, the usages of every round, and eval.json's `sequential`."""
     level = gate.alpha if gate.cycle_alpha is None else gate.cycle_alpha
-    active = gate.metric in JUDGE_METRICS and rounds > 1
+    active = gate.metric in METRICS and rounds > 1
     parts = rounds_of(order([r["prompt_id"] for r in responses], seed), rounds if active else 1)
     services = {s: per_prompt(answer_scores(select(baseline_judgments, primary=True, answerer=s), gate.metric))
                 for s in sorted({j["answerer"] for j in baseline_judgments})} if active else {}

@@ -1,9 +1,7 @@
 """The report stage: what one cycle of the pipeline came to, for the loop, for `dvc metrics` and for people.
 
 - `gate.py`: the promotion gate's decision (non-inferiority to the service, threshold or point), and no-regression
-  against the champion;
-- `intervals.py`: the statistics behind it: per-prompt one-sided bounds (the lower of Student's t and Hall's
-  skewness-corrected t), each cycle's share of the loop's error, the power the test set gives;
+  against the champion, on the bounds of `llamaduo.intervals`;
 - `summary.py`: metrics/summary.json (with the gate's decision), metrics/headline.json (the DVC metric), the
   per-answer points `dvc plots` draws, the cycle's service usage;
 - `page_data.py`: what metrics/report.html shows, read from metrics/ and data/ into plain structures;

@@ -10,7 +10,7 @@ question the gate answers:
 - `point`: the paper's rule, the mean itself at or above the threshold (no interval; a model just below the bar
   passes about half the time).
 
-Each bound is at this cycle's share of the loop's error (reporting.intervals.cycle_alpha).
+Each bound is at this cycle's share of the loop's error (llamaduo.intervals.cycle_alpha).
 
 The no-regression check against the champion (`gate.no_regression`) is paired where the test set allows: champion.json
 holds the champion's per-prompt scores of the gate metric, and with at least MIN_PAIRED prompts shared the paired
@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 from statistics import fmean
 
+from llamaduo import intervals
 from llamaduo.errors import DataError
-from llamaduo.reporting import intervals
+from llamaduo.judging.names import METRICS as JUDGE_METRICS
 
-JUDGE_METRICS = ("precision", "similarity")
 # where the report stage writes the gate metric's per-prompt scores, under the metrics folder the loop logs with each
 # cycle's run (a subfolder: the loop flattens only metrics/*.json into MLflow metrics, one per key, and a per-prompt
 # table is not a metric); the registry copies the promoted version's into champion.json

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llamaduo.intervals import per_prompt
 from llamaduo.judging.names import LOCAL
 from llamaduo.judging.scores import answer_scores, select
 from llamaduo.reporting.gate import JUDGE_METRICS, assess, decide, figures, power_warning, regression
-from llamaduo.reporting.intervals import per_prompt
 from llamaduo.usage import total
 
 
