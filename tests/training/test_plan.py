@@ -122,9 +122,14 @@ def test_the_clock_reports_resident_memory_growth_after_the_first_step():
         2000.0, 2400.0, 2050.0, 400.0)
     clock.rss = [2000.0]
     assert clock.summary(since=0.0)["rss_growth_mb"] is None
-    # the reading is this process's: a 200 MB buffer touched page by page shows up in it
+    # the reading is this process's: 200 MB of fresh pages (an anonymous map, not heap the allocator may already hold
+    # resident from earlier tests in this worker), touched page by page, show up in it
+    import mmap
+
     before = resident_mb()
-    buf = b"x" * (200 * 2**20)
+    buf = mmap.mmap(-1, 200 * 2**20)
+    for at in range(0, len(buf), mmap.PAGESIZE):
+        buf[at] = 1
     assert resident_mb() - before > 150
     del buf
 
