@@ -78,7 +78,7 @@ def _run(args) -> int:
 def _plan(args) -> int:
     from llamaduo.cycle import driver, estimate
 
-    print(estimate.table(estimate.loop_plan(_params(args), driver.volume_for)))
+    print(estimate.table(estimate.loop_plan(_params(args), driver.volume_for, driver.alpha_spent)))
     return 0
 
 

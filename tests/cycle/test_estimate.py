@@ -73,15 +73,91 @@ def test_a_rerun_from_the_cache_gives_the_same_estimate(tmp_path):
     assert [c["stages"]["synthesize"]["calls"] for c in paid["cycles"]] == [15, 55]  # 40 and 80 requests, 25 cached
 
 
-def test_nothing_measured_yet_says_so(tmp_path):
-    p = Params.model_validate(PARAMS)
+def with_split(coverage_dir, **gate) -> Params:
+    """PARAMS on the 20-row fixture task, split half and half (seed 1: 10 test prompts), gated as `gate` says."""
+    data = {"coverage_dir": str(coverage_dir), "tasks": ["summarize"], "train_ratio": 0.5, "seed": 1}
+    return Params.model_validate(PARAMS | {"data": data, "gate": {"metric": "rouge_l", "margin": 2.0, **gate}})
+
+
+def last_eval(root, *, metric="rouge_l", mode="non_inferiority", sd=8.0, estimate_=-1.0, prompts=10):
+    """metrics/summary.json as the report stage writes it: the gate's test with the spread of what it tested."""
+    m = root / "metrics"
+    m.mkdir(parents=True, exist_ok=True)
+    (m / "summary.json").write_text(json.dumps({"gate": {"metric": metric, "mode": mode, "test": {
+        "mode": mode, "prompts": prompts, "estimate": estimate_, "sd": sd, "alpha": 0.025}}}))
+    return m
+
+
+def test_nothing_measured_yet_says_so(tmp_path, coverage_dir):
+    from llamaduo.coverage.prepare import prepare
+
+    p = with_split(coverage_dir)
     plan = estimate.plan(p, {0: 0, 1: 100}, metrics_dir=tmp_path / "none")
     zero, one = plan["cycles"]
     assert plan["measured_from"].startswith("nothing measured yet")
     assert zero["stages"]["judge"]["calls"] is None and not zero["complete"] and zero["wall_s"] is None
     # the fewest requests volume 100 can take: every pair asked for kept
     assert one["stages"]["synthesize"]["calls"] == 25 and one["stages"]["synthesize"]["usd"] is None
-    assert estimate.describe(zero) == "cycle 0 (volume 0): 0 paid calls, 0 tokens, $0.0000 + baseline, judge not measured yet, about ? s"
+    # the test prompts are the split's; with no eval yet the spread, and so the power, is unknown: no figure is made up
+    test_rows = prepare(coverage_dir=str(coverage_dir), tasks=["summarize"], train_ratio=0.5, seed=1, max_rows_per_task=None)[1]
+    assert zero["power"]["prompts"] == len(test_rows) == 10
+    assert zero["power"]["sd"] is None and zero["power"]["detectable"] is None and zero["power"]["prompts_needed"] is None
+    assert estimate.describe(zero) == (
+        "cycle 0 (volume 0): 0 paid calls, 0 tokens, $0.0000 + baseline, judge not measured yet, about ? s; gate (rouge_l "
+        "non_inferiority): 10 test prompts; the difference they detect is unknown until an eval measures the spread "
+        "(no eval measured yet: cycle 0 measures it)")
+    assert [line.split()[-1] for line in estimate.table(plan).splitlines()[2:4]] == ["?", "?"]
+
+
+def test_power_comes_from_the_last_evals_spread_at_each_cycles_share_of_alpha(tmp_path, coverage_dir):
+    from llamaduo import intervals
+
+    p = with_split(coverage_dir, alpha=0.05)  # loop.max_cycles 3
+    # a loop at cycle 1 that spent 0.02 in cycle 0: cycles 1 and 2 get (0.05 - 0.02) / 2 each
+    plan = estimate.plan(p, {1: 100, 2: 200}, alpha_spent=0.02, metrics_dir=last_eval(tmp_path))
+    for est in plan["cycles"]:
+        pw = est["power"]
+        assert pw["alpha"] == pytest.approx(0.015) and pw["prompts"] == 10 and pw["sd"] == 8.0
+        assert pw["detectable"] == round(intervals.detectable(8.0, 10, 0.015), 3)
+        # the noncentral t's: above the normal approximation's (z_0.985 + z_0.8) 8 / sqrt(10) = 7.57
+        assert 7.6 < pw["detectable"] < 9.5
+        assert pw["prompts_needed"] == intervals.prompts_needed(8.0, 2.0, 0.015)
+        assert 142 <= pw["prompts_needed"] <= 155  # normal approximation: ((2.17 + 0.84) 8 / 2)^2 = 145
+        assert (pw["target"], pw["target_is"], pw["underpowered"]) == (2.0, "the margin", True)
+    text = estimate.describe(plan["cycles"][0])
+    assert text.endswith(f"; gate (rouge_l non_inferiority): 10 test prompts detect {pw['detectable']:.2f} points at 80% "
+                         f"power (alpha 0.015, spread 8.00); the margin 2 (more than the test set detects) needs "
+                         f"{pw['prompts_needed']} test prompts")
+    lines = estimate.table(plan).splitlines()
+    assert lines[2].split()[-1] == lines[3].split()[-1] == f"{pw['detectable']:.2f}"
+    assert "spread: the last eval's paired differences local - service over 10 prompts (metrics/summary.json)" in lines[-1]
+
+    # a new loop of 3 cycles: a third of alpha each
+    fresh = estimate.plan(p, {0: 0, 1: 100, 2: 200}, metrics_dir=last_eval(tmp_path))
+    assert [c["power"]["alpha"] for c in fresh["cycles"]] == pytest.approx([0.05 / 3] * 3)
+
+
+def test_threshold_power_asks_about_the_distance_to_the_bar_and_another_test_has_no_spread(tmp_path, coverage_dir):
+    from llamaduo import intervals
+
+    p = with_split(coverage_dir, mode="threshold", threshold=70.0)
+    # the last eval's mean 76 sits 6 points above the bar: the power question is that distance, not the margin
+    pw = estimate.plan(p, {1: 100}, metrics_dir=last_eval(tmp_path / "a", mode="threshold", sd=5.0, estimate_=76.0))["cycles"][0]["power"]
+    assert (pw["target"], pw["target_is"], pw["alpha"]) == (6.0, "the distance to the threshold", 0.025)  # cycle 1 of 3
+    assert pw["prompts_needed"] == intervals.prompts_needed(5.0, 6.0, 0.025) and pw["underpowered"] is False
+    assert pw["detectable"] == round(intervals.detectable(5.0, 10, 0.025), 3) < 6.0
+    # below the bar, the margin stands in
+    pw = estimate.plan(p, {1: 100}, metrics_dir=last_eval(tmp_path / "b", mode="threshold", sd=5.0, estimate_=60.0))["cycles"][0]["power"]
+    assert (pw["target"], pw["target_is"]) == (2.0, "the margin")
+    # the last eval tested another metric: its spread says nothing about this test's
+    pw = estimate.plan(p, {1: 100}, metrics_dir=last_eval(tmp_path / "c", metric="precision", mode="threshold"))["cycles"][0]["power"]
+    assert pw["sd"] is None and pw["detectable"] is None
+    assert pw["sd_from"] == "the last eval tested precision threshold, not rouge_l threshold"
+    # the point rule bounds nothing
+    point = estimate.plan(with_split(coverage_dir, mode="point", threshold=70.0), {1: 100}, metrics_dir=last_eval(tmp_path / "d"))
+    assert point["cycles"][0]["power"]["alpha"] is None
+    assert estimate.describe(point["cycles"][0]).endswith("the point rule bounds nothing, so it has no power to state")
+    assert estimate.table(point).splitlines()[2].split()[-1] == "-"
 
 
 def test_the_estimate_is_recorded_once_and_shown_beside_what_was_paid(tmp_path, monkeypatch, capsys):
@@ -127,6 +203,8 @@ def test_loop_dry_run_prints_the_plan_and_runs_nothing(tmp_path, monkeypatch, ca
     assert cli.main(["loop", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "pre-flight estimate (measured in cycle 1); spent so far in this loop: $0.2000 of `loop.max_cost_usd` $0.5"
-    assert out[2].split() == ["2", "200", "175", "334500", "0.9060", "1360", "$1.1060", "<-", "over", "the", "budget"]
+    # no coverage files in this folder: the power cannot be worked out, and the plan says why
+    assert out[2].split() == ["2", "200", "175", "334500", "0.9060", "1360", "$1.1060", "?", "<-", "over", "the", "budget"]
+    assert out[-2].startswith("  cycle 2 gate (precision non_inferiority): test prompts unknown (the split cannot be read: ")
     assert "cycle 2 synthesize: 55 calls, $0.3300 (2.50 curated pairs per request and 25 requests cached" in out[3]
     assert not (tmp_path / ".git").exists() and not (tmp_path / paths.ESTIMATE).exists()

@@ -201,7 +201,8 @@ def _run(params, params_file: str, dvc: tuple[str, ...]) -> dict:
             if params.loop.max_cost_usd is not None and spent >= params.loop.max_cost_usd:
                 return _stop(state, f"cost budget: ${spent:.2f} spent of `loop.max_cost_usd` {params.loop.max_cost_usd}")
             write_json(paths.LOOP_STATE, state)
-            est = estimate.record(estimate.plan(params, {cycle: volume_for(cycle, params.loop)}, spent_usd=spent)["cycles"][0])
+            est = estimate.record(estimate.plan(params, {cycle: volume_for(cycle, params.loop)}, spent_usd=spent,
+                                                alpha_spent=alpha_spent(state))["cycles"][0])
             _say(f"pre-flight estimate: {estimate.describe(est)}")
             # this cycle's share of the gate's error: what the earlier cycles of this loop left, over the cycles left
             share = intervals.cycle_alpha(params.gate.alpha, alpha_spent(state), cycle, params.loop.max_cycles)

@@ -11,6 +11,12 @@ prices) and how long it will take, from what the last cycle measured and what th
 - wall time: the last cycle's (metrics/history.json), its training part (metrics/train.json) scaled by the optimizer
   steps the new row count gives.
 
+- the gate's power: the test prompts the split gives (`data.*` as params.yaml holds them now; synthetic rows go to
+  train only, so every cycle tests the same prompts), the smallest difference the gate detects at 80% power at the
+  cycle's share of `gate.alpha`, and the test prompts the margin (or the distance to the threshold) would need, at
+  the spread the last eval measured for the same metric and mode (metrics/summary.json); before one, the spread is
+  unknown and so is the power.
+
 Tokens come from every answer, paid or from the cache (`Usage.answered_*`), so an estimate made after a rerun from
 the cache is the one made after the run that paid. A figure nothing has measured yet (before cycle 0, or before the
 first synthesis) is None, and the estimate says what is missing.
@@ -74,6 +80,7 @@ class Measured:
         self.train = _read(m / "train.json", {})
         self.prepare = _read(m / "prepare.json", {})
         self.history = sorted(_read(m / "history.json", []), key=lambda h: h.get("cycle", 0))
+        self.gate = (_read(m / "summary.json", {}) or {}).get("gate") or {}
 
     def coverage_rows(self) -> int | None:
         rows = [t.get("train", 0) for t in self.prepare.values() if isinstance(t, dict)]
@@ -139,8 +146,58 @@ def _wall_s(params, volume: int, m: Measured) -> tuple[float | None, str]:
                                      f"scaled to {total_steps(params.train, rows)} steps for {rows} rows")
 
 
-def cycle_estimate(params, cycle: int, volume: int, m: Measured) -> dict:
-    """The estimate of one coming cycle at its synthetic `volume` (calls, tokens and USD per stage and in all, wall time)."""
+def test_prompts(params) -> tuple[int | None, str]:
+    """(test prompts, where the count comes from): the split `data.*` gives now, over every task in `data.tasks`;
+    None with the reason when the coverage files cannot be read."""
+    from llamaduo.coverage.prepare import prepare
+    from llamaduo.errors import CoverageError
+
+    d = params.data
+    try:
+        _, test = prepare(coverage_dir=d.coverage_dir, tasks=d.tasks, train_ratio=d.train_ratio, seed=d.seed,
+                          max_rows_per_task=d.max_rows_per_task)
+    except CoverageError as e:
+        return None, f"the split cannot be read: {e}"
+    return len(test), f"the split of {d.coverage_dir} (`data.train_ratio` {d.train_ratio:g}, `data.seed` {d.seed})"
+
+
+def spread(params, m: Measured) -> tuple[float | None, float | None, str]:
+    """(spread, estimate, where they come from) of what the gate tests: the per-prompt scores (threshold) or the
+    paired differences against the best service (non_inferiority) as the last eval measured them; (None, None, why)
+    before an eval of the same metric and mode (another metric or mode spreads differently)."""
+    g = params.gate
+    test = m.gate.get("test") or {}
+    if not m.gate:
+        return None, None, "no eval measured yet: cycle 0 measures it"
+    if (m.gate.get("metric"), test.get("mode")) != (g.metric, g.mode) or test.get("sd") is None:
+        last = f"{m.gate.get('metric')} {test.get('mode') or 'point'}"
+        return None, None, f"the last eval tested {last}, not {g.metric} {g.mode}"
+    what = "paired differences local - service" if g.mode == "non_inferiority" else "per-prompt scores"
+    return test["sd"], test.get("estimate"), f"the last eval's {what} over {test.get('prompts')} prompts (metrics/summary.json)"
+
+
+def _power(params, prompts: int | None, sd: float | None, last_estimate: float | None, alpha: float) -> dict:
+    """The gate's power in one cycle tested at `alpha`: the smallest difference it detects at 80% power and the test
+    prompts the difference it asks about (`reporting.gate.power_target`) needs; None where the spread or the prompt
+    count is unknown."""
+    from llamaduo import intervals
+    from llamaduo.reporting.gate import power_target
+
+    target, what = power_target(params.gate, last_estimate)
+    out = {"alpha": alpha, "target": target, "target_is": what, "detectable": None, "prompts_needed": None,
+           "underpowered": None}
+    if sd is None or prompts is None:
+        return out
+    detectable = intervals.detectable(sd, prompts, alpha)
+    out["detectable"] = None if detectable is None else round(detectable, 3)
+    out["prompts_needed"] = intervals.prompts_needed(sd, out["target"], alpha)
+    out["underpowered"] = None if detectable is None else detectable > out["target"]
+    return out
+
+
+def cycle_estimate(params, cycle: int, volume: int, m: Measured, *, power: dict | None = None) -> dict:
+    """The estimate of one coming cycle at its synthetic `volume` (calls, tokens and USD per stage and in all, wall time;
+    `power`: the gate's, as `plan` works it out)."""
     stages = {"synthesize": _synthesis(params, volume, m), "baseline": _baseline(params, m), "judge": _judging(params, m)}
     known = all(st["usd"] is not None for st in stages.values())
     wall, wall_basis = _wall_s(params, volume, m)
@@ -148,17 +205,34 @@ def cycle_estimate(params, cycle: int, volume: int, m: Measured) -> dict:
             "calls": sum(st["calls"] or 0 for st in stages.values()),
             "tokens": sum((st["input_tokens"] or 0) + (st["output_tokens"] or 0) for st in stages.values()),
             "usd": sum(st["usd"] or 0.0 for st in stages.values()), "complete": known,
-            "wall_s": round(wall, 1) if wall is not None else None, "wall_basis": wall_basis}
+            "wall_s": round(wall, 1) if wall is not None else None, "wall_basis": wall_basis,
+            **({"power": power} if power is not None else {})}
 
 
-def plan(params, volumes: dict[int, int], *, spent_usd: float = 0.0, metrics_dir: str | Path = paths.METRICS_DIR) -> dict:
+def plan(params, volumes: dict[int, int], *, spent_usd: float = 0.0, alpha_spent: float = 0.0,
+         metrics_dir: str | Path = paths.METRICS_DIR) -> dict:
     """The estimate of the coming cycles (`volumes`: cycle -> its synthetic volume, in order), each from the last cycle
     measured, with what would have been spent by its end against `loop.max_cost_usd` (`spent_usd`: paid so far in
-    this loop)."""
+    this loop) and the gate's power at the cycle's share of `gate.alpha` (`alpha_spent`: what this loop's cycles
+    spent so far; each coming cycle spends its share, as the loop gives it)."""
+    from llamaduo import intervals
+
     m = Measured(Path(metrics_dir))
-    cycles, total = [], spent_usd
+    g = params.gate
+    prompts, prompts_from = test_prompts(params)
+    sd, last_estimate, sd_from = spread(params, m)
+    gate = {"metric": g.metric, "mode": g.mode, "prompts": prompts, "prompts_from": prompts_from, "sd": sd,
+            "sd_from": sd_from, "power": intervals.POWER}
+    cycles, total, spent_alpha = [], spent_usd, alpha_spent
     for c, volume in volumes.items():
-        est = cycle_estimate(params, c, volume, m)
+        if g.mode == "point":  # the point rule bounds nothing: no level, no power
+            power = gate | {"alpha": None, "target": None, "target_is": None, "detectable": None, "prompts_needed": None,
+                            "underpowered": None}
+        else:
+            share = intervals.cycle_alpha(g.alpha, spent_alpha, c, params.loop.max_cycles)
+            spent_alpha += share
+            power = gate | _power(params, prompts, sd, last_estimate, share)
+        est = cycle_estimate(params, c, volume, m, power=power)
         total += est["usd"]
         est["spent_by_end_usd"] = total
         cap = params.loop.max_cost_usd
@@ -178,6 +252,27 @@ def _fmt(x, spec: str, unknown: str = "?") -> str:
     return unknown if x is None else format(x, spec)
 
 
+def power_text(power: dict) -> str:
+    """The gate's power in one cycle, in words: the test prompts, the difference they detect, the prompts the margin
+    (or the distance to the threshold) needs; what is not known yet, and why."""
+    n, what = power["prompts"], f"{power['metric']} {power['mode']}"
+    if n is None:
+        return f"gate ({what}): test prompts unknown ({power['prompts_from']})"
+    if power["mode"] == "point":
+        return f"gate ({what}): {n} test prompts; the point rule bounds nothing, so it has no power to state"
+    if power["sd"] is None:
+        return (f"gate ({what}): {n} test prompts; the difference they detect is unknown until an eval measures the "
+                f"spread ({power['sd_from']})")
+    if power["detectable"] is None:
+        return f"gate ({what}): {n} test prompt(s), too few for an interval"
+    need = (f"{power['prompts_needed']} test prompts" if power["prompts_needed"] is not None
+            else "more test prompts than any sensible test set")
+    short = " (more than the test set detects)" if power["underpowered"] else ""
+    return (f"gate ({what}): {n} test prompts detect {power['detectable']:.2f} points at {power['power']:.0%} power "
+            f"(alpha {power['alpha']:.4g}, spread {power['sd']:.2f}); {power['target_is']} {power['target']:g}{short} "
+            f"needs {need}")
+
+
 def describe(est: dict) -> str:
     """One cycle's estimate in one line, with what is unmeasured named."""
     parts = [f"cycle {est['cycle']} (volume {est['volume']}): {est['calls']} paid calls"]
@@ -186,26 +281,36 @@ def describe(est: dict) -> str:
     parts.append(f"about {_fmt(est['wall_s'], '.0f')} s")
     if est.get("within_budget") is False:
         parts.append("over `loop.max_cost_usd` by its end: the budget stops it")
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    return text + (f"; {power_text(est['power'])}" if est.get("power") else "")
 
 
 def table(p: dict) -> str:
     """The whole plan as text: a line per cycle and stage, with the basis of each figure."""
     lines = [f"pre-flight estimate ({p['measured_from']}); spent so far in this loop: ${p['spent_usd']:.4f}"
              + (f" of `loop.max_cost_usd` ${p['max_cost_usd']:g}" if p["max_cost_usd"] is not None else "")]
-    lines.append(f"  {'cycle':>5} {'volume':>8} {'paid calls':>10} {'tokens':>10} {'USD':>10} {'wall s':>8} {'spent by end':>13}")
+    lines.append(f"  {'cycle':>5} {'volume':>8} {'paid calls':>10} {'tokens':>10} {'USD':>10} {'wall s':>8} {'spent by end':>13}"
+                 f" {'detects':>8}")
     for est in p["cycles"]:
         more = "" if est["complete"] else "+?"  # a stage not measured yet adds to these
         usd, tokens = f"{est['usd']:.4f}{more}", f"{est['tokens']}{more}"
+        detects = _fmt((est.get("power") or {}).get("detectable"), ".2f", "-" if (est.get("power") or {}).get("mode") == "point" else "?")
         flag = "  <- over the budget" if est["within_budget"] is False else ""
         lines.append(f"  {est['cycle']:>5} {est['volume']:>8} {est['calls']:>10} {tokens:>10} {usd:>10} "
-                     f"{_fmt(est['wall_s'], '.0f'):>8} {'$' + format(est['spent_by_end_usd'], '.4f'):>13}{flag}")
+                     f"{_fmt(est['wall_s'], '.0f'):>8} {'$' + format(est['spent_by_end_usd'], '.4f'):>13} {detects:>8}{flag}")
     if p["cycles"]:
         first = p["cycles"][0]
         for name, st in first["stages"].items():
             lines.append(f"  cycle {first['cycle']} {name}: {_fmt(st['calls'], 'd')} calls, "
                          f"${_fmt(st['usd'], '.4f')} ({st['basis']})")
         lines.append(f"  cycle {first['cycle']} wall time: {first['wall_basis']}")
+        if first.get("power"):
+            pw = first["power"]
+            lines.append(f"  cycle {first['cycle']} {power_text(pw)}")
+            sources = [f"test prompts: {pw['prompts_from']}"] if pw["prompts"] is not None else []
+            sources += [f"spread: {pw['sd_from']}"] if pw["sd"] is not None else []
+            lines.append(f"  (`detects`: the smallest difference the gate detects at {pw['power']:.0%} power at the cycle's "
+                         f"share of `gate.alpha`{''.join('; ' + x for x in sources)})")
     return "\n".join(lines)
 
 
@@ -239,11 +344,12 @@ def spent_in_loop(params, state: dict | None) -> float:
         cache.close()
 
 
-def loop_plan(params, volume_for) -> dict:
+def loop_plan(params, volume_for, alpha_spent) -> dict:
     """The plan of the loop `llamaduo loop` would run now: from the cycle it would resume at (or 0 for a new loop) to
-    `loop.max_cycles - 1`; `volume_for(cycle, params.loop)` gives each cycle's synthetic volume."""
+    `loop.max_cycles - 1`; `volume_for(cycle, params.loop)` gives each cycle's synthetic volume, `alpha_spent(state)`
+    the gate's error a loop's state records as spent."""
     state = _read(paths.LOOP_STATE, None)
     live = state if isinstance(state, dict) and not state.get("stopped_by") else None
     start = live.get("cycle", 0) if live else 0
     volumes = {c: volume_for(c, params.loop) for c in range(start, params.loop.max_cycles)}
-    return plan(params, volumes, spent_usd=spent_in_loop(params, live))
+    return plan(params, volumes, spent_usd=spent_in_loop(params, live), alpha_spent=alpha_spent(live) if live else 0.0)

@@ -65,6 +65,15 @@ def question(p) -> str:
     return f"is the local model's mean {p.metric} over this test set at least {p.threshold:g}? (point estimate)"
 
 
+def power_target(p, estimate: float | None) -> tuple[float, str]:
+    """(the difference the gate's power is quoted against, what it is in words): `gate.margin` under non-inferiority;
+    under threshold the distance the estimate sits above the bar, and the margin while it is below the bar or not
+    measured yet (it stands for "a model this much better")."""
+    if p.mode == "threshold" and estimate is not None and estimate > p.threshold:
+        return round(estimate - p.threshold, 3), "the distance to the threshold"
+    return p.margin, "the margin"
+
+
 def assess(local: dict[str, float], services: dict[str, dict[str, float]], p, alpha: float) -> dict:
     """The gate's test on per-prompt scores of `p.metric`: `local` {prompt: score}, `services` {service: {prompt:
     score}} (the baseline's answers). Returns the figures summary.json's `gate` holds beside the decision: the
@@ -79,7 +88,7 @@ def assess(local: dict[str, float], services: dict[str, dict[str, float]], p, al
         # the best service on the gate metric, by its mean over the prompts both answered
         best = max(sorted(usable), key=lambda s: fmean(usable[s][k] for k in set(usable[s]) & set(local)))
         values = intervals.paired(local, usable[best])
-        out |= {"best_service": best, "against": -p.margin, "target": p.margin}
+        out |= {"best_service": best, "against": -p.margin}
     else:
         values = [local[k] for k in sorted(local)]
         out["against"] = p.threshold
@@ -95,9 +104,7 @@ def assess(local: dict[str, float], services: dict[str, dict[str, float]], p, al
     if sd is None:
         return out
     out["detectable"] = round(intervals.detectable(sd, n, alpha), 3)
-    if p.mode == "threshold":
-        # the distance the estimate sits from the bar; below it, the margin stands for "a model this much better"
-        out["target"] = round(estimate - p.threshold, 3) if estimate > p.threshold else p.margin
+    out["target"] = power_target(p, estimate)[0]
     out["underpowered"] = out["detectable"] > out["target"]
     if out["underpowered"]:
         out["prompts_needed"] = intervals.prompts_needed(sd, out["target"], alpha)
