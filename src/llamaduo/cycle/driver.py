@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from llamaduo import faults, intervals, paths
+from llamaduo import budget, faults, intervals, paths
 from llamaduo.atomic import replacing, write_json
 from llamaduo.config import load_params
 from llamaduo.cycle import cost, estimate, model_registry, tracking
@@ -177,7 +177,15 @@ def run(params_file: str = "params.yaml", *, dvc: tuple[str, ...] = ("dvc",), al
 
 def _run(params, params_file: str, dvc: tuple[str, ...]) -> dict:
     state = _load_json(paths.LOOP_STATE, None)
-    if state is None or state.get("stopped_by"):
+    if state is not None and budget.stopped_by_budget(state):
+        # a budget stop is a pause: the same loop goes on, counting what it paid from the same start
+        before = _spent(params, state)
+        cap = params.loop.max_cost_usd
+        _say(f"resuming the loop the cost budget stopped at cycle {state['cycle']}: ${before:.4f} spent before counts "
+             f"against `loop.max_cost_usd` " + (f"${cap:g}" if cap is not None else "(now null: no cap)"))
+        state["stopped_by"] = None
+        state.pop(budget.STOP_KEY)
+    elif state is None or state.get("stopped_by"):
         if state:
             _say(f"the last loop stopped ({state['stopped_by']}); starting a new loop at cycle 0")
         state = {"cycle": 0, "parent_run_id": None, "stopped_by": None, "started_at": time.time(), "cycles": {}}
@@ -198,8 +206,12 @@ def _run(params, params_file: str, dvc: tuple[str, ...]) -> dict:
             rec["commit"] = _find_commit(parent, cycle, "cycle")  # committed, then killed before recording it
         if not rec.get("commit"):
             spent = _spent(params, state)
-            if params.loop.max_cost_usd is not None and spent >= params.loop.max_cost_usd:
-                return _stop(state, f"cost budget: ${spent:.2f} spent of `loop.max_cost_usd` {params.loop.max_cost_usd}")
+            cap = params.loop.max_cost_usd
+            if cap is not None and spent >= cap:
+                state[budget.STOP_KEY] = {"spent_usd": spent, "max_cost_usd": cap}
+                return _stop(state, f"cost budget: ${spent:.4f} spent of `loop.max_cost_usd` ${cap:g} before cycle {cycle}; "
+                                    f"raise it and rerun `llamaduo loop`: it resumes at cycle {cycle} and counts the "
+                                    f"${spent:.4f} already spent")
             write_json(paths.LOOP_STATE, state)
             est = estimate.record(estimate.plan(params, {cycle: volume_for(cycle, params.loop)}, spent_usd=spent,
                                                 alpha_spent=alpha_spent(state))["cycles"][0])

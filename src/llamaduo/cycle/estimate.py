@@ -332,10 +332,12 @@ def recorded(cycle: int, path: str | Path = paths.ESTIMATE) -> dict | None:
 
 
 def spent_in_loop(params, state: dict | None) -> float:
-    """What the loop under way paid so far (the call cache's record since it started); 0 without a loop or a cache."""
+    """What the loop under way (or stopped by its budget, which the next loop resumes) paid so far: the call cache's
+    record since it started; 0 without a loop or a cache."""
+    from llamaduo.budget import under_way
     from llamaduo.providers.cache import CallCache
 
-    if not state or state.get("stopped_by") or not Path(params.cache.path).is_file():  # opening a missing cache creates it
+    if not under_way(state) or not Path(params.cache.path).is_file():  # opening a missing cache creates it
         return 0.0
     cache = CallCache(params.cache.path)
     try:
@@ -347,9 +349,11 @@ def spent_in_loop(params, state: dict | None) -> float:
 def loop_plan(params, volume_for, alpha_spent) -> dict:
     """The plan of the loop `llamaduo loop` would run now: from the cycle it would resume at (or 0 for a new loop) to
     `loop.max_cycles - 1`; `volume_for(cycle, params.loop)` gives each cycle's synthetic volume, `alpha_spent(state)`
-    the gate's error a loop's state records as spent."""
+    the gate's error a loop's state records as spent. A loop stopped by its budget is resumed, not started again."""
+    from llamaduo.budget import under_way
+
     state = _read(paths.LOOP_STATE, None)
-    live = state if isinstance(state, dict) and not state.get("stopped_by") else None
+    live = state if under_way(state) else None
     start = live.get("cycle", 0) if live else 0
     volumes = {c: volume_for(c, params.loop) for c in range(start, params.loop.max_cycles)}
     return plan(params, volumes, spent_usd=spent_in_loop(params, live), alpha_spent=alpha_spent(live) if live else 0.0)
