@@ -9,6 +9,7 @@ import time
 
 import pytest
 import yaml
+from cycle.test_loop_faults import repo  # noqa: F401  (the git project the loop's fault tests run in)
 
 from llamaduo import budget, cli, paths
 from llamaduo.config import load_params
@@ -16,8 +17,6 @@ from llamaduo.cycle import driver
 from llamaduo.errors import LoopError
 from llamaduo.providers.base import ChatResult, Choice
 from llamaduo.providers.cache import CallCache
-
-from cycle.test_loop_faults import repo  # noqa: F401  (the git project the loop's fault tests run in)
 
 # a dvc that fails at once: a cycle that gets past the budget check runs it and stops there, which is what shows it ran
 NO_DVC = ("sh", "-c", "exit 3", "dvc")
