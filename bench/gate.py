@@ -1,7 +1,8 @@
 """The gate's error over whole loops, simulated: how often a loop passes a model that is exactly at the bar (a false
 pass, in any of its cycles), and how often it passes one 5 points better (a true pass), for each gate mode.
 
-Each simulated loop draws one test set of `--prompts` prompts and runs `--cycles` gate tests on it, one per cycle,
+Each simulated loop draws one test set of `--prompts` prompts (by default as many as the shipped params.yaml's split
+of the coverage data gives the gate: llamaduo.coverage.prepare) and runs `--cycles` gate tests on it, one per cycle,
 each with the mode's rule as llamaduo.reporting.gate applies it (the one-sided bound of llamaduo.intervals,
 the lower of Student's t and Hall's skewness-corrected t, at the cycle's share of gate.alpha, or the mean for `point`;
 Student's t alone is reported beside it on the same loops). A prompt's score is its difficulty (shared by every
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from llamaduo import hardware, intervals, tables  # noqa: E402
 from llamaduo.atomic import write_json  # noqa: E402
-from llamaduo.config import GateParams, LoopParams  # noqa: E402
+from llamaduo.config import DataParams, GateParams, LoopParams  # noqa: E402
 from llamaduo.intervals import cycle_alpha  # noqa: E402
 from llamaduo.reporting.summary import prompt_scores  # noqa: E402
 
@@ -84,10 +86,18 @@ def spread_from_eval(path: Path) -> dict:
                       "prompt; local and service independent)", "metrics": out}
 
 
+def split_prompts(data: DataParams) -> int:
+    """The test prompts the split of `data` (params.yaml's) gives the gate, over every task: what a cycle tests on."""
+    from llamaduo.coverage.prepare import prepare
+
+    _, test = prepare(coverage_dir=str(ROOT / data.coverage_dir), tasks=data.tasks, train_ratio=data.train_ratio,
+                      seed=data.seed, max_rows_per_task=data.max_rows_per_task)
+    return len(test)
+
+
 def simulate(*, mode: str, sd: float, bar: float, true: float, prompts: int, cycles: int, loops: int, alpha: float,
              spend: bool, rho: float, noise: str, answers: int, rng: np.random.Generator) -> dict:
     """The share of loops that pass in some cycle, and the share passing at each cycle (first pass)."""
-    from scipy.stats import t as student
 
     difficulty = rng.normal(0.0, sd * math.sqrt(rho), size=(loops, 1, prompts))
     scale = sd * math.sqrt(1 - rho)
@@ -101,21 +111,22 @@ def simulate(*, mode: str, sd: float, bar: float, true: float, prompts: int, cyc
     x = true + difficulty + e
     mean = x.mean(axis=2)
     if mode == "point":
-        passed = passed_t = mean >= bar
+        passed = passed_t = passed_hall = mean >= bar
     else:
         spent, shares = 0.0, []
         for c in range(cycles):
             shares.append(cycle_alpha(alpha, spent, c, cycles) if spend else alpha)
             spent += shares[-1]
-        # the gate's bound (llamaduo.intervals), and Student's t alone on the same draws for comparison
-        bound = np.stack([intervals.lower_bounds(x[:, c], shares[c]) for c in range(cycles)], axis=1)
-        crit = student.ppf(1 - np.asarray(shares), prompts - 1)
-        passed = bound > bar
-        passed_t = mean - crit * x.std(axis=2, ddof=1) / math.sqrt(prompts) > bar
-    anywhere, anywhere_t = passed.any(axis=1), passed_t.any(axis=1)
+        # the gate's bound (llamaduo.intervals: the lower of the two), and each alone on the same draws for comparison
+        t_bound, hall_bound = (np.stack(b, axis=1) for b in zip(*(intervals.t_and_hall_bounds(x[:, c], shares[c])
+                                                                   for c in range(cycles))))
+        passed = np.minimum(t_bound, hall_bound) > bar
+        passed_t, passed_hall = t_bound > bar, hall_bound > bar
+    anywhere, anywhere_t, anywhere_hall = passed.any(axis=1), passed_t.any(axis=1), passed_hall.any(axis=1)
     first = np.where(anywhere, passed.argmax(axis=1), -1)
     return {"pass_rate": round(float(anywhere.mean()), 4),
             "pass_rate_t_bound": round(float(anywhere_t.mean()), 4),
+            "pass_rate_hall_bound": round(float(anywhere_hall.mean()), 4),
             "first_pass_by_cycle": [round(float((first == c).mean()), 4) for c in range(cycles)],
             "se": round(float(math.sqrt(anywhere.mean() * (1 - anywhere.mean()) / loops)), 4)}
 
@@ -146,7 +157,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference"), ap.add_argument("--judgments"), ap.add_argument("--baseline-judgments")
     ap.add_argument("--loops", type=int, default=20_000)
-    ap.add_argument("--prompts", type=int, default=16, help="test prompts (16: the test split the committed metrics/eval.json was judged on)")
+    ap.add_argument("--prompts", type=int, default=None,
+                    help="test prompts (default: what params.yaml's `data` split of the coverage data gives)")
     ap.add_argument("--cycles", type=int, default=None, help="default: params.yaml's loop.max_cycles")
     ap.add_argument("--answers", type=int, default=None, help="answers averaged per prompt (default: params.yaml's infer.k)")
     ap.add_argument("--rho", type=float, default=0.5, help="share of a prompt's variance that is the prompt's own")
@@ -159,6 +171,13 @@ def main() -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     gate, loop = GateParams(**params["gate"]), LoopParams(**params["loop"])
     cycles = args.cycles or loop.max_cycles
+    data = DataParams(**params["data"])
+    if args.prompts is None:
+        args.prompts = split_prompts(data)
+        prompts_from = (f"the split of {data.coverage_dir} by params.yaml (`data.train_ratio` {data.train_ratio:g}, "
+                        f"`data.seed` {data.seed}, tasks {', '.join(data.tasks)})")
+    else:
+        prompts_from = "--prompts"
     answers = args.answers or params["infer"]["k"]
     spread = (spread_from_tables(args.reference, args.judgments, args.baseline_judgments) if args.reference
               else spread_from_eval(ROOT / "metrics/eval.json"))
@@ -189,6 +208,8 @@ def main() -> None:
                        f"true_pass_{args.better:g}_better": better["pass_rate"],
                        # Student's t bound alone, on the same simulated loops: the bound the gate used before
                        "false_pass_at_boundary_t_bound": at_bar["pass_rate_t_bound"],
+                       # Hall's bound alone: the other half of the gate's bound
+                       "false_pass_at_boundary_hall_bound": at_bar["pass_rate_hall_bound"],
                        f"true_pass_{args.better:g}_better_t_bound": better["pass_rate_t_bound"],
                        "true_pass_first_by_cycle": better["first_pass_by_cycle"]}
                 if mode != "point":
@@ -217,7 +238,7 @@ def main() -> None:
     shipped = [r for r in results if r["alpha_policy"] == "spent"]
     out = {"what": "share of whole simulated loops that pass the gate in some cycle: at the boundary (true score at the "
                    "bar, or at -margin) a false pass; 5 points better a true pass",
-           "loops_per_case": args.loops, "prompts": args.prompts, "cycles": cycles, "alpha": gate.alpha,
+           "loops_per_case": args.loops, "prompts": args.prompts, "prompts_from": prompts_from, "cycles": cycles, "alpha": gate.alpha,
            "alpha_per_cycle": cycle_alpha(gate.alpha, 0, 0, cycles), "margin": gate.margin, "rho": args.rho,
            "answers_per_prompt": answers, "skewness_of_skewed_noise": round(2 / math.sqrt(answers), 3),
            "seed": args.seed, "spread": spread, "cases": results, "sequential": seq,
@@ -227,8 +248,12 @@ def main() -> None:
            "false_pass_spent_by_noise_t_bound": {n: max(r["false_pass_at_boundary_t_bound"] for r in shipped
                                                        if r["noise"] == n and r["mode"] != "point")
                                                  for n in ("normal", "skewed_left", "skewed_right")},
+           "false_pass_spent_by_noise_hall_bound": {n: max(r["false_pass_at_boundary_hall_bound"] for r in shipped
+                                                          if r["noise"] == n and r["mode"] != "point")
+                                                    for n in ("normal", "skewed_left", "skewed_right")},
            "bound": "the lower of Student's t and Hall's skewness-corrected t bound (llamaduo.intervals)",
-           "machine": hardware.describe(), "wall_s": round(time.perf_counter() - start, 1)}
+           "machine": hardware.describe(), "load_average_1m": round(os.getloadavg()[0], 2),
+           "wall_s": round(time.perf_counter() - start, 1)}
     write_json(args.out, out)
     print(f"max false-pass rate (alpha spent across cycles): {out['max_false_pass_shipped_policy']}; wrote {args.out}")
 
