@@ -41,10 +41,11 @@ def call_cost(price, result, *, batch: bool) -> float:
 
 
 def cost_bound(price, request, *, batch: bool) -> float:
-    """The most `request` (a ChatRequest) can cost at `price` before it is sent: its prompt's estimated tokens
-    and every sample's `max_tokens` of output (a vendor bills no more output than that)."""
+    """The most `request` (a ChatRequest) can cost at `price` before it is sent: the most prompt tokens it can be
+    billed for (`input_token_bound`) and every sample's `max_tokens` of output (a vendor bills no more output than
+    that)."""
     factor = price.batch_factor if batch else 1.0
-    return factor * (request.estimated_input_tokens() * price.input_per_mtok
+    return factor * (request.input_token_bound() * price.input_per_mtok
                      + request.max_tokens * request.n * price.output_per_mtok) / 1e6
 
 

@@ -17,7 +17,8 @@ from llamaduo.providers.cache import CallCache
 from llamaduo.providers.engine import run_calls
 
 # $0.001 a token either way. The fake bills 10 prompt tokens and 5 per sample: a call costs $0.015. Before it is
-# sent, "q3" (2 characters: 1 estimated token) with max_tokens 20 could cost up to (1 + 20) x $0.001 = $0.021
+# sent, "q3" (2 bytes, one message: at most 2 + 8 + 8 prompt tokens) with max_tokens 20 could cost up to
+# (18 + 20) x $0.001 = $0.038
 PRICE = {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0}
 
 
@@ -34,11 +35,11 @@ def test_a_budget_stops_the_run_before_the_call_that_could_cross_it(tmp_path):
     with FakeOpenAI(answer=lambda req, i: f"{prompt_text(req)}!") as fake:
         p = get_provider("svc", ProviderParams(kind="openai_compatible", model="m", base_url=fake.base_url,
                                                concurrency=1, price=PRICE))
-        # paid 0, .015, .030, .045, .060: the 5th call could reach .060 + .021 = .081 > .07, so 4 are paid
+        # paid 0, .015, .030, .045, .060: the 5th call could reach .060 + .038 = .098 > .09, so 4 are paid
         with pytest.raises(ProviderError, match=r"3 of 7 t call\(s\) failed \(4 answered and cached.*`loop\.max_cost_usd` "
-                                                r"is \$0\.07: \$0\.0600 paid since the loop started, and the next 1 call\(s\) "
-                                                r"could cost up to \$0\.0210; not sent"):
-            run_calls(p, reqs(7), cache=CallCache(path, budget=cap(0.07)), desc="t")
+                                                r"is \$0\.09: \$0\.0600 paid since the loop started, and the next 1 call\(s\) "
+                                                r"could cost up to \$0\.0380; not sent"):
+            run_calls(p, reqs(7), cache=CallCache(path, budget=cap(0.09)), desc="t")
         assert len(fake.requests) == 4
         cache = CallCache(path)
         assert cache.paid() == {"calls": 4, "cost_usd": pytest.approx(0.06), "input_tokens": 40, "output_tokens": 20}
@@ -56,12 +57,12 @@ def test_what_was_paid_since_the_loop_started_counts(tmp_path):
         p = get_provider("svc", ProviderParams(kind="openai_compatible", model="m", base_url=fake.base_url,
                                                concurrency=1, price=PRICE))
         run_calls(p, reqs(2), cache=CallCache(path), desc="t")  # $0.03 paid
-        # counted from the start: .03 + .021 > .04, so nothing is sent
+        # counted from the start: .03 + .038 > .06, so nothing is sent
         with pytest.raises(ProviderError, match=r"\$0\.0300 paid since the loop started, and the next 1 call"):
-            run_calls(p, reqs(6), cache=CallCache(path, budget=cap(0.04)), desc="t")
+            run_calls(p, reqs(6), cache=CallCache(path, budget=cap(0.06)), desc="t")
         assert len(fake.requests) == 2
-        # a loop started after those calls: .000 and .015 leave room, .030 + .021 does not
-        later = Budget(0.04, 1e12, "loop.max_cost_usd", "the loop started")
+        # a loop started after those calls: .000 and .015 leave room, .030 + .038 does not
+        later = Budget(0.06, 1e12, "loop.max_cost_usd", "the loop started")
         with pytest.raises(ProviderError, match=r"2 of 6 t call\(s\) failed \(2 answered"):
             run_calls(p, reqs(6), cache=CallCache(path, budget=later), desc="t")
         assert len(fake.requests) == 4
@@ -73,18 +74,18 @@ def test_a_batch_job_that_could_cross_the_budget_is_not_submitted(tmp_path, monk
     with FakeOpenAI(answer=lambda req, k: json.dumps({"a": f"{prompt_text(req)}#{k}"})) as fake:
         params = ProviderParams(kind="openai", model="m-1", base_url=fake.base_url, batch=True, batch_poll_s=0.05,
                                 batch_max_requests=3, price=PRICE)
-        # at the batch factor 0.5 a job of 3 calls could cost up to 3 x .0105 = .0315: the first fits .05, the second not
-        with pytest.raises(ProviderError, match=r"3 of 6 t call\(s\) failed \(3 answered.*`loop\.max_cost_usd` is \$0\.05: "
-                                                r"\$0\.0000 paid since the loop started, \$0\.0315 held by calls under way, "
-                                                r"and the next 3 call\(s\) could cost up to \$0\.0315"):
-            run_calls(get_provider("svc", params), reqs(6), cache=CallCache(path, budget=cap(0.05)), desc="t")
+        # at the batch factor 0.5 a job of 3 calls could cost up to 3 x .019 = .057: the first fits .1, the second not
+        with pytest.raises(ProviderError, match=r"3 of 6 t call\(s\) failed \(3 answered.*`loop\.max_cost_usd` is \$0\.1: "
+                                                r"\$0\.0000 paid since the loop started, \$0\.0570 held by calls under way, "
+                                                r"and the next 3 call\(s\) could cost up to \$0\.0570"):
+            run_calls(get_provider("svc", params), reqs(6), cache=CallCache(path, budget=cap(0.1)), desc="t")
         assert fake.hits["POST batches"] == 1
         cache = CallCache(path)
         assert cache.paid() == {"calls": 3, "cost_usd": pytest.approx(3 * 0.0075), "input_tokens": 30, "output_tokens": 15}
         with sqlite3.connect(path) as db:  # the job not submitted left no submission to look up at the vendor
             assert db.execute("SELECT COUNT(*) FROM batch_submissions").fetchone()[0] == 0
 
-        _, usage = run_calls(get_provider("svc", params), reqs(6), cache=CallCache(path, budget=cap(0.1)), desc="t")
+        _, usage = run_calls(get_provider("svc", params), reqs(6), cache=CallCache(path, budget=cap(0.2)), desc="t")
         assert fake.hits["POST batches"] == 2 and usage.batch_calls == 3 and usage.cached == 3
 
 
@@ -177,3 +178,34 @@ def test_the_budget_stops_a_stage_mid_way_and_a_higher_one_finishes_it_from_the_
         reports = [cost.write(params=p, baseline=b, loop_cost_usd=0.0, json_out=tmp_path / f"cost{i}.json",
                               plot_out=tmp_path / f"cost{i}.png") for i, b in enumerate((first, again))]
         assert reports[0]["service_usd_per_request"] == pytest.approx(18 / 3 * 1000 / 1e6) and reports[0] == reports[1]
+
+
+def test_the_reserve_counts_a_token_per_byte_which_no_byte_level_tokenizer_exceeds():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from llamaduo.usage import cost_bound
+
+    def req(text, schema=None):
+        return ChatRequest(messages=(("system", "Be brief."), ("user", text)), temperature=0.0, max_tokens=10,
+                           json_schema=schema)
+
+    # text bytes + 8 a message + 8 for the reply
+    assert req("q3").input_token_bound() == 9 + 2 + 2 * 8 + 8
+    prose, cjk, code = "Summarize the note in one line.", "请用一句话总结这段文字。", "x[0x1f]=0xff;y={'k':[1,2,3]}"
+    assert req(cjk).input_token_bound() == 9 + len(cjk.encode()) + 24 == 69  # 3 bytes a character
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert req("q3", schema).input_token_bound() == req("q3").input_token_bound() + len(json.dumps(schema))
+    # the reserve prices that bound: 18 prompt tokens and 2 x 10 output tokens at $0.001 each
+    assert cost_bound(ProviderParams(kind="openai_compatible", model="m", base_url="http://127.0.0.1:9/v1", price=PRICE).price,
+                      ChatRequest(messages=(("user", "q3"),), temperature=0.5, max_tokens=10, n=2), batch=False) == \
+        pytest.approx((2 + 16 + 20) / 1000)
+
+    # a byte-level BPE (the kind OpenAI's and Llama's tokenizers are) trained here on English: the other texts fall
+    # apart into bytes, and 4 characters a token undercounts them, the bound does not
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([prose] * 50, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    for text in (prose, cjk, code):
+        tokens = len(bpe.encode("Be brief.").ids) + len(bpe.encode(text).ids)
+        assert tokens <= req(text).input_token_bound() - 24
+    assert len(bpe.encode(cjk).ids) > req(cjk).estimated_input_tokens()  # what the reserve counted before

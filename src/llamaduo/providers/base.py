@@ -20,6 +20,11 @@ from llamaduo.urls import expand_url, url_secrets
 
 # statuses where the same request can succeed later (the vendors' own SDKs retry exactly these)
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+# the tokens a chat format adds around each message (its role and delimiters) and to open the reply, counted on top
+# of the text in `ChatRequest.input_token_bound`: more than the formats add (OpenAI documents 3 a message, 1 for
+# the role and 3 to prime the reply)
+FORMAT_TOKENS_PER_MESSAGE = 8
+FORMAT_TOKENS_PER_REPLY = 8
 
 
 def retry_after_seconds(headers) -> float | None:
@@ -68,8 +73,22 @@ class ChatRequest:
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
 
     def estimated_input_tokens(self) -> int:
-        """The prompt's tokens, about 4 characters a token (no tokenizer of the vendor's is at hand)."""
+        """The prompt's tokens, about 4 characters a token (no tokenizer of the vendor's is at hand): a typical
+        count, for pacing under `tpm`; `input_token_bound` is the most it can be."""
         return sum(len(c) for _, c in self.messages) // 4 + 1
+
+    def input_token_bound(self) -> int:
+        """The most prompt tokens a vendor can bill for this request: one per UTF-8 byte of each message and of the
+        JSON schema (the vendor adds the schema to the prompt), plus the chat format's tokens per message and for the
+        reply. A byte-level BPE (OpenAI's, Anthropic's, Llama's) or a SentencePiece with byte fallback (Gemini's) never
+        makes more than one token of a byte, so this holds for any text, where 4 characters a token undercounts code,
+        digits and most scripts other than Latin. It is about 4 times the count for English prose: the spending cap
+        reserves it before a call, so a stage stops at the cap or a call short of it, never past it. The vendor's own
+        tokenizer would count exactly; tiktoken (OpenAI's) fetches its encodings over the network on first use, and
+        the cap must hold offline."""
+        text = sum(len(c.encode("utf-8", "surrogatepass")) for _, c in self.messages)
+        schema = len(json.dumps(self.json_schema, ensure_ascii=False).encode("utf-8")) if self.json_schema else 0
+        return text + schema + FORMAT_TOKENS_PER_MESSAGE * len(self.messages) + FORMAT_TOKENS_PER_REPLY
 
     def estimated_tokens(self) -> int:
         """Upper-bound-ish token count for tokens-per-minute pacing: the prompt and every sample's `max_tokens`."""
