@@ -74,7 +74,7 @@ def test_runtime_knobs_are_marked_and_left_out_of_what_results_depend_on():
     assert runtime_keys(TrainParams) == {"threads", "save_steps", "checkpoint_dir", "num_processes", "num_machines",
                                          "machine_rank", "main_process_ip", "main_process_port", "strategy", "cpu_preload",
                                          # how a device runs a step: never the result
-                                         "micro_batch_size", "padding_free", "attn_implementation", "liger",
+                                         "micro_batch_size", "padding_free", "pad_to_multiple_of", "attn_implementation", "liger",
                                          "fused_lm_head", "torch_compile"}
     assert runtime_keys(InferParams) == {"threads", "gpu_memory_utilization", "tensor_parallel_size", "data_parallel_size",
                                          "cpu_preload", "cpu_kvcache_gib", "cpu_threads_bind", "distributed_executor_backend"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from llamaduo.errors import ParamsError
 from llamaduo.registries import HOSTED_KINDS, MERGERS, PROVIDERS
@@ -442,6 +442,14 @@ class TrainParams(_Section):
                                                                         "and transformers' loss (a bf16 matmul: faster "
                                                                         "where trl falls back to float32 torch tiles, a "
                                                                         "CPU). auto = fused on a GPU.")
+    pad_to_multiple_of: PositiveInt | None | Literal["auto"] = runtime("auto", description="Round each micro-batch's length up to a "
+                                                                               "multiple of this many tokens (padding after "
+                                                                               "each row: no loss on it, and causal attention "
+                                                                               "hides it from the row). Bounds the distinct "
+                                                                               "shapes an epoch runs, each of which a CPU "
+                                                                               "keeps memory for. auto = 64 on a CPU, none on "
+                                                                               "a GPU; null = none; padding-free batches have "
+                                                                               "none.")
     torch_compile: bool = runtime(False, description="torch.compile the model (transformers' torch_compile). Each new row "
                                                      "length compiles again, and no bench has measured compiling against eager "
                                                      "steps: off unless a long run on fixed shapes pays it back.")

@@ -75,12 +75,14 @@ def test_the_trainer_config_takes_the_plan():
     assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (cpu.micro_batch_size, cpu.grad_accum)
     assert cpu.micro_batch_size * cpu.grad_accum * 4 == 8
     assert (cfg.use_liger_kernel, cfg.torch_compile) == (False, False)
+    assert cfg.pad_to_multiple_of == cpu.pad_to_multiple_of == plan.CPU_PAD_MULTIPLE
     # padding-free batches have no mask to count tokens from: every token counts
-    free = plan.Plan(micro_batch_size=2, grad_accum=1, padding_free=True, attn_implementation="sdpa", liger=True, fused_lm_head=True,
-                     torch_compile=True, device="cuda", why="test")
+    free = plan.Plan(micro_batch_size=2, grad_accum=1, padding_free=True, pad_to_multiple_of=None, attn_implementation="sdpa",
+                     liger=True, fused_lm_head=True, torch_compile=True, device="cuda", why="test")
     cfg = sft_config(TrainParams(batch_size=2), Path("/tmp/x"), dtype="bfloat16", plan=free)
     assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (2, 1)
     assert cfg.include_num_input_tokens_seen == "all" and cfg.use_liger_kernel and cfg.torch_compile
+    assert cfg.pad_to_multiple_of is None
     assert cfg.liger_kernel_config["fused_linear_cross_entropy"] is False and cfg.liger_kernel_config["swiglu"]
     # no plan (an evaluation): `micro_batch_size` rows a pass, 1 when null
     cfg = sft_config(TrainParams(batch_size=4), Path("/tmp/x"), dtype="float32")

@@ -60,6 +60,7 @@ def test_a_cuda_plan_takes_the_memory_and_runs_padding_free(monkeypatch):
     p = TrainParams()  # shipped-like: 16 rows a step, everything auto
     gpu = plan.decide(p, num_processes=1, lengths=[1024] * 400, cuda=True, free_bytes=134 * GIB, config=LLAMA_7B)
     assert (gpu.micro_batch_size, gpu.grad_accum, gpu.padding_free, gpu.device) == (8, 2, True, "cuda")
+    assert gpu.pad_to_multiple_of is None
     assert gpu.attn_implementation == ("flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa_varlen")
     assert gpu.liger == (importlib.util.find_spec("liger_kernel") is not None)
     # two GPUs: 8 rows each a step, which one pass holds
@@ -73,12 +74,20 @@ def test_a_cuda_plan_takes_the_memory_and_runs_padding_free(monkeypatch):
     fixed = plan.decide(p.model_copy(update={"micro_batch_size": 4, "padding_free": False}), num_processes=1,
                         lengths=[1024] * 400, cuda=True, free_bytes=134 * GIB, config=LLAMA_7B)
     assert (fixed.micro_batch_size, fixed.grad_accum, fixed.padding_free, fixed.why) == (4, 4, False, "params")
+    assert fixed.pad_to_multiple_of is None  # a GPU's padded batch is not rounded by default
 
 
 def test_a_cpu_plan_takes_the_measured_micro_batch():
     cpu = plan.decide(TrainParams(), num_processes=1, lengths=[300] * 40, cuda=False)
     assert (cpu.micro_batch_size, cpu.grad_accum) == (plan.CPU_MICRO_BATCH, 16 // plan.CPU_MICRO_BATCH)
     assert cpu.padding_free is plan.CPU_PADDING_FREE and not cpu.liger and cpu.attn_implementation == "sdpa_varlen"
+    assert cpu.pad_to_multiple_of == plan.CPU_PAD_MULTIPLE
+    # the rounding is a CPU's, none where rows run end to end, and params win
+    assert plan.decide(TrainParams(padding_free=True), num_processes=1, lengths=[300], cuda=False).pad_to_multiple_of is None
+    assert plan.decide(TrainParams(pad_to_multiple_of=None), num_processes=1, lengths=[300],
+                       cuda=False).pad_to_multiple_of is None
+    assert plan.decide(TrainParams(pad_to_multiple_of=8), num_processes=1, lengths=[300],
+                       cuda=False).pad_to_multiple_of == 8
     # a share smaller than the measured size: the largest divisor of it
     small = plan.decide(TrainParams(batch_size=3), num_processes=1, lengths=[300], cuda=False)
     assert small.micro_batch_size * small.grad_accum == 3 and small.micro_batch_size <= plan.CPU_MICRO_BATCH

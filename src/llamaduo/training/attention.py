@@ -9,8 +9,14 @@ T^2. The rows' boundaries come from trl's padding-free collator (`cu_seq_lens_q`
 forward pass. flash-attn's varlen kernel does the same in one call where that package is installed
 (training/plan.py prefers it).
 
-Registered with transformers as `sdpa_varlen` (attention and mask). A batch with a padding mask, or several rows
-side by side, goes to transformers' own SDPA unchanged, so evaluation and padded batches compute as with `sdpa`.
+A right-padded batch (each row's tokens first, its padding after: trl's collator) needs no mask either: causal
+attention already keeps every real token from the padding that follows it, and the padding's own outputs carry no
+loss (its labels are -100). So such a batch also goes through SDPA causal with no mask, where `sdpa` would build a
+[rows, 1, T, T] mask and leave the FlashAttention kernel. A batch padded on the left, or a query that does not
+start at the first key (generation with a cache), keeps SDPA's own mask.
+
+Registered with transformers as `sdpa_varlen` (attention and mask). Several rows side by side, or any other mask,
+go to transformers' own SDPA unchanged.
 """
 
 from __future__ import annotations
@@ -59,12 +65,21 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
 
 
-def varlen_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):
-    """transformers' mask interface: no mask for a batch without padding (its rows are kept apart by `varlen_sdpa`),
-    SDPA's own mask otherwise."""
-    if attention_mask is None:
+def right_padded(attention_mask: torch.Tensor) -> bool:
+    """Whether every row of a 2D 0/1 mask is its tokens then its padding (never a token after a pad)."""
+    return attention_mask.dim() == 2 and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
+def varlen_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0, *args,
+                attention_mask: torch.Tensor | None = None, **kwargs):
+    """transformers' mask interface: no mask for a batch without padding (its rows are kept apart by `varlen_sdpa`)
+    or padded on the right with the queries covering every key (causal attention alone is exact for the real
+    tokens), SDPA's own mask otherwise."""
+    whole = q_offset == 0 and kv_offset == 0 and q_length == kv_length
+    if attention_mask is None or (whole and attention_mask.shape[-1] == kv_length and right_padded(attention_mask)):
         return None
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, *args, attention_mask=attention_mask,
+                     **kwargs)
 
 
 AttentionInterface.register(NAME, varlen_sdpa)

@@ -15,6 +15,12 @@ checkpoints.
 - Liger's Triton kernels (`train.liger`): RMSNorm, RoPE and SwiGLU, on a GPU where liger-kernel is installed.
   Its fused linear cross-entropy is left off: trl's SFT trainer fuses the LM head and the loss itself.
 - trl's fused LM head (`train.fused_lm_head`): on a GPU; on a CPU the model's own head (training/sft.py says why).
+- Padding a micro-batch up to a multiple of some tokens (`train.pad_to_multiple_of`): on a CPU, where every distinct
+  sequence length costs memory that stays (oneDNN keeps a kernel per shape, the allocator keeps blocks of each size
+  freed), so an epoch over rows of many lengths grows the resident set step after step; rounding the lengths up
+  bounds how many shapes there are. The padding sits after each row's tokens, which causal attention already hides
+  from them (training/attention.py builds no mask for it) and which carries no loss: the result is the same.
+  Padding-free batches have no padding, so none is added there.
 - `train.torch_compile`: as set (off by default: each new sequence length compiles again, and no bench has measured compiling against eager steps).
 
 The CPU's figures (bench/results/train_cpu_micro.json): see CPU_MICRO_BATCH.
@@ -34,6 +40,8 @@ from llamaduo.errors import ParamsError
 # 0.87 of the fastest; `train.micro_batch_size: 4` buys the 14% where memory is plenty (runtime: no rerun)
 CPU_MICRO_BATCH = 1
 CPU_PADDING_FREE = False  # one row a pass has no padding to save
+# tokens a CPU micro-batch's length is rounded up to: 1,024-token rows fall into 16 shapes (see the docstring)
+CPU_PAD_MULTIPLE = 64
 
 # share of the GPU memory left free after loading the base that activations may take; the rest absorbs the
 # allocator's fragmentation, the LoRA weights' gradients and AdamW states, and the CUDA workspace
@@ -54,6 +62,7 @@ class Plan:
     micro_batch_size: int
     grad_accum: int
     padding_free: bool
+    pad_to_multiple_of: int | None
     attn_implementation: str
     liger: bool
     fused_lm_head: bool
@@ -179,7 +188,12 @@ def decide(p, *, num_processes: int, lengths: list[int], cuda: bool | None = Non
         micro = max(d for d in range(1, min(CPU_MICRO_BATCH, share) + 1) if share % d == 0)
         why = "cpu: the micro-batch measured fastest (training/plan.py CPU_MICRO_BATCH)"
     micro, accum = p.split_batch(num_processes, micro)
+    if p.pad_to_multiple_of != "auto":
+        pad = p.pad_to_multiple_of
+    else:
+        pad = None if cuda or padding_free else CPU_PAD_MULTIPLE
     return Plan(micro_batch_size=micro, grad_accum=accum, padding_free=padding_free,
+                pad_to_multiple_of=None if padding_free else pad,
                 attn_implementation=attn_implementation or attention_kernel(p, cuda), liger=use_liger(p, cuda),
                 fused_lm_head=cuda if p.fused_lm_head == "auto" else bool(p.fused_lm_head),
                 torch_compile=p.torch_compile, device="cuda" if cuda else "cpu", why=why)

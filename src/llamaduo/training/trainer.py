@@ -158,6 +158,7 @@ def sft_config(p, output_dir: Path, *, dtype: str, plan: planning.Plan | None = 
     kwargs = dict(
         output_dir=str(output_dir), max_length=p.max_length, per_device_train_batch_size=micro,
         per_device_eval_batch_size=micro, gradient_accumulation_steps=accum,
+        pad_to_multiple_of=plan.pad_to_multiple_of if plan else None,
         learning_rate=p.learning_rate, lr_scheduler_type=p.lr_scheduler,
         # the budget follows the data: `epochs` passes; `_train_one` applies the `max_steps` cap once trl has built
         # (and maybe packed) the dataset whose length the epochs count
