@@ -185,8 +185,13 @@ def record(stages: list[str], dest: Path) -> None:
     try:
         with (mock.patch.object(LocalVLLMProvider, "chat", chat), mock.patch.object(LocalVLLMProvider, "ensure_ready", ready),
               mock.patch.dict(inference.ENGINES, {"vllm": engine})):
+            # a hosted service's calls ran at the vendor, not on this machine; and a replay of them against an empty
+            # cache would pay for them again: only the local server's are replayed
+            hosted = sorted(n for n, sec in params.providers.items() if sec.kind != "local")
             for stage in stages:
-                if stage not in GENERATING:
+                if stage not in GENERATING or (stage in SERVICE and hosted):
+                    if stage in SERVICE and hosted:
+                        print(f"[bench cycle] {stage}: not replayed (providers {hosted} are not local)", file=sys.stderr)
                     continue
                 now.clear()
                 now.update(stage=stage, requests=[], engine=None, missing=0)
