@@ -2,9 +2,11 @@
 stage comes to the offline engine doing that stage's own work on this machine.
 
 The project's source (no outputs, no call cache) is copied to a temp folder, made a git + DVC repository, and
-each stage of dvc.yaml is reproduced in order with its own `dvc repro <stage>` (timed); the shared vLLM server
-is stopped at the end as `llamaduo run` does. The shipped params train one uncapped epoch (`train.max_steps:
-null`); the file records the params the cycle ran with.
+each stage of dvc.yaml is reproduced in order with its own `dvc repro <stage>` (`stages`: its wall, s;
+`cycle_wall_s`: all of them); the shared vLLM server is stopped at the end as `llamaduo run` does. Each
+`dvc repro` ends its DVC run, and the server's watchdog stops the server when that run ends, so a service stage
+may start one of its own here (`vllm_starts`, `vllm_start_s`). The shipped params train one uncapped epoch
+(`train.max_steps: null`): `train_step_cap` is the cap the cycle trained with (null: none), `params` the rest.
 
 Each generating stage's rate (`stage_rates`), from vLLM's own token counters (the offline engine's metrics for
 infer, the server's /metrics for synthesize, baseline and judge) over the stage's generating time (infer: the
@@ -24,8 +26,11 @@ same path: the same re-asks, the same judging rounds) and recorded where they le
   replayed on the served model, dtype, max_model_len and seed, with the KV cache the server had (sized for
   `concurrency` requests at once);
 - infer: the prompts and sampling params the stage gave the engine, on the same folded model.
-The peak engine's prefix cache is emptied before each stage's requests. The answers are sampled again, so
-their lengths differ a little from the stage's: `engine_tokens` of both are in the file.
+The peak engine's prefix cache is emptied before each stage's requests. Per stage: `requests`, `answers`
+(their samples), `seconds`, `engine_tokens` (vLLM's counters), `output_tokens` (counted from the answers),
+`tokens_per_s`, `computed_tokens_per_s`, and `missing_calls` (calls the cycle's cache lacks: calls that failed in
+the cycle, never cached, so not replayed). The answers are sampled again, so their lengths can differ a little
+from the stage's: `engine_tokens` of both are in the file. `peak_wall_s`: the whole replay, start-ups included.
 
 `gen_ratio_to_own_peak` and `work_ratio_to_own_peak`: the stage's output and computed rates over its own peak's.
 Below 1 is what the stage loses to how it sends the work (concurrency cap, rounds, re-asks, HTTP, process
@@ -37,7 +42,7 @@ Server start-ups are reported apart (`vllm_start_s`); the cycle's wall includes 
 
 Run it with the environment `llamaduo run` gets (no OMP_NUM_THREADS: training uses every core).
 
-Full default cycle (one uncapped epoch, then the peaks): ~30 minutes on 2 cores; run it on a quiet machine.
+Full default cycle (one uncapped epoch, then the peaks): ~30-35 minutes on 2 cores; run it on a quiet machine.
 Writes bench/results/cycle.json (or --out).
 """
 
