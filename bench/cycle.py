@@ -2,10 +2,9 @@
 stage comes to the offline engine doing that stage's own work on this machine.
 
 The project's source (no outputs, no call cache) is copied to a temp folder, made a git + DVC repository, and
-each stage of dvc.yaml is reproduced in order with its own `dvc repro <stage>` (`stages`: its wall, s;
-`cycle_wall_s`: all of them); the shared vLLM server is stopped at the end as `llamaduo run` does. Each
-`dvc repro` ends its DVC run, and the server's watchdog stops the server when that run ends, so a service stage
-may start one of its own here (`vllm_starts`, `vllm_start_s`). The shipped params train one uncapped epoch
+the cycle is reproduced by one `dvc repro`, as `llamaduo run` does (`stages`: each stage's wall, s, from DVC's
+"Running stage" line to the next; `cycle_wall_s`: all of them); the shared vLLM server lives through the run and
+is stopped at the end as `llamaduo run` does (`vllm_starts`, `vllm_start_s`). The shipped params train one uncapped epoch
 (`train.max_steps: null`): `train_step_cap` is the cap the cycle trained with (null: none), `params` the rest.
 
 Each generating stage's rate (`stage_rates`), from vLLM's own token counters (the offline engine's metrics for
@@ -51,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,6 +112,19 @@ def stage_rates(work: Path, walls: dict, served: dict, startup: dict) -> dict:
 
 
 # -- each stage's own requests, recorded by running its script again (cwd: the project copy after its cycle)
+
+
+# the train stage's own figures (metrics/train.json) the cycle's wall depends on: the epoch's rate and memory
+TRAIN_FIGURES = ("rows", "steps", "wall_s", "steady_tokens_per_s", "peak_rss_mb", "rss_mb_first_step", "rss_mb_max_step",
+                 "rss_growth_mb", "dtype", "plan", "val_loss")
+
+
+def train_figures(work: Path) -> dict | None:
+    path = work / "metrics" / "train.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    return {k: m.get(k) for k in TRAIN_FIGURES}
 
 
 def stage_argv(spec: dict, outs_dir: Path) -> list[str]:
@@ -365,18 +378,35 @@ def main() -> None:
         env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
         t0 = time.perf_counter()
         try:
-            for s in stages:
-                before, n_starts = server_counters(servers), len(starts(servers))
-                s0 = time.perf_counter()
-                subprocess.run(["dvc", "repro", "--single-item", s], cwd=work, check=True, env=env)
-                walls[s] = round(time.perf_counter() - s0, 1)
-                if s in SERVICE:
+            # one `dvc repro`, as `llamaduo run` does (one DVC run: the shared server lives through every service
+            # stage); a stage's wall runs from DVC's "Running stage" line to the next one (or the end)
+            argv = ["dvc", "repro"] if stages == order else ["dvc", "repro", "--single-item", *stages]
+            proc = subprocess.Popen(argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    bufsize=1)
+            current, s0, before, n_starts = None, 0.0, {}, 0
+
+            def close(name: str) -> None:
+                walls[name] = round(time.perf_counter() - s0, 1)
+                if name in SERVICE:
                     new = starts(servers)[n_starts:]
                     after = server_counters(servers)
                     # a server this stage started counts from zero
-                    served[s] = {k: after[k] - (0 if new else before[k]) for k in after}
-                    startup[s] = sum(x.get("startup_s", 0.0) for x in new)
-                print(f"[bench cycle] {s}: {walls[s]} s", file=sys.stderr, flush=True)
+                    served[name] = {k: after[k] - (0 if new else before.get(k, 0)) for k in after}
+                    startup[name] = sum(x.get("startup_s", 0.0) for x in new)
+                print(f"[bench cycle] {name}: {walls[name]} s", file=sys.stderr, flush=True)
+
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                m = re.match(r"Running stage '([^']+)'", line)
+                if m:
+                    if current:
+                        close(current)
+                    current, s0 = m.group(1), time.perf_counter()
+                    before, n_starts = server_counters(servers), len(starts(servers))
+            if proc.wait():
+                sys.exit(f"dvc repro failed ({proc.returncode}) in stage {current}")
+            if current:
+                close(current)
         finally:
             stop_all(servers)  # as `llamaduo run` does
         cycle_wall = round(time.perf_counter() - t0, 1)
@@ -385,7 +415,7 @@ def main() -> None:
         result = {"cycle_wall_s": cycle_wall, "stages": walls, "vllm_starts": len(starts(servers)),
                   "vllm_start_s": [x.get("startup_s") for x in starts(servers)], "stage_rates": rates,
                   "params": {k: params[k] for k in ("data", "train", "infer", "judge")},
-                  "train_step_cap": params["train"].get("max_steps"),
+                  "train_step_cap": params["train"].get("max_steps"), "train": train_figures(work),
                   "override": yaml.safe_load(Path(args.override).read_text()) if args.override else None}
         if not args.no_peak and rates:
             t1 = time.perf_counter()
