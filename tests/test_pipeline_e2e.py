@@ -11,7 +11,7 @@ from statistics import fmean, stdev
 import pytest
 import yaml
 
-from conftest import copy_project
+from conftest import ROOT, copy_project
 from llamaduo import intervals, tables
 
 # one group: under `pytest -n` the module-scoped pipeline run must happen once, on one worker
@@ -130,6 +130,38 @@ def test_no_test_row_in_training_data(cycle):
     curated = tables.read(proj / "data/synthetic/curated.parquet", "synthetic")
     test_texts = {r["instruction"] for r in test} | {r["response"] for r in test}
     assert not test_texts & ({r["instruction"] for r in train + curated} | {r["response"] for r in train + curated})
+
+
+def test_cycle_bench_records_each_stage_s_own_calls(cycle, tmp_path):
+    """bench/cycle.py's own peaks replay each generating stage's requests, recorded by running the stages again
+    with their calls answered from the cycle's cache: every call the cycle paid the server for is recorded once,
+    by the stage that made it, and infer's prompts with the stage's sampling. (Before any test reruns a stage:
+    the cache then holds this one cycle's calls.)"""
+    from llamaduo.providers.cache import CallCache
+
+    proj, _ = cycle
+    out = tmp_path / "requests.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "cycle.py"), "--record", str(out), "--stages",
+                          "synthesize,curate,infer,baseline,judge"], cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    found = json.loads(out.read_text())
+    assert set(found) == {"synthesize", "infer", "baseline", "judge"}  # curate generates nothing
+    with CallCache(proj / ".llamaduo/calls.sqlite") as cache:
+        paid = len(cache)
+    service = ("synthesize", "baseline", "judge")
+    assert sum(len(found[s]["requests"]) for s in service) == paid and all(found[s]["missing"] == 0 for s in service)
+    assert len(found["synthesize"]["requests"]) == read_json(proj / "metrics/synthesize.json")["requests_sent"]
+    # judge: M judgments per local answer in one call (n=M), with the judgment's JSON schema
+    n_test = len(tables.read(proj / "data/prepared/test.parquet", "split"))
+    grading = [b for b in found["judge"]["requests"] if b["n"] == TINY["judge"]["m"]]
+    assert len(grading) >= n_test * TINY["infer"]["k"] and all(b["response_format"]["type"] == "json_schema" for b in grading)
+    assert all(b["max_tokens"] == TINY["judge"]["max_tokens"] for b in found["judge"]["requests"])
+    assert found["judge"]["engine"] == found["baseline"]["engine"] and found["judge"]["engine"]["kind"] == "server"
+    infer = found["infer"]
+    assert len(infer["requests"]) == n_test and infer["engine"]["kind"] == "offline"
+    assert all(r["sampling"] == {"n": 2, "temperature": 0.7, "top_p": 0.9, "max_tokens": 32} for r in infer["requests"])
+    assert all(r["messages"][-1]["role"] == "user" for r in infer["requests"])
 
 
 def test_second_repro_runs_nothing_and_a_judge_param_reruns_only_judge_and_report(cycle):
