@@ -96,7 +96,7 @@ def _loop(args) -> int:
 def _capture(args) -> int:
     from llamaduo.capture import capture, report
 
-    summary = capture(_params(args), sources=args.source or None, dry_run=args.dry_run)
+    summary = capture(_params(args), sources=args.source or None, dry_run=args.dry_run, recheck=args.recheck)
     print(report(summary) or "capture: no source is enabled (params `capture.mlflow.experiment`, `capture.openai.enabled`, "
                               "`capture.otlp.files`)")
     return 0
@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "to the tasks' coverage data, as params `capture` selects it")
     cap.add_argument("--source", action="append", choices=["mlflow", "openai", "otlp"], help="only this source (repeatable)")
     cap.add_argument("--dry-run", action="store_true", help="read, select and count; write nothing")
+    cap.add_argument("--recheck", action="store_true",
+                     help="judge again the calls an earlier capture dropped (failed, truncated, duplicates, secrets), "
+                          "which are otherwise passed over while the settings that dropped them hold")
     cap.set_defaults(func=_capture)
     sub.add_parser("cost", help="cost report: the service's measured tokens at its price vs serving the local model "
                                 "(metrics/cost.json and a plot)").set_defaults(func=_cost)

@@ -1,6 +1,7 @@
 """MLflow traces on a real `mlflow server`: the real `openai` SDK under `mlflow.openai.autolog()` calls a loopback
 OpenAI-format server, people rate some traces with `mlflow.log_feedback`, and capture imports exactly the positively
-rated ones, with their system prompt and earlier turns."""
+rated ones, with their system prompt and earlier turns; the pipeline's stages then train an adapter on those rows
+alone, answer their test prompts and judge the answers."""
 
 import json
 import os
@@ -8,7 +9,8 @@ import shutil
 
 import pytest
 
-from conftest import no_robots_row, run_stage, write_jsonl
+from conftest import ROOT, no_robots_row, run_stage, write_jsonl
+from llamaduo import tables
 from llamaduo.capture import CaptureError, capture, report
 from llamaduo.config import Params
 
@@ -217,3 +219,110 @@ def test_an_anthropic_shaped_chat_span_gives_its_system_prompt_and_answer(traffi
     assert _rows(tmp_path / "summarize" / "mlflow.jsonl")[0]["messages"] == [
         {"role": "system", "content": SYSTEM}, {"role": "user", "content": "Ticket 1: refund please."},
         {"role": "assistant", "content": "The customer wants a refund."}]
+
+
+TINY_RUN = {
+    "data": {"tasks": ["summarize"], "train_ratio": 0.75, "seed": 0},
+    # one optimizer step on the captured train rows alone (no validation slice: every row is trained on)
+    "train": {"quantize": False, "max_steps": 1, "batch_size": 1, "max_length": 128, "val_ratio": 0, "threads": 1,
+              "cpu_preload": False},
+    "infer": {"engine": "transformers", "k": 1, "max_new_tokens": 4, "temperature": 0.0, "threads": 1},
+    "judge": {"provider": "judge", "m": 1, "retries": 0, "bootstrap": 100},
+}
+
+
+def _judge_answer(body, k):
+    schema = (body.get("response_format") or {}).get("json_schema", {}).get("name")
+    if schema == "verdict":
+        return json.dumps({"reason": "same", "winner": "tie"})
+    if schema == "grade":
+        return json.dumps({"reason": "fine", "similarity": 50, "precision": 60})
+    return "Summary: the customer has a problem."  # the service's own answer to a test prompt (the baseline)
+
+
+def _stage(name: str, **paths):
+    """A stage script's `main` with the project's params, in this process: each stage as a subprocess would pay
+    torch's and the SDKs' imports again, five times."""
+    import importlib.util
+
+    from llamaduo.config import load_params
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(load_params("params.yaml"), **paths)
+
+
+@pytest.fixture(scope="module")
+def trained(traffic, tmp_path_factory, base_model_dir):
+    """Rated traces captured into a project with no other coverage data, then the pipeline's stage scripts on it,
+    with dvc.yaml's inputs and outputs: prepare, train, infer, and the service's baseline and the judge on a loopback
+    fake."""
+    import mlflow
+    import yaml
+
+    from fakes.judge_server import JudgeFake
+    from llamaduo.coverage.prepare import side_score
+
+    uri, _, send, _ = traffic
+    mlflow.set_experiment("trained-bot")
+    sides = {"train": [], "test": []}
+    subjects = ["the invoice", "the login page", "the export", "the search", "the parcel", "the refund", "the app",
+                "the password mail", "the dark mode", "the receipt", "the coupon", "the address form"]
+    # the side is a hash of the trace id: send until both sides have rows (two test prompts at least)
+    for i, subject in enumerate(subjects):
+        tid = send(f"Ticket {100 + i}: {subject} is broken since Monday.", rating=True)
+        sides["train" if side_score(f"mlflow:{tid}", 0) < 0.75 else "test"].append(tid)
+        if len(sides["train"]) >= 3 and len(sides["test"]) >= 2:
+            break
+    send("Ticket 199: nothing works.", rating=False)
+    proj = tmp_path_factory.mktemp("run")
+    summary = capture(_params(proj / "data" / "coverage", uri, "trained-bot"), summary_out=proj / "metrics" / "capture.json")
+    mlflow.set_experiment("support-bot")
+    shutil.copytree(ROOT / "prompts", proj / "prompts")
+    tables.write(proj / "curated.parquet", "synthetic", [])  # no synthetic rows: the captured ones alone
+    base = str(base_model_dir)
+    with JudgeFake(answer=_judge_answer) as judge:
+        params = {**TINY_RUN, "data": {**TINY_RUN["data"], "coverage_dir": "data/coverage"},
+                  "cache": {"path": str(proj / "calls.sqlite")}, "synth": {"provider": "judge"},
+                  "providers": {"judge": {"kind": "openai_compatible", "model": "fake-judge", "base_url": judge.base_url,
+                                          "max_retries": 0}}}
+        (proj / "params.yaml").write_text(yaml.safe_dump(params))
+        cwd = os.getcwd()
+        os.chdir(proj)  # the stages read params.yaml and prompts/ from the project folder, as under DVC
+        try:
+            _stage("prepare", train_out="train.parquet", test_out="test.parquet", metrics_out="prepare.json")
+            _stage("train", train_rows="train.parquet", curated="curated.parquet", base=base, out="adapter",
+                   metrics_out="train.json", loss_out="loss.json")
+            _stage("infer", test="test.parquet", base=base, adapter="adapter", merged="merged", out="responses.parquet",
+                   metrics_out="infer.json")
+            _stage("baseline", test="test.parquet", responses_out="b_resp.parquet", judgments_out="b_judg.parquet",
+                   metrics_out="baseline.json")
+            _stage("judge", responses="responses.parquet", test="test.parquet", baseline_responses="b_resp.parquet",
+                   baseline_judgments="b_judg.parquet", out="judgments.parquet", pairwise_out="pairwise.parquet",
+                   metrics_out="eval.json", worst_out="worst.json", reference_out="reference.parquet")
+        finally:
+            os.chdir(cwd)
+    return proj, sides, summary
+
+
+@pytest.mark.slow
+def test_the_pipeline_trains_on_the_captured_rows_and_answers_their_test_prompts(trained):
+    proj, sides, summary = trained
+    assert summary["sources"]["mlflow"]["kept"] == len(sides["train"]) + len(sides["test"])
+    assert summary["sources"]["mlflow"]["dropped"] == {"not_positive": 1}
+    train = tables.read(proj / "train.parquet", "split")
+    test = tables.read(proj / "test.parquet", "split")
+    # each captured trace on the side its id hashes to, and nothing else: the coverage data is the capture alone
+    assert sorted(r["id"] for r in train) == sorted(f"mlflow:{t}" for t in sides["train"])
+    assert sorted(r["id"] for r in test) == sorted(f"mlflow:{t}" for t in sides["test"])
+    assert all(r["system"] == SYSTEM for r in train + test)
+    tm = json.loads((proj / "train.json").read_text())
+    assert tm["rows_available"] == len(sides["train"]) and tm["steps"] == 1 and tm["val_rows"] == 0
+    assert (proj / "adapter" / "adapter_model.safetensors").is_file()
+    answers = tables.read(proj / "responses.parquet", "responses")
+    assert sorted(a["prompt_id"] for a in answers) == sorted(f"mlflow:{t}" for t in sides["test"])  # k = 1
+    assert all(0 < a["tokens"] <= 4 and a["engine"] == "transformers" for a in answers)
+    ev = json.loads((proj / "eval.json").read_text())
+    assert ev["answers"] == len(sides["test"]) and ev["judgments"] == len(sides["test"]) and ev["failed_judgments"] == 0
+    assert ev["precision"]["mean"] == 60.0

@@ -27,6 +27,19 @@ def _params(tmp_path, base_url, **openai_extra):
                                **openai_extra}}})
 
 
+class CountingStored(FakeStoredOpenAI):
+    """Counts the requests for a completion's messages, by completion id."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.message_calls: list[str] = []
+
+    def route(self, method, path, body):
+        if method == "GET" and path.endswith("/messages"):
+            self.message_calls.append(path.split("/")[-2])
+        return super().route(method, path, body)
+
+
 def _send(client, prompt, *, metadata, store=True, fake=None, fault=None):
     if fault:
         fake.faults.append(fault)
@@ -38,13 +51,13 @@ def _send(client, prompt, *, metadata, store=True, fake=None, fault=None):
 def test_stored_completions_become_rows_and_a_second_capture_adds_only_new_ones(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     tickets = {"feature": "tickets", "task": "summarize"}
-    with FakeStoredOpenAI(answer=_answer) as fake:
+    with CountingStored(answer=_answer) as fake:
         client = openai.OpenAI(base_url=fake.base_url, max_retries=0)
         kept = [_send(client, "Ticket 1: the invoice shows a double charge.", metadata=tickets),
                 _send(client, "Ticket 2: the app crashes on start.", metadata=tickets)]
         _send(client, "Ticket 3: other feature.", metadata={"feature": "chat", "task": "summarize"})
         _send(client, "Ticket 4: not stored.", metadata=tickets, store=False)
-        _send(client, "Ticket 5: a long one.", metadata=tickets, fake=fake, fault=("truncated",))
+        truncated = _send(client, "Ticket 5: a long one.", metadata=tickets, fake=fake, fault=("truncated",))
         kept.append(_send(client, "Ticket 6: the export drops a column.", metadata=tickets))
         summary = capture(_params(tmp_path, fake.base_url), summary_out=None)
         path = tmp_path / "coverage" / "summarize" / "openai.jsonl"
@@ -60,10 +73,14 @@ def test_stored_completions_become_rows_and_a_second_capture_adds_only_new_ones(
 
         before = path.read_bytes()
         new = _send(client, "Ticket 7: the search misses recent orders.", metadata=tickets)
+        fake.message_calls.clear()
         summary = capture(_params(tmp_path, fake.base_url), summary_out=None)
         after = path.read_bytes()
         assert after.startswith(before) and [json.loads(x)["source_id"] for x in after[len(before):].splitlines()] == [new]
-        assert summary["sources"]["openai"]["already_captured"] == 3
+        s = summary["sources"]["openai"]
+        assert (s["already_captured"], s["dropped"], s["dropped_before"]) == (3, {}, {"truncated": 1})
+        # the truncated completion, dropped before, costs no messages request this time
+        assert sorted(fake.message_calls) == sorted([*kept, new]) and truncated not in fake.message_calls
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(CaptureError, match=rf"cannot reach the OpenAI API at {dead}"):

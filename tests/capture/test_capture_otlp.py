@@ -247,3 +247,164 @@ def test_a_kill_mid_write_leaves_the_previous_file_whole_and_a_rerun_adds_the_re
     assert res.returncode == 0, res.stderr[-2000:]
     rows = (tmp_path / "data" / "coverage" / "summarize" / "otlp.jsonl").read_bytes()
     assert rows.startswith(before) and len(rows.splitlines()) == 4
+
+
+def _counting(monkeypatch):
+    """Counts of what judges a call: selection, the secret detectors (rows scrubbed), curation's duplicate checks
+    (rows passed to it)."""
+    from llamaduo.capture import hygiene
+    from llamaduo.capture.select import Selection
+
+    calls = {"decide": 0, "scrubbed": 0, "deduped": 0}
+    decide, scrub, dedup = Selection.decide, hygiene.scrub_messages, hygiene.drop_duplicates
+
+    def counted_decide(self, ex):
+        calls["decide"] += 1
+        return decide(self, ex)
+
+    def counted_scrub(messages, scrubber):
+        calls["scrubbed"] += 1
+        return scrub(messages, scrubber)
+
+    def counted_dedup(rows, **kw):
+        calls["deduped"] += len(rows)
+        return dedup(rows, **kw)
+
+    monkeypatch.setattr(Selection, "decide", counted_decide)
+    monkeypatch.setattr(hygiene, "scrub_messages", counted_scrub)
+    monkeypatch.setattr(hygiene, "drop_duplicates", counted_dedup)
+    return calls
+
+
+def _again(first, tmp_path):
+    """A copy of the first capture's coverage folder (with its record of drops) and its spans plus one new span."""
+    import shutil
+
+    tmp, ids, _ = first
+    shutil.copytree(tmp / "coverage", tmp_path / "coverage")
+    shutil.copy(tmp / "spans.jsonl", tmp_path / "spans.jsonl")
+    return _export(tmp_path / "spans.jsonl", lambda t: _gen_ai(t, prompt="Ticket 9: the mobile app logs me out hourly.",
+                                                               answer="The app logs the user out every hour."))
+
+
+def test_the_first_capture_records_its_drops_by_id_without_text(first):
+    from llamaduo.capture.dropped import STATE_NAME
+
+    tmp, ids, _ = first
+    state = json.loads((tmp / "coverage" / STATE_NAME).read_text())
+    # no_task is judged again each time: a tag can be set on the call later
+    assert {k: v[0] for k, v in state["dropped"].items()} == {
+        f"otlp:{ids[k]}": r for k, r in [("failed", "failed"), ("tool", "tool_call"), ("truncated", "truncated"),
+                                          ("model", "model"), ("dup", "exact_duplicate_train")]}
+    assert all(len(fp) == 16 for _, fp in state["dropped"].values())
+
+
+def test_a_second_capture_passes_over_the_calls_dropped_before_without_judging_them(first, tmp_path, monkeypatch):
+    from llamaduo.capture.dropped import STATE_NAME
+
+    new = _again(first, tmp_path)
+    calls = _counting(monkeypatch)
+    summary = capture(_params(tmp_path, [str(tmp_path / "spans.jsonl")]), summary_out=None)
+    s = summary["sources"]["otlp"]
+    assert (s["read"], s["kept"], s["already_captured"]) == (10, 1, 3)
+    assert s["dropped_before"] == {"exact_duplicate_train": 1, "failed": 1, "model": 1, "tool_call": 1, "truncated": 1}
+    assert s["dropped"] == {"no_task": 1}  # only new drops, and the one judged every time
+    # 10 read - 5 dropped before; scrubbed and deduped: only the new span (the 3 captured ones are known by id)
+    assert calls == {"decide": 5, "scrubbed": 1, "deduped": 1}
+    assert "skipped 5 dropped before" in __import__("llamaduo.capture", fromlist=["report"]).report(summary)
+    rows = (tmp_path / "coverage" / "summarize" / "otlp.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["source_id"] == new and len(rows) == 4
+    assert len(json.loads((tmp_path / "coverage" / STATE_NAME).read_text())["dropped"]) == 5
+
+    # --recheck judges them all again: the duplicate is scrubbed and deduped again, and dropped again
+    calls.update(decide=0, scrubbed=0, deduped=0)
+    summary = capture(_params(tmp_path, [str(tmp_path / "spans.jsonl")]), summary_out=None, recheck=True)
+    assert calls == {"decide": 10, "scrubbed": 1, "deduped": 1}
+    assert summary["sources"]["otlp"]["dropped_before"] == {}
+    assert summary["sources"]["otlp"]["dropped"] == {"exact_duplicate_train": 1, "failed": 1, "model": 1, "no_task": 1,
+                                                     "tool_call": 1, "truncated": 1}
+
+
+def test_a_changed_setting_judges_again_the_calls_it_decided(first, tmp_path, monkeypatch):
+    from llamaduo.capture.dropped import STATE_NAME
+
+    tmp, ids, _ = first
+    _again(first, tmp_path)
+    calls = _counting(monkeypatch)
+    # the model filter now takes the call it dropped; the duplicate's settings (curation's) are the same
+    summary = capture(_params(tmp_path, [str(tmp_path / "spans.jsonl")], models=["gpt-4o-mini", "claude-3-5-haiku"]),
+                      summary_out=None)
+    s = summary["sources"]["otlp"]
+    assert s["dropped_before"] == {"exact_duplicate_train": 1, "failed": 1, "tool_call": 1, "truncated": 1}
+    assert s["kept"] == 2 and calls["decide"] == 6
+    rows = [json.loads(x) for x in (tmp_path / "coverage" / "summarize" / "otlp.jsonl").read_text().splitlines()]
+    assert ids["model"] in [r["source_id"] for r in rows]
+    state = json.loads((tmp_path / "coverage" / STATE_NAME).read_text())["dropped"]
+    assert f"otlp:{ids['model']}" not in state and len(state) == 4
+
+    # a curation threshold decides duplicates: the duplicate is judged again, dropped again, recorded anew
+    old_fp = state[f"otlp:{ids['dup']}"][1]
+    p = _params(tmp_path, [str(tmp_path / "spans.jsonl")], models=["gpt-4o-mini", "claude-3-5-haiku"])
+    p = p.model_copy(update={"curate": p.curate.model_copy(update={"rouge_l_threshold": 0.8})})
+    calls.update(decide=0, scrubbed=0, deduped=0)
+    summary = capture(p, summary_out=None)
+    assert summary["sources"]["otlp"]["dropped"] == {"exact_duplicate_train": 1, "no_task": 1}
+    # 10 read - 3 dropped before (failed, tool call, truncated); scrubbed and deduped: the duplicate alone
+    assert calls == {"decide": 7, "scrubbed": 1, "deduped": 1}
+    state = json.loads((tmp_path / "coverage" / STATE_NAME).read_text())["dropped"]
+    assert state[f"otlp:{ids['dup']}"][0] == "exact_duplicate_train" and state[f"otlp:{ids['dup']}"][1] != old_fp
+
+
+def test_a_broken_record_of_drops_is_an_error_naming_it(first, tmp_path):
+    from llamaduo.capture.dropped import STATE_NAME
+
+    _again(first, tmp_path)
+    (tmp_path / "coverage" / STATE_NAME).write_text('{"format": 1, "dropped": ')
+    with pytest.raises(CaptureError, match=rf"{STATE_NAME}: not the capture's record of dropped calls"):
+        capture(_params(tmp_path, [str(tmp_path / "spans.jsonl")]), summary_out=None)
+
+
+KILL_IN_RECORD_WRITE = """
+import json, os, signal, sys
+import llamaduo.atomic as atomic
+import llamaduo.capture.dropped as dropped
+def write_json(path, obj):  # half the record written to its temp copy, then SIGKILL
+    with atomic.replacing(path) as tmp:
+        text = json.dumps(obj)
+        with open(tmp, "w") as f:
+            f.write(text[: len(text) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+dropped.write_json = write_json
+from llamaduo.cli import main
+sys.exit(main(["capture"]))
+"""
+
+
+def test_a_kill_mid_write_of_the_record_leaves_the_previous_record_whole(first, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+    from llamaduo.capture.dropped import STATE_NAME
+
+    tmp, ids, _ = first
+    shutil.copytree(tmp / "coverage", tmp_path / "data" / "coverage")
+    shutil.copy(tmp / "spans.jsonl", tmp_path / "spans.jsonl")
+    failed = _export(tmp_path / "spans.jsonl", lambda t: _gen_ai(t, prompt="Ticket 10: timeout.", answer="", error=True))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"tasks": ["summarize"], "train_ratio": 0.75, "seed": 1},
+        "capture": {"otlp": {"files": [str(tmp_path / "spans.jsonl")]}, "models": ["gpt-4o-mini"]}}))
+    state = tmp_path / "data" / "coverage" / STATE_NAME
+    before = state.read_bytes()
+    env = {**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'src'}"}
+    res = subprocess.run([sys.executable, "-c", KILL_IN_RECORD_WRITE], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == -9, res.stderr[-2000:]
+    assert state.read_bytes() == before  # the half-written temp copy is beside it, never read
+    res = subprocess.run([sys.executable, "-m", "llamaduo.cli", "capture"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "dropped: failed 1, no_task 1; skipped 5 dropped before" in res.stdout
+    got = json.loads(state.read_text())["dropped"]
+    assert len(got) == 6 and got[f"otlp:{failed}"][0] == "failed"

@@ -1,7 +1,8 @@
 """OpenAI stored completions (calls made with `store=True`) -> `Exchange`s, read with the `openai` SDK's own list
 endpoints: `client.chat.completions.list(metadata=..., model=..., order="asc")` pages through the completions (the
 SDK follows the cursor), and `client.chat.completions.messages.list(id)` gives each one's request messages. The
-metadata is the call's tags; the time filters of `capture` apply to the completion's `created` time.
+metadata is the call's tags; the time filters of `capture` apply to the completion's `created` time. A completion
+that `skip` names (dropped before, with the same settings) costs no messages request: it is given with its id only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _client(po):
         raise CaptureError(f"OpenAI stored completions: {exc}") from None
 
 
-def read(po, c) -> Iterator[Exchange]:
+def read(po, c, skip=lambda source_id: False) -> Iterator[Exchange]:
     import openai
 
     client = _client(po)
@@ -34,6 +35,9 @@ def read(po, c) -> Iterator[Exchange]:
         kwargs = {"metadata": po.metadata or None, "model": po.model, "limit": po.page_size, "order": "asc"}
         for done in client.chat.completions.list(**{k: v for k, v in kwargs.items() if v is not None}):
             where = f"OpenAI stored completion {done.id}"
+            if skip(done.id):
+                yield Exchange(source="openai", source_id=done.id, where=where, messages=None, response=None)
+                continue
             messages = [m.model_dump(exclude_none=True) for m in client.chat.completions.messages.list(done.id, limit=100,
                                                                                                         order="asc")]
             choice = done.choices[0] if done.choices else None

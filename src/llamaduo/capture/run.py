@@ -7,6 +7,12 @@ been read whole: an error (a broken file, a call that cannot become a row, an un
 as it was, and each file is replaced atomically (`llamaduo.atomic`), so a crash mid-write leaves the previous file
 whole. The summary (counts by source, reason and task, the secrets found by kind, links to the MLflow traces kept)
 is printed and written to `metrics/capture.json`; it names no text of a row.
+
+A call dropped for a reason the call itself decides (a failed call, a truncated answer, a secret with `pii: drop`, a
+duplicate) is recorded with a fingerprint of the settings that decided it (`dropped.py`); the next capture passes
+over it without judging it again (nor, for OpenAI, fetching its messages) and counts it under `dropped_before`,
+apart from the new drops, until those settings change. The record is written last, so a crash leaves it behind the
+coverage files at worst: a call it misses is judged again, never lost.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 
 from llamaduo.atomic import replacing, write_json
 from llamaduo.capture import hygiene
+from llamaduo.capture.dropped import Dropped
 from llamaduo.capture.record import CaptureError, Exchange, query_text
 from llamaduo.capture.select import Selection
 from llamaduo.coverage.prepare import check_row, held_rows, read_file, side_score, split
@@ -37,8 +44,9 @@ def _selection_query(c) -> dict:
                               "models": c.models, "routes": c.routes, "since": c.since, "until": c.until}.items() if v}
 
 
-def _reader(source: str, p) -> tuple[dict, Iterator[Exchange]]:
-    """(the capture query, the exchanges) of one source."""
+def _reader(source: str, p, skip) -> tuple[dict, Iterator[Exchange]]:
+    """(the capture query, the exchanges) of one source. `skip(source_id)` names the calls dropped before: a source
+    that fetches a call's messages apart (OpenAI) gives those with their id only."""
     c = p.capture
     if source == "mlflow":
         from llamaduo.capture import mlflow_traces
@@ -47,7 +55,7 @@ def _reader(source: str, p) -> tuple[dict, Iterator[Exchange]]:
     if source == "openai":
         from llamaduo.capture import openai_stored
 
-        return openai_stored.query(c.openai, c), openai_stored.read(c.openai, c)
+        return openai_stored.query(c.openai, c), openai_stored.read(c.openai, c, skip=skip)
     from llamaduo.capture import otlp
 
     paths = otlp.files(c.otlp.files)
@@ -59,7 +67,9 @@ def target(coverage_dir: str | Path, task: str, source: str) -> Path:
 
 
 def capture(p, *, sources: list[str] | None = None, summary_out: str | Path | None = "metrics/capture.json",
-            dry_run: bool = False) -> dict:
+            dry_run: bool = False, recheck: bool = False) -> dict:
+    """Read, select, clean and add the new rows; `recheck` judges the calls dropped before again, whatever the
+    record of drops says."""
     c = p.capture
     sources = sources or enabled(p)
     selection = Selection(c)
@@ -68,40 +78,51 @@ def capture(p, *, sources: list[str] | None = None, summary_out: str | Path | No
     new: dict[tuple[str, str], list[tuple[dict, dict, str | None]]] = defaultdict(list)
     known: dict[tuple[str, str], set[str]] = {}
     pii = Counter()
+    dropped = Dropped(p.data.coverage_dir, p, recheck=recheck)
     with contextlib.ExitStack() as stack:
         if scrubber is not None:
             stack.enter_context(scrubber.active())
         for source in sources:
-            _read_source(source, p, selection, scrubber, summary, new, known, pii)
-    _write(p, summary, new, dry_run)
+            _read_source(source, p, selection, scrubber, summary, new, known, pii, dropped)
+    _write(p, summary, new, dry_run, dropped)
+    if not dry_run:
+        dropped.save()
     for s in summary["sources"].values():
         s.setdefault("kept", 0)
         s["dropped"] = dict(sorted(s["dropped"].items()))
+        s["dropped_before"] = dict(sorted(s["dropped_before"].items()))
     summary["pii"] = {k: pii[k] for k in c.pii_kinds}
     if summary_out is not None and not dry_run:
         write_json(summary_out, summary)
     return summary
 
 
-def _read_source(source, p, selection, scrubber, summary, new, known, pii) -> None:
-    """Read one source whole into `new` ((task, source) -> rows), counting into `summary` and `pii`."""
+def _read_source(source, p, selection, scrubber, summary, new, known, pii, log: Dropped) -> None:
+    """Read one source whole into `new` ((task, source) -> rows), counting into `summary` and `pii`, and recording
+    its drops in `log`."""
     c, d = p.capture, p.data
-    query, exchanges = _reader(source, p)
+    query, exchanges = _reader(source, p, lambda sid: log.before(f"{source}:{sid}") is not None)
     qtext = query_text({"source": source, **query, **_selection_query(c)})
-    counts, dropped, rated = Counter(), Counter(), Counter()
+    counts, dropped, rated, before = Counter(), Counter(), Counter(), Counter()
     for ex in exchanges:
         counts["read"] += 1
         if ex.rating is not None:
             rated[ex.rating] += 1
+        row_id = f"{source}:{ex.source_id}"
+        reason = log.before(row_id)
+        if reason is not None:
+            before[reason] += 1
+            continue
         task, obj, reason = selection.decide(ex)
         if reason is not None:
             dropped[reason] += 1
+            log.record(row_id, reason)
             continue
+        log.forget(row_id)  # judged again and kept this time (a setting changed): its old record goes
         key = (task, source)
         if key not in known:
             path = target(d.coverage_dir, task, source)
             known[key] = {str(o.get("id")) for _, o in read_file(path)} if path.is_file() else set()
-        row_id = f"{source}:{ex.source_id}"
         if row_id in known[key]:
             counts["already_captured"] += 1
             continue
@@ -111,6 +132,7 @@ def _read_source(source, p, selection, scrubber, summary, new, known, pii) -> No
             pii += found
             if found and c.pii == "drop":
                 dropped["pii"] += 1
+                log.record(row_id, "pii")
                 continue
         obj = {"id": row_id, **obj, "source": source, "source_id": ex.source_id, "capture_query": qtext}
         try:
@@ -120,10 +142,11 @@ def _read_source(source, p, selection, scrubber, summary, new, known, pii) -> No
         new[key].append((obj, pair, ex.link))  # not the record: memory keeps the row only, page after page
     summary["sources"][source] = {"query": json.loads(qtext), "read": counts["read"],
                                   "already_captured": counts["already_captured"], "dropped": dict(dropped),
+                                  "dropped_before": dict(before),
                                   **({"ratings": dict(sorted(rated.items()))} if rated else {})}
 
 
-def _write(p, summary, new, dry_run: bool) -> None:
+def _write(p, summary, new, dry_run: bool, log: Dropped) -> None:
     """Hygiene against what each task holds (every task first: a task's broken file stops the run before any
     write), then each (task, source) file written."""
     c, d = p.capture, p.data
@@ -142,6 +165,7 @@ def _write(p, summary, new, dry_run: bool) -> None:
             for _, pair, _, s in batch:
                 if s == source and pair["id"] in reasons:
                     why = reasons[pair["id"]]
+                    log.record(pair["id"], why)
                     t["dropped"][why] = t["dropped"].get(why, 0) + 1
                     src = summary["sources"][source]["dropped"]
                     src[why] = src.get(why, 0) + 1
@@ -177,8 +201,9 @@ def report(summary: dict) -> str:
     lines = []
     for source, s in summary["sources"].items():
         dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "none"
+        before = sum(s.get("dropped_before", {}).values())
         lines.append(f"{source}: read {s['read']}, kept {s['kept']} new, {s['already_captured']} already captured; "
-                     f"dropped: {dropped}")
+                     f"dropped: {dropped}" + (f"; skipped {before} dropped before" if before else ""))
         if "ratings" in s:
             r = s["ratings"]
             lines.append(f"  ratings: {r.get('positive', 0)} positive, {r.get('negative', 0)} not positive, "
