@@ -190,6 +190,7 @@ def test_the_capture_summary_shows_counts_by_source_and_task_rating_coverage_and
     (m / "capture.json").write_text(json.dumps({
         "sources": {"mlflow": {"query": {"source": "mlflow"}, "read": 40, "kept": 9, "already_captured": 3,
                                "dropped": {"not_positive": 6, "unrated": 10, "tool_call": 2},
+                               "dropped_before": {"pii": 4},
                                "ratings": {"negative": 6, "positive": 14, "unrated": 20},
                                "links": [link, "javascript:alert(1)"]},
                     "otlp": {"query": {"source": "otlp"}, "read": 5, "kept": 5, "already_captured": 0, "dropped": {}}},
@@ -199,12 +200,13 @@ def test_the_capture_summary_shows_counts_by_source_and_task_rating_coverage_and
         "pii": {"API_KEY": 1, "EMAIL": 0}, "pii_action": "redact"}))
     text = html_report.write(tmp_path / "r.html", page_data.load(m, tmp_path / "data")).read_text()
     section = text[text.index('<section id="capture">'):]
-    # per source: read, kept, already captured, drops by reason, rating coverage (20 of 40 rated, 14 positive)
+    # per source: read, kept, already captured, new drops by reason, calls passed over as dropped by an earlier
+    # capture, rating coverage (20 of 40 rated, 14 positive)
     assert ("<td>mlflow</td><td class=\"num\">40</td><td class=\"num\">9</td><td class=\"num\">3</td>"
-            "<td class=\"num\">not_positive 6, unrated 10, tool_call 2</td><td class=\"num\">20 of 40 (50%); 14 positive</td>"
-            in section)
+            "<td class=\"num\">not_positive 6, unrated 10, tool_call 2</td><td class=\"num\">pii 4</td>"
+            "<td class=\"num\">20 of 40 (50%); 14 positive</td>" in section)
     assert ("<td>otlp</td><td class=\"num\">5</td><td class=\"num\">5</td><td class=\"num\">0</td>"
-            "<td class=\"num\">none</td><td class=\"num\">–</td>" in section)
+            "<td class=\"num\">none</td><td class=\"num\">none</td><td class=\"num\">–</td>" in section)
     # per task: rows added over every source, how many land in test, what the task held
     assert "<td>summarize</td><td class=\"num\">14</td><td class=\"num\">2</td><td class=\"num\">395</td>" in section
     assert "no: add it to data.tasks" in section and "Secrets and personal data (redact): API_KEY 1</p>" in section

@@ -252,8 +252,10 @@ def _capture_section(cap: dict | None) -> str:
     sources = cap.get("sources", {})
     rows = [[name, s.get("read"), s.get("kept"), s.get("already_captured"),
              ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items()) or "none",
+             ", ".join(f"{k} {v}" for k, v in s.get("dropped_before", {}).items()) or "none",
              _rating_text(s.get("ratings"), s.get("read"))] for name, s in sources.items()]
-    inner = _rows(["source", "read", "kept", "already captured", "dropped by reason", "rated"], rows, numeric_from=1)
+    inner = _rows(["source", "read", "kept", "already captured", "dropped by reason", "skipped, dropped before", "rated"],
+                  rows, numeric_from=1)
     tasks = [[task, sum(t.get("added", {}).values()), t.get("to_test"), t.get("held"),
               ", ".join(f"{k} {v}" for k, v in t.get("dropped", {}).items()) or "none",
               "no: add it to data.tasks" if t.get("unlisted") else "yes"] for task, t in cap.get("tasks", {}).items()]
