@@ -202,8 +202,6 @@ def test_site_builds_in_strict_mode(tmp_path):
 
 DENY = re.compile(r"\bissues? ?#\d+|\bissue \d+\b|\bthe issue asks\b|\bthe issue's\b|\bissue_rows\b|\bthe session's\b|"
                   r"\.\./shared\b", re.I)
-# results files written by a bench run that still hold such words; each leaves this set when its bench is re-run
-EXCUSED_RESULTS = {"bench/results/lift.json"}
 # third-party text (no_robots rows), not the project's words
 NOT_OURS = ("data/coverage/",)
 
@@ -217,7 +215,7 @@ def test_no_tracked_text_speaks_of_how_the_project_was_made():
     hits = []
     for rel in tracked_text_files():
         path = ROOT / rel
-        if rel in EXCUSED_RESULTS or not path.is_file():
+        if not path.is_file():
             continue
         try:
             text = path.read_text()
@@ -227,9 +225,6 @@ def test_no_tracked_text_speaks_of_how_the_project_was_made():
             if DENY.search(line) and rel != "tests/test_docs.py":
                 hits.append(f"{rel}:{n}: {line.strip()[:120]}")
     assert not hits, "\n".join(hits)
-    # an excused file that has been cleaned must leave the set, so the set only shrinks
-    still = {rel for rel in EXCUSED_RESULTS if DENY.search((ROOT / rel).read_text())}
-    assert still == EXCUSED_RESULTS, f"no longer needs excusing: {sorted(EXCUSED_RESULTS - still)}"
 
 
 @pytest.mark.parametrize("line", ["measured in issue #16", "issue 18's table", "The issue asks ~20k rows",
