@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_baseline_and_judge, run_stage, write_jsonl
-from fakes.judge_server import JudgeFake
+from fakes.judge_server import JudgeFake, fixed_answers
 from llamaduo import tables
 
 SYSTEM = "You are Captain Gull, a terse pirate. Answer in one line."
@@ -24,13 +24,8 @@ def chat_row(i: int) -> dict:
                          {"role": "assistant", "content": f"The Black Gull {i}, arr."}]}
 
 
-def service(body, k):
-    schema = (body.get("response_format") or {}).get("json_schema", {}).get("name")
-    if schema == "verdict":
-        return json.dumps({"reason": "same", "winner": "tie"})
-    if schema == "grade":
-        return json.dumps({"reason": "fine", "similarity": 50, "precision": 60})
-    return "The Sea Gull, arr."  # the baseline: the service answers the test prompt
+# the judge grades alike; the baseline: the service answers the test prompt
+service = fixed_answers("The Sea Gull, arr.")
 
 
 def project(tmp_path, base_url: str | None = None):

@@ -4,12 +4,29 @@ as in FakeOpenAI; a prompt containing `refuse_marker` gets a refusal for every s
 
 from __future__ import annotations
 
+import json
+
 from fakes.openai_server import FakeOpenAI
 from fakes.server import prompt_text
 
 
 def count_tokens(text: str) -> int:
     return len(text.split())
+
+
+def fixed_answers(baseline: str):
+    """An `answer` for the fake that grades every answer alike (precision 60, similarity 50), calls every pairwise
+    verdict a tie, and answers any other request (the baseline's test prompt) with `baseline`."""
+
+    def answer(body, k):
+        schema = (body.get("response_format") or {}).get("json_schema", {}).get("name")
+        if schema == "verdict":
+            return json.dumps({"reason": "same", "winner": "tie"})
+        if schema == "grade":
+            return json.dumps({"reason": "fine", "similarity": 50, "precision": 60})
+        return baseline
+
+    return answer
 
 
 class JudgeFake(FakeOpenAI):

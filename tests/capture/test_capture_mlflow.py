@@ -231,15 +231,6 @@ TINY_RUN = {
 }
 
 
-def _judge_answer(body, k):
-    schema = (body.get("response_format") or {}).get("json_schema", {}).get("name")
-    if schema == "verdict":
-        return json.dumps({"reason": "same", "winner": "tie"})
-    if schema == "grade":
-        return json.dumps({"reason": "fine", "similarity": 50, "precision": 60})
-    return "Summary: the customer has a problem."  # the service's own answer to a test prompt (the baseline)
-
-
 def _stage(name: str, **paths):
     """A stage script's `main` with the project's params, in this process: each stage as a subprocess would pay
     torch's and the SDKs' imports again, five times."""
@@ -261,7 +252,7 @@ def trained(traffic, tmp_path_factory, base_model_dir):
     import mlflow
     import yaml
 
-    from fakes.judge_server import JudgeFake
+    from fakes.judge_server import JudgeFake, fixed_answers
     from llamaduo.coverage.prepare import side_score
 
     uri, _, send, _ = traffic
@@ -282,7 +273,7 @@ def trained(traffic, tmp_path_factory, base_model_dir):
     shutil.copytree(ROOT / "prompts", proj / "prompts")
     tables.write(proj / "curated.parquet", "synthetic", [])  # no synthetic rows: the captured ones alone
     base = str(base_model_dir)
-    with JudgeFake(answer=_judge_answer) as judge:
+    with JudgeFake(answer=fixed_answers("Summary: the customer has a problem.")) as judge:
         params = {**TINY_RUN, "data": {**TINY_RUN["data"], "coverage_dir": "data/coverage"},
                   "cache": {"path": str(proj / "calls.sqlite")}, "synth": {"provider": "judge"},
                   "providers": {"judge": {"kind": "openai_compatible", "model": "fake-judge", "base_url": judge.base_url,

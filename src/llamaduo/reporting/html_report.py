@@ -251,13 +251,12 @@ def _capture_section(cap: dict | None) -> str:
                                         "coverage data (metrics/capture.json)"), "capture")
     sources = cap.get("sources", {})
     rows = [[name, s.get("read"), s.get("kept"), s.get("already_captured"),
-             ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items()) or "none",
-             ", ".join(f"{k} {v}" for k, v in s.get("dropped_before", {}).items()) or "none",
+             _by_reason(s.get("dropped")), _by_reason(s.get("dropped_before")),
              _rating_text(s.get("ratings"), s.get("read"))] for name, s in sources.items()]
     inner = _rows(["source", "read", "kept", "already captured", "dropped by reason", "skipped, dropped before", "rated"],
                   rows, numeric_from=1)
     tasks = [[task, sum(t.get("added", {}).values()), t.get("to_test"), t.get("held"),
-              ", ".join(f"{k} {v}" for k, v in t.get("dropped", {}).items()) or "none",
+              _by_reason(t.get("dropped")),
               "no: add it to data.tasks" if t.get("unlisted") else "yes"] for task, t in cap.get("tasks", {}).items()]
     inner += _rows(["task", "rows added", "of them to test", "held before", "dropped by hygiene", "in data.tasks"], tasks)
     found = ", ".join(f"{k} {v}" for k, v in cap.get("pii", {}).items() if v)
@@ -269,6 +268,11 @@ def _capture_section(cap: dict | None) -> str:
         inner += ("<p>Kept traces in the MLflow UI:</p><ul>"
                   + "".join(f"<li>{_e(name)}: <a href=\"{_e(u)}\">{_e(u)}</a></li>" for name, u in links) + "</ul>")
     return _section(title, inner, "capture")
+
+
+def _by_reason(counts: dict | None) -> str:
+    """Counts by reason as "reason n, ..." in the file's order; "none" without any."""
+    return ", ".join(f"{k} {v}" for k, v in (counts or {}).items()) or "none"
 
 
 def _rating_text(r: dict | None, read) -> str | None:
