@@ -95,20 +95,22 @@ def split_prompts(data: DataParams) -> int:
     return len(test)
 
 
+def draw_noise(scale: float, size: tuple, noise: str, answers: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-prompt noise of sd `scale`: normal, or the mean of a prompt's `answers` scores, each a centred exponential
+    (a long upper tail for skewed_right, a long lower one for skewed_left; skewness 2 / sqrt(answers))."""
+    if noise == "normal":
+        return rng.normal(0.0, scale, size=size)
+    one = scale * math.sqrt(answers)
+    e = (rng.exponential(one, size=(*size, answers)) - one).mean(axis=-1)
+    return e if noise == "skewed_right" else -e
+
+
 def simulate(*, mode: str, sd: float, bar: float, true: float, prompts: int, cycles: int, loops: int, alpha: float,
              spend: bool, rho: float, noise: str, answers: int, rng: np.random.Generator) -> dict:
     """The share of loops that pass in some cycle, and the share passing at each cycle (first pass)."""
 
     difficulty = rng.normal(0.0, sd * math.sqrt(rho), size=(loops, 1, prompts))
-    scale = sd * math.sqrt(1 - rho)
-    if noise == "normal":
-        e = rng.normal(0.0, scale, size=(loops, cycles, prompts))
-    else:  # each of a prompt's `answers` scores a centred exponential (a long upper tail, or lower one for skewed_left);
-        # the prompt's noise is their mean, sd `scale` (skewness 2 / sqrt(answers))
-        one = scale * math.sqrt(answers)
-        e = (rng.exponential(one, size=(loops, cycles, prompts, answers)) - one).mean(axis=3)
-        e *= 1 if noise == "skewed_right" else -1
-    x = true + difficulty + e
+    x = true + difficulty + draw_noise(sd * math.sqrt(1 - rho), (loops, cycles, prompts), noise, answers, rng)
     mean = x.mean(axis=2)
     if mode == "point":
         passed = passed_t = passed_hall = mean >= bar
@@ -132,24 +134,23 @@ def simulate(*, mode: str, sd: float, bar: float, true: float, prompts: int, cyc
 
 
 def simulate_sequential(*, sd: float, bar: float, true: float, prompts: int, rounds: int, loops: int, alpha: float,
-                        rng: np.random.Generator) -> dict:
+                        noise: str, answers: int, rng: np.random.Generator) -> dict:
     """One cycle's gate on a judge metric, judged in `rounds` rounds with llamaduo.judging.sequential's futility stop
-    (upper bound at alpha / rounds below the bar) against a full pass: how often the decisions differ (a stop where the
-    full set passes: the stop never passes a model) and the share of judgments saved."""
+    (the predicted chance of a pass once every prompt is judged, llamaduo.intervals.pass_chance, below alpha) against
+    a full pass: how often the decisions differ (a stop where the full set passes: the stop never passes a model) and
+    the share of judgments saved."""
     from llamaduo.judging.sequential import rounds_of
 
-    x = rng.normal(true, sd, size=(loops, prompts))
+    x = true + draw_noise(sd, (loops, prompts), noise, answers, rng)
     ends = np.cumsum([len(r) for r in rounds_of(list(range(prompts)), rounds)])
     stopped_at = np.full(loops, prompts)
     for end in ends[:-1]:  # after each round but the last
-        part = x[:, :end]
-        upper = -intervals.lower_bounds(-part, alpha / len(ends))  # intervals.upper_bound, row by row
-        stopped_at = np.where((stopped_at == prompts) & (upper <= bar), end, stopped_at)
-    full_bound = intervals.lower_bounds(x, alpha)
-    full_pass = full_bound > bar
+        chance = intervals.pass_chance(x[:, :end], prompts, bar, alpha)
+        stopped_at = np.where((stopped_at == prompts) & (chance < alpha), end, stopped_at)
+    full_pass = intervals.lower_bounds(x, alpha) > bar
     stopped = stopped_at < prompts
-    return {"true": true, "full_pass_rate": round(float(full_pass.mean()), 4), "stop_rate": round(float(stopped.mean()), 4),
-            "decision_differs": round(float((stopped & full_pass).mean()), 4),
+    return {"true": true, "noise": noise, "full_pass_rate": round(float(full_pass.mean()), 4),
+            "stop_rate": round(float(stopped.mean()), 4), "decision_differs": round(float((stopped & full_pass).mean()), 4),
             "judgments_saved": round(float(1 - stopped_at.mean() / prompts), 4)}
 
 
@@ -163,6 +164,8 @@ def main() -> None:
     ap.add_argument("--answers", type=int, default=None, help="answers averaged per prompt (default: params.yaml's infer.k)")
     ap.add_argument("--rho", type=float, default=0.5, help="share of a prompt's variance that is the prompt's own")
     ap.add_argument("--better", type=float, default=5.0, help="points above the bar for the true-pass rate")
+    ap.add_argument("--clear", type=float, default=20.0,
+                    help="points above the bar for a model the gate should pass (sequential judging's cost in passes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench/results/gate.json"))
     args = ap.parse_args()
@@ -220,21 +223,26 @@ def main() -> None:
                       f" (t {at_bar['pass_rate_t_bound']:.4f})  true pass (+{args.better:g}) {better['pass_rate']:.4f}"
                       f" (t {better['pass_rate_t_bound']:.4f})")
     # sequential judging, on the judge metric (precision): the threshold mode at the offline default's measured mean
-    # (far below the bar), at the bar, and 5 points above it; non-inferiority at a difference of 0 and at -margin - 10
+    # (far below the bar), at the bar, 5 points above it and `--clear` points above it; non-inferiority at -margin - 10,
+    # at -margin, and 5 and `--clear` points above -margin
     seq = []
     share = cycle_alpha(gate.alpha, 0, 0, cycles)
     if "precision" in m:
         p = m["precision"]
         for mode, sd, bar, trues in (("threshold", p["local_sd"], float(gate.threshold),
-                                      [p["local_mean"], gate.threshold, gate.threshold + args.better]),
-                                     ("non_inferiority", p["paired_sd"], -gate.margin, [0.0, -gate.margin, -gate.margin - 10])):
+                                      [p["local_mean"], gate.threshold, gate.threshold + args.better, gate.threshold + args.clear]),
+                                     ("non_inferiority", p["paired_sd"], -gate.margin,
+                                      [-gate.margin - 10, -gate.margin, -gate.margin + args.better, -gate.margin + args.clear])):
             for true in trues:
-                row = {"mode": mode, "metric": "precision", "sd_per_prompt": sd, "bar": bar, "rounds": params["judge"]["rounds"],
-                       **simulate_sequential(sd=sd, bar=bar, true=float(true), prompts=args.prompts,
-                                             rounds=params["judge"]["rounds"], loops=args.loops, alpha=share, rng=rng)}
-                seq.append(row)
-                print(f"sequential {mode:16s} true {true:7.2f} bar {bar:6.1f}: saved {row['judgments_saved']:.3f}, "
-                      f"differs {row['decision_differs']:.4f} (full pass {row['full_pass_rate']:.3f})")
+                for noise in ("normal", "skewed_left", "skewed_right"):
+                    row = {"mode": mode, "metric": "precision", "sd_per_prompt": sd, "bar": bar,
+                           "rounds": params["judge"]["rounds"],
+                           **simulate_sequential(sd=sd, bar=bar, true=float(true), prompts=args.prompts,
+                                                 rounds=params["judge"]["rounds"], loops=args.loops, alpha=share,
+                                                 noise=noise, answers=answers, rng=rng)}
+                    seq.append(row)
+                    print(f"sequential {mode:16s} true {true:7.2f} bar {bar:6.1f} {noise:12s}: saved {row['judgments_saved']:.3f}, "
+                          f"differs {row['decision_differs']:.4f} (full pass {row['full_pass_rate']:.3f})")
     shipped = [r for r in results if r["alpha_policy"] == "spent"]
     out = {"what": "share of whole simulated loops that pass the gate in some cycle: at the boundary (true score at the "
                    "bar, or at -margin) a false pass; 5 points better a true pass",
@@ -242,6 +250,7 @@ def main() -> None:
            "alpha_per_cycle": cycle_alpha(gate.alpha, 0, 0, cycles), "margin": gate.margin, "rho": args.rho,
            "answers_per_prompt": answers, "skewness_of_skewed_noise": round(2 / math.sqrt(answers), 3),
            "seed": args.seed, "spread": spread, "cases": results, "sequential": seq,
+           "sequential_max_decision_differs": max((r["decision_differs"] for r in seq), default=None),
            "false_pass_spent_by_noise": {n: max(r["false_pass_at_boundary"] for r in shipped if r["noise"] == n)
                                          for n in ("normal", "skewed_left", "skewed_right")},
            "max_false_pass_shipped_policy": max(r["false_pass_at_boundary"] for r in shipped),

@@ -1,7 +1,7 @@
 """judge: each local answer graded M times by every judge of the panel against the reference, and compared
 with the service's answer in both orders -> judgments, pairwise verdicts, scores (metrics/eval.json), worst answers;
 beside them every local and service answer's reference metrics (ROUGE-L, chrF, exact match) -> reference table.
-With a judge metric as the gate's, the prompts are judged in rounds, stopping once the gate cannot pass."""
+With a judge metric as the gate's, the prompts are judged in rounds, stopping once the gate will not pass at its level."""
 
 from llamaduo import tables
 from llamaduo.atomic import write_json

@@ -577,7 +577,8 @@ class JudgeParams(_Section):
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for each mean's 95% interval in eval.json.")
     seed: int = Field(0, description="Seed of the bootstrap, and of the order sequential judging takes the test prompts in.")
     rounds: int = Field(4, ge=1, description="Sequential judging: the test prompts judged in this many rounds (seeded random order), "
-                                             "stopping once the gate cannot pass (its upper bound below the bar); only when "
+                                             "stopping once the gate will not pass (the predicted chance that the rest of the "
+                                             "prompts let it pass is below its level); only when "
                                              "`gate.metric` is a judge metric. 1 = every prompt at once.")
     worst: int = Field(10, ge=0, description="How many of the worst-scored answers (primary judge, gate metric order: precision) "
                                              "go into metrics/worst.json with the judge's reasons.")

@@ -1,5 +1,6 @@
 """The statistics behind the gate: one-sided bounds on per-prompt scores, the paired difference against a
-service, the error each cycle of a loop may spend, and the power the test set gives.
+service, the error each cycle of a loop may spend, the power the test set gives, and the chance that a test set
+judged in part passes once judged in full.
 
 The unit is the test prompt. The local model answers each prompt `infer.k` times and the judge grades each answer
 M times; those repeats share the prompt, so they are averaged into one score per prompt before any interval
@@ -75,11 +76,30 @@ def lower_bound(values: list[float], alpha: float) -> float | None:
     return float(lower_bounds(values, alpha))
 
 
-def upper_bound(values: list[float], alpha: float) -> float | None:
-    """The one-sided (1 - alpha) upper confidence bound of the mean: the lower bound of the negated values,
-    negated (the higher of the t and Hall bounds); None with fewer than 2 values."""
-    low = lower_bound([-v for v in values], alpha)
-    return None if low is None else -low
+def pass_chance(judged, total: int, bar: float, alpha: float):
+    """The chance that the gate's test passes once all `total` prompts are scored, predicted from the scores of the
+    ones judged so far (each row of `judged`, at least 2 of them; numpy broadcasting over rows).
+
+    The prediction is Bayesian predictive power (Spiegelhalter, Freedman & Blackburn 1986): under a flat prior on
+    the mean (and on the log of the spread), the mean M of the n2 prompts still to judge, given the n1 judged with
+    mean m and sd s, is m + s sqrt(1/n1 + 1/n2) T with T ~ t(n1 - 1). The whole set passes when its mean
+    (n1 m + n2 M) / N clears c = bar + t(1 - alpha, N - 1) s / sqrt(N), Student's t bound at the judged spread, so
+    the chance is P(T > (c - m) sqrt(N n1 / n2) / s). The gate's own bound (`lower_bounds`) is never above the t
+    bound, so the real chance is at most this one. With no prompt left it is 1 or 0; with no spread so far, 1 when
+    the mean is above the bar and 0 otherwise."""
+    import numpy as np
+    from scipy.stats import t as student
+
+    x = np.asarray(judged, dtype=float)
+    n1 = x.shape[-1]
+    n2 = total - n1
+    mean, sd = x.mean(axis=-1), x.std(axis=-1, ddof=1)
+    c = bar + student.ppf(1 - alpha, total - 1) * sd / math.sqrt(total)
+    if n2 <= 0:
+        return np.where(mean > c, 1.0, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (c - mean) * math.sqrt(total * n1 / n2) / sd
+    return np.where(sd > 0, student.sf(np.nan_to_num(z), n1 - 1), np.where(mean > bar, 1.0, 0.0))
 
 
 def cycle_alpha(total: float, spent: float, cycle: int, max_cycles: int) -> float:

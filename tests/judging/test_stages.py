@@ -238,9 +238,9 @@ def test_a_prompt_the_service_rejects_has_no_baseline_answer_and_the_others_are_
     assert [r["prompt_id"] for r in rows] == ["p0", "p2"] and usage["fake"]["failed"] == 1 and usage["fake"]["calls"] == 2
 
 
-def test_sequential_judging_stops_paying_once_the_gate_cannot_pass(tmp_path):
-    """Gated on precision >= 70 with every local answer judged 40: after the first round (2 of 8 prompts) the upper
-    bound is 40, and the other 6 prompts' answers are never sent to the judge."""
+def test_sequential_judging_stops_paying_once_the_gate_will_not_pass(tmp_path):
+    """Gated on precision >= 70 with every local answer judged 40: after the first round (2 of 8 prompts, both 40, no
+    spread) the predicted chance of a pass is 0, and the other 6 prompts' answers are never sent to the judge."""
     test = [{"id": f"q{i}", "task": "summarize", "instruction": f"Summarize memo {i}.", "response": f"Memo {i}.",
              "category": "Summarize", "split": "test"} for i in range(8)]
     with JudgeFake(answer=service) as fake:
@@ -263,7 +263,8 @@ def test_sequential_judging_stops_paying_once_the_gate_cannot_pass(tmp_path):
     # 2 prompts x 2 answers, one call each with n=M=2: 4 calls, 8 judgments of a full pass's 32
     assert len(asked) == 4 and ev["usage"]["calls"] == 4
     assert (seq["judgments_paid"], seq["judgments_full"], seq["saving"]) == (8, 32, 0.75)
-    assert seq["stopped"].startswith("round 1 of 4: the gate cannot pass")
+    assert seq["stopped"].startswith("round 1 of 4: the gate will not pass (the chance that the rest of the prompts "
+                                     "let it pass is 0,")
     judged = {j["prompt_id"] for j in tables.read(proj / "judgments.parquet", "judgments")}
     assert len(judged) == 2 and judged < {r["id"] for r in test} and ev["precision"]["mean"] == 40.0
     # the reference metrics cost nothing: every answer has them

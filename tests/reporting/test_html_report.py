@@ -168,10 +168,10 @@ def test_the_gate_section_says_which_question_was_answered_its_bound_and_when_th
     service = {f"p{i}": 30.0 for i in range(7)}
     s = summary(**files, p=GateParams(metric="rouge_l", mode="non_inferiority", margin=2.0, cycle_alpha=0.025),
                 scores=(local, {"gpt-svc": service}))
-    s["judging"] = {"judgments_paid": 16, "judgments_full": 64, "saving": 0.75, "stopped": "round 1 of 4: the gate cannot pass"}
+    s["judging"] = {"judgments_paid": 16, "judgments_full": 64, "saving": 0.75, "stopped": "round 1 of 4: the gate will not pass"}
     (m / "summary.json").write_text(json.dumps(s))
     text = html_report.render(page_data.load(m, tmp_path / "data"))
-    assert "16 / 64 (saved 75%)" in text and "round 1 of 4: the gate cannot pass" in text
+    assert "16 / 64 (saved 75%)" in text and "round 1 of 4: the gate will not pass" in text
     g = s["gate"]
     assert not g["passed"] and g["test"]["estimate"] == pytest.approx(-13 / 7, abs=1e-3)
     assert "The question the gate answered (non_inferiority): is the local model&#x27;s rouge_l no more than 2 points " \

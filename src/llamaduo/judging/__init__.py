@@ -9,5 +9,5 @@ both orders, and answer the test prompts themselves as the baseline.
 - `reference.py`: each answer against the reference with no judge: ROUGE-L, chrF, exact match;
 - `scores.py`: per-answer scores, mean V, coverage C at zeta, intervals, P-Match, agreement;
 - `report.py`: metrics/eval.json, metrics/baseline.json, the worst answers;
-- `sequential.py`: the test prompts judged in rounds, stopping once the gate cannot pass.
+- `sequential.py`: the test prompts judged in rounds, stopping once the gate will not pass at its level.
 """
