@@ -176,16 +176,18 @@ def spread(params, m: Measured) -> tuple[float | None, float | None, str]:
     return test["sd"], test.get("estimate"), f"the last eval's {what} over {test.get('prompts')} prompts (metrics/summary.json)"
 
 
-def _power(params, prompts: int | None, sd: float | None, last_estimate: float | None, alpha: float) -> dict:
+def _power(params, prompts: int | None, sd: float | None, last_estimate: float | None, alpha: float | None) -> dict:
     """The gate's power in one cycle tested at `alpha`: the smallest difference it detects at 80% power and the test
     prompts the difference it asks about (`reporting.gate.power_target`) needs; None where the spread or the prompt
-    count is unknown."""
+    count is unknown, and all None without a level (`alpha` None: the point rule bounds nothing)."""
     from llamaduo import intervals
     from llamaduo.reporting.gate import power_target
 
-    target, what = power_target(params.gate, last_estimate)
-    out = {"alpha": alpha, "target": target, "target_is": what, "detectable": None, "prompts_needed": None,
+    out = {"alpha": alpha, "target": None, "target_is": None, "detectable": None, "prompts_needed": None,
            "underpowered": None}
+    if alpha is None:
+        return out
+    out["target"], out["target_is"] = power_target(params.gate, last_estimate)
     if sd is None or prompts is None:
         return out
     detectable = intervals.detectable(sd, prompts, alpha)
@@ -225,13 +227,11 @@ def plan(params, volumes: dict[int, int], *, spent_usd: float = 0.0, alpha_spent
             "sd_from": sd_from, "power": intervals.POWER}
     cycles, total, spent_alpha = [], spent_usd, alpha_spent
     for c, volume in volumes.items():
-        if g.mode == "point":  # the point rule bounds nothing: no level, no power
-            power = gate | {"alpha": None, "target": None, "target_is": None, "detectable": None, "prompts_needed": None,
-                            "underpowered": None}
-        else:
+        share = None  # the point rule bounds nothing: no level, no power
+        if g.mode != "point":
             share = intervals.cycle_alpha(g.alpha, spent_alpha, c, params.loop.max_cycles)
             spent_alpha += share
-            power = gate | _power(params, prompts, sd, last_estimate, share)
+        power = gate | _power(params, prompts, sd, last_estimate, share)
         est = cycle_estimate(params, c, volume, m, power=power)
         total += est["usd"]
         est["spent_by_end_usd"] = total

@@ -188,10 +188,7 @@ def decide(p, *, num_processes: int, lengths: list[int], cuda: bool | None = Non
         micro = max(d for d in range(1, min(CPU_MICRO_BATCH, share) + 1) if share % d == 0)
         why = "cpu: the micro-batch measured fastest (training/plan.py CPU_MICRO_BATCH)"
     micro, accum = p.split_batch(num_processes, micro)
-    if p.pad_to_multiple_of != "auto":
-        pad = p.pad_to_multiple_of
-    else:
-        pad = None if cuda or padding_free else CPU_PAD_MULTIPLE
+    pad = p.pad_to_multiple_of if p.pad_to_multiple_of != "auto" else (None if cuda else CPU_PAD_MULTIPLE)
     return Plan(micro_batch_size=micro, grad_accum=accum, padding_free=padding_free,
                 pad_to_multiple_of=None if padding_free else pad,
                 attn_implementation=attn_implementation or attention_kernel(p, cuda), liger=use_liger(p, cuda),
