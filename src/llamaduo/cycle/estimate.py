@@ -180,21 +180,12 @@ def _power(params, prompts: int | None, sd: float | None, last_estimate: float |
     """The gate's power in one cycle tested at `alpha`: the smallest difference it detects at 80% power and the test
     prompts the difference it asks about (`reporting.gate.power_target`) needs; None where the spread or the prompt
     count is unknown, and all None without a level (`alpha` None: the point rule bounds nothing)."""
-    from llamaduo import intervals
-    from llamaduo.reporting.gate import power_target
+    from llamaduo.reporting.gate import power
 
-    out = {"alpha": alpha, "target": None, "target_is": None, "detectable": None, "prompts_needed": None,
-           "underpowered": None}
     if alpha is None:
-        return out
-    out["target"], out["target_is"] = power_target(params.gate, last_estimate)
-    if sd is None or prompts is None:
-        return out
-    detectable = intervals.detectable(sd, prompts, alpha)
-    out["detectable"] = None if detectable is None else round(detectable, 3)
-    out["prompts_needed"] = intervals.prompts_needed(sd, out["target"], alpha)
-    out["underpowered"] = None if detectable is None else detectable > out["target"]
-    return out
+        return {"alpha": None, "target": None, "target_is": None, "detectable": None, "prompts_needed": None,
+                "underpowered": None}
+    return {"alpha": alpha} | power(params.gate, sd, prompts, last_estimate, alpha)
 
 
 def cycle_estimate(params, cycle: int, volume: int, m: Measured, *, power: dict | None = None) -> dict:

@@ -74,6 +74,23 @@ def power_target(p, estimate: float | None) -> tuple[float, str]:
     return p.margin, "the margin"
 
 
+def power(p, sd: float | None, prompts: int | None, estimate: float | None, alpha: float) -> dict:
+    """The gate's power at level `alpha` with `prompts` test prompts at the spread `sd`: the difference it asks about
+    (`target`, and what that is in words, `target_is`: `power_target`), the smallest difference it detects at 80%
+    power, whether that is wider than the target (`underpowered`), and the test prompts the target needs; a figure
+    is None where the spread, or enough prompts for an interval, is missing."""
+    target, target_is = power_target(p, estimate)
+    out = {"target": target, "target_is": target_is, "detectable": None, "underpowered": None, "prompts_needed": None}
+    if sd is None or prompts is None:
+        return out
+    out["prompts_needed"] = intervals.prompts_needed(sd, target, alpha)
+    detectable = intervals.detectable(sd, prompts, alpha)
+    if detectable is not None:
+        out["detectable"] = round(detectable, 3)
+        out["underpowered"] = out["detectable"] > target
+    return out
+
+
 def assess(local: dict[str, float], services: dict[str, dict[str, float]], p, alpha: float) -> dict:
     """The gate's test on per-prompt scores of `p.metric`: `local` {prompt: score}, `services` {service: {prompt:
     score}} (the baseline's answers). Returns the figures summary.json's `gate` holds beside the decision: the
@@ -103,11 +120,10 @@ def assess(local: dict[str, float], services: dict[str, dict[str, float]], p, al
     out |= {"bound": bound, "sd": round(sd, 3) if sd is not None else None}
     if sd is None:
         return out
-    out["detectable"] = round(intervals.detectable(sd, n, alpha), 3)
-    out["target"] = power_target(p, estimate)[0]
-    out["underpowered"] = out["detectable"] > out["target"]
-    if out["underpowered"]:
-        out["prompts_needed"] = intervals.prompts_needed(sd, out["target"], alpha)
+    pw = power(p, sd, n, estimate, alpha)
+    out |= {k: pw[k] for k in ("detectable", "target", "underpowered")}
+    if pw["underpowered"]:
+        out["prompts_needed"] = pw["prompts_needed"]
     return out
 
 
